@@ -1,0 +1,215 @@
+//! How creation and teardown touch the host: one trait, a real implementation, and a fake.
+//!
+//! Every external command goes through [`Runner::run`], which logs its argv at debug level.
+//! The few host operations that are not commands (writing the MBR to the device, creating the
+//! sparse image file, checking for device nodes, reading `/proc/filesystems`, sleeping between
+//! retries) are trait methods too, with real default bodies, so that a fake runner can record
+//! them and the whole of create/teardown is testable without root.
+
+use std::fs::OpenOptions;
+use std::io::{Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// What a command printed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Output {
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+/// A command or host operation that failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// The program could not be started.
+    #[error("cannot run `{program}`: {source}")]
+    Spawn {
+        /// The program.
+        program: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The command ran and failed.
+    #[error("`{command}` failed ({status}){}", stderr_tail(stderr))]
+    Failed {
+        /// The command line.
+        command: String,
+        /// Its exit status.
+        status: String,
+        /// What it printed on stderr.
+        stderr: String,
+    },
+    /// A file operation failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+fn stderr_tail(stderr: &str) -> String {
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    if lines.is_empty() {
+        String::new()
+    } else {
+        let tail = &lines[lines.len().saturating_sub(3)..];
+        format!(": {}", tail.join(" / "))
+    }
+}
+
+/// Runs external commands and the few host operations block-device creation needs.
+///
+/// Only [`Runner::run`] must be written; the other methods act on the real host by default.
+/// A fake that must not touch the host overrides them all (see [`crate::RecordingRunner`]).
+pub trait Runner {
+    /// Runs one command (`argv[0]` is the program) and returns its output, or an error when
+    /// it cannot start or exits unsuccessfully.
+    fn run(&mut self, argv: &[String]) -> Result<Output, RunError>;
+
+    /// Writes `data` at byte `offset` of `path` (a block device) and flushes it to the device.
+    fn write_at(&mut self, path: &Path, offset: u64, data: &[u8]) -> Result<(), RunError> {
+        tracing::debug!(path = %path.display(), offset, len = data.len(), "write");
+        let io = |source| RunError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut f = OpenOptions::new().write(true).open(path).map_err(io)?;
+        f.seek(SeekFrom::Start(offset)).map_err(io)?;
+        f.write_all(data).map_err(io)?;
+        f.sync_all().map_err(io)
+    }
+
+    /// Creates (or truncates) `path` as a sparse file of `size` bytes, making its directory.
+    fn create_sparse_file(&mut self, path: &Path, size: u64) -> Result<(), RunError> {
+        tracing::debug!(path = %path.display(), size, "create sparse image");
+        let io = |p: &Path, source| RunError::Io {
+            path: p.to_path_buf(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+        }
+        let f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .map_err(|e| io(path, e))?;
+        f.set_len(size).map_err(|e| io(path, e))
+    }
+
+    /// Whether a path (a device node) exists.
+    fn path_exists(&mut self, path: &Path) -> bool {
+        path.exists()
+    }
+
+    /// The entries of a directory, sorted by name.
+    fn list_dir(&mut self, dir: &Path) -> Result<Vec<PathBuf>, RunError> {
+        let io = |source| RunError::Io {
+            path: dir.to_path_buf(),
+            source,
+        };
+        let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(io)?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<Result<_, _>>()
+            .map_err(io)?;
+        v.sort();
+        Ok(v)
+    }
+
+    /// Whether the running kernel can mount this filesystem type: it is in
+    /// `/proc/filesystems`, or a module for it is installed (and would be loaded on mount).
+    fn kernel_can_mount(&mut self, fstype: &str) -> bool {
+        host_can_mount(fstype)
+    }
+
+    /// Whether device-mapper is available (`/dev/mapper/control` exists).
+    fn has_device_mapper(&mut self) -> bool {
+        Path::new("/dev/mapper/control").exists()
+    }
+
+    /// Waits between retries.
+    fn sleep(&mut self, duration: Duration) {
+        std::thread::sleep(duration);
+    }
+
+    /// A runner for the drop-time safety net of [`crate::Created`]: it must act on the same
+    /// host. `None` (the default) means an unconsumed `Created` cannot clean up on drop.
+    fn boxed_clone(&self) -> Option<Box<dyn Runner + Send>> {
+        None
+    }
+}
+
+/// Whether the host kernel can mount `fstype` (see [`Runner::kernel_can_mount`]).
+pub fn host_can_mount(fstype: &str) -> bool {
+    let wanted = if fstype == "fat" { "vfat" } else { fstype };
+    if let Ok(text) = std::fs::read_to_string("/proc/filesystems") {
+        if text
+            .lines()
+            .filter_map(|l| l.split_whitespace().last())
+            .any(|t| t == wanted)
+        {
+            return true;
+        }
+    }
+    // Not loaded yet: a module that mount(8) would load counts too.
+    let Ok(release) = std::fs::read_to_string("/proc/sys/kernel/osrelease") else {
+        return false;
+    };
+    let dir = Path::new("/lib/modules").join(release.trim());
+    let needle = format!("/{wanted}.ko");
+    ["modules.dep", "modules.builtin"].iter().any(|f| {
+        std::fs::read_to_string(dir.join(f)).is_ok_and(|t| {
+            t.lines()
+                .filter_map(|l| l.split(':').next())
+                .any(|m| m.contains(&needle))
+        })
+    })
+}
+
+/// Runs commands on the host with `std::process::Command`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemRunner;
+
+impl Runner for SystemRunner {
+    fn run(&mut self, argv: &[String]) -> Result<Output, RunError> {
+        let command = argv.join(" ");
+        tracing::debug!(%command, "run");
+        let (program, args) = argv.split_first().ok_or_else(|| RunError::Spawn {
+            program: String::new(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "empty command"),
+        })?;
+        let out = Command::new(program)
+            .args(args)
+            .env("LC_ALL", "C")
+            .output()
+            .map_err(|source| RunError::Spawn {
+                program: program.clone(),
+                source,
+            })?;
+        let output = Output {
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        };
+        if out.status.success() {
+            Ok(output)
+        } else {
+            Err(RunError::Failed {
+                command,
+                status: out.status.to_string(),
+                stderr: output.stderr,
+            })
+        }
+    }
+
+    fn boxed_clone(&self) -> Option<Box<dyn Runner + Send>> {
+        Some(Box::new(SystemRunner))
+    }
+}

@@ -1,0 +1,216 @@
+//! The environment hooks see: DIB's variables with DIB's meaning (reference 3.3 and 10.9).
+//!
+//! The process environment is passed through (as DIB's `sudo -E` does) and the engine's
+//! variables are laid over it. Bash functions `die` and `get_image_element_array` are exported the
+//! way bash itself exports functions (`BASH_FUNC_name%%`), so host-side hooks can call them.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use crate::plan::BuildPlan;
+
+/// The fixed variables of a build, before per-phase additions (TARGET_ROOT and the block
+/// devices).
+pub fn base_env(
+    plan: &BuildPlan,
+    build_dir: &Path,
+    image_dir: &Path,
+    lib_dir: &Path,
+) -> BTreeMap<String, String> {
+    let req = &plan.request;
+    let mut env: BTreeMap<String, String> = req.env.clone();
+    let mut set = |k: &str, v: String| {
+        env.insert(k.to_string(), v);
+    };
+    let d = |p: &Path| p.display().to_string();
+    set("LC_ALL", "C".into());
+    set("ARCH", plan.arch.clone());
+    set("IMAGE_NAME", plan.image_name.display().to_string());
+    let types = req.output_types();
+    set("IMAGE_TYPE", types.first().cloned().unwrap_or_default());
+    set("IMAGE_TYPES", types.join(" "));
+    set("ELEMENTS_PATH", plan.elements_path_var());
+    set("IMAGE_ELEMENT", plan.set.image_element());
+    set("IMAGE_ELEMENT_YAML", plan.set.image_element_yaml());
+    set(
+        "BASH_FUNC_get_image_element_array%%",
+        format!("() {{  echo \"{}\"\n}}", plan.set.element_array()),
+    );
+    set(
+        "BASH_FUNC_die%%",
+        "() {  echo \"ERROR: $*\" >&2;\n exit 1\n}".to_string(),
+    );
+    set("TMP_BUILD_DIR", d(build_dir));
+    set("TMP_IMAGE_DIR", d(image_dir));
+    set("TMP_HOOKS_PATH", d(&build_dir.join("hooks")));
+    set("TMP_MOUNT_PATH", d(&build_dir.join("mnt")));
+    set("_LIB", d(lib_dir));
+    set("DIB_IMAGE_CACHE", d(&plan.cache_root));
+    set(
+        "DIB_LOCKFILES",
+        req.var("DIB_LOCKFILES").map_or_else(
+            || d(&plan.cache_root.join("lockfiles")),
+            String::from,
+        ),
+    );
+    set(
+        "DIB_OFFLINE",
+        if req.offline || req.var("DIB_OFFLINE").is_some_and(|v| v != "0") {
+            "1".into()
+        } else {
+            String::new()
+        },
+    );
+    let trace = req.debug_trace.max(
+        req.var("DIB_DEBUG_TRACE")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+    );
+    set("DIB_DEBUG_TRACE", trace.to_string());
+    set(
+        "DIB_PYTHON_EXEC",
+        req.var("DIB_PYTHON_EXEC")
+            .map_or_else(find_python, String::from),
+    );
+    set(
+        "DIB_MIN_TMPFS",
+        req.min_tmpfs.map_or_else(
+            || req.var("DIB_MIN_TMPFS").unwrap_or("2").to_string(),
+            |v| v.to_string(),
+        ),
+    );
+    set(
+        "DIB_NO_TMPFS",
+        if req.no_tmpfs || req.var("DIB_NO_TMPFS").is_some_and(|v| v == "1") {
+            "1".into()
+        } else {
+            "0".into()
+        },
+    );
+    set(
+        "DIB_CHECKSUM",
+        if req.checksum {
+            "1".into()
+        } else {
+            req.var("DIB_CHECKSUM").unwrap_or("0").to_string()
+        },
+    );
+    set(
+        "FS_TYPE",
+        req.var("FS_TYPE").unwrap_or("ext4").to_string(),
+    );
+    set(
+        "COMPRESS_IMAGE",
+        if req.uncompressed { String::new() } else { "1".into() },
+    );
+    set(
+        "SKIP_BASE",
+        if req.skip_base { "1".into() } else { String::new() },
+    );
+    if let Some(v) = &req.image_size {
+        set("DIB_IMAGE_SIZE", v.clone());
+    }
+    if let Some(v) = &req.image_extra_size {
+        set("DIB_IMAGE_EXTRA_SIZE", v.clone());
+    }
+    if let Some(v) = &req.journal_size {
+        set("DIB_JOURNAL_SIZE", v.clone());
+    }
+    if let Some(v) = &req.max_online_resize {
+        set("MAX_ONLINE_RESIZE", v.clone());
+    }
+    if let Some(v) = &req.root_label {
+        set("ROOT_LABEL", v.clone());
+    }
+    if req.no_cache {
+        set("KILN_NO_CACHE", "1".into());
+    }
+    set("DIB_ARGS", req.args.join(" "));
+    set("DIB_ENV", dib_env(&req.env));
+    // PATH: kiln's helpers first, then the caller's, then the sbin dirs DIB appends.
+    let mut path = format!(
+        "{}:{}",
+        d(lib_dir),
+        req.var("PATH").unwrap_or("/usr/local/bin:/usr/bin:/bin")
+    );
+    for extra in ["/sbin", "/usr/sbin", "/usr/local/sbin"] {
+        if !path.split(':').any(|p| p == extra) {
+            path.push(':');
+            path.push_str(extra);
+        }
+    }
+    set("PATH", path);
+    env.remove("TARGET_ROOT");
+    env
+}
+
+/// `declare -p` style text of every `DIB_*` variable of the caller (DIB_ENV).
+pub fn dib_env(env: &BTreeMap<String, String>) -> String {
+    let mut s = String::new();
+    for (k, v) in env.iter().filter(|(k, _)| k.starts_with("DIB_")) {
+        let _ = writeln!(s, "declare -x {k}={}", shell_quote(v));
+    }
+    s
+}
+
+/// Quotes a string for bash (`'...'` with embedded quotes escaped).
+pub fn shell_quote(v: &str) -> String {
+    if !v.is_empty()
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=@%+,".contains(c))
+    {
+        return v.to_string();
+    }
+    format!("'{}'", v.replace('\'', "'\\''"))
+}
+
+fn find_python() -> String {
+    for dir in std::env::var("PATH").unwrap_or_default().split(':') {
+        let p = Path::new(dir).join("python3");
+        if p.is_file() {
+            return p.display().to_string();
+        }
+    }
+    "/usr/bin/python3".into()
+}
+
+/// Parses `env -0` output into a map.
+pub fn parse_env0(bytes: &[u8]) -> BTreeMap<String, String> {
+    bytes
+        .split(|b| *b == 0)
+        .filter_map(|kv| {
+            let s = String::from_utf8_lossy(kv);
+            let (k, v) = s.split_once('=')?;
+            Some((k.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting() {
+        assert_eq!(shell_quote("plain"), "plain");
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
+        assert_eq!(shell_quote(""), "''");
+    }
+
+    #[test]
+    fn env0() {
+        let m = parse_env0(b"A=1\0B=x=y\0");
+        assert_eq!(m["A"], "1");
+        assert_eq!(m["B"], "x=y");
+    }
+
+    #[test]
+    fn dib_env_only_dib_vars() {
+        let mut e = BTreeMap::new();
+        e.insert("DIB_RELEASE".to_string(), "bookworm".to_string());
+        e.insert("HOME".to_string(), "/root".to_string());
+        assert_eq!(dib_env(&e), "declare -x DIB_RELEASE=bookworm\n");
+    }
+}

@@ -1,0 +1,92 @@
+//! kiln-build: the build pipeline.
+//!
+//! A [`BuildRequest`] becomes a [`BuildPlan`] (pure: elements resolved, hooks merged, outputs and
+//! block-device layout chosen), and [`pipeline::run`] executes the plan in DIB's phase order and
+//! places, with every failure path tearing down what was set up.
+
+pub mod env;
+pub mod packages;
+pub mod pipeline;
+pub mod plan;
+pub mod request;
+pub mod runner;
+mod workspace;
+
+use std::path::PathBuf;
+
+pub use plan::BuildPlan;
+pub use request::BuildRequest;
+
+/// Everything that can stop a build. Input errors map to exit code 2, build failures to 1,
+/// interrupts to 128 + signal.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A problem in the elements (unknown element, bad YAML, duplicate hook, …).
+    #[error(transparent)]
+    Element(#[from] kiln_element::Error),
+    /// A problem in the block-device layer.
+    #[error(transparent)]
+    BlockDevice(#[from] kiln_blockdev::Error),
+    /// A problem producing outputs.
+    #[error(transparent)]
+    Output(#[from] kiln_output::Error),
+    /// A sandbox problem (namespace, mounts, binfmt).
+    #[error(transparent)]
+    Sandbox(#[from] kiln_sandbox::Error),
+    /// An I/O error on a path.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A usage error detected by the engine (bad option value, missing tool).
+    #[error("{0}")]
+    Usage(String),
+    /// A hook failed.
+    #[error("{phase}.d failed: hook {hook} of element {element} exited with status {status}\n--- last {n} lines of its output ---\n{}", tail.join("\n"), n = tail.len())]
+    HookFailed {
+        /// Phase name.
+        phase: String,
+        /// Element of the failing hook.
+        element: String,
+        /// Hook name.
+        hook: String,
+        /// Exit status.
+        status: i32,
+        /// The last lines of output.
+        tail: Vec<String>,
+        /// Timings of the hooks that ran.
+        hooks: Vec<runner::HookTiming>,
+    },
+    /// An engine step failed.
+    #[error("{step} failed: {message}")]
+    Step {
+        /// Step name.
+        step: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The build was interrupted by a signal.
+    #[error("interrupted by signal {signal}")]
+    Interrupted {
+        /// The signal number.
+        signal: i32,
+    },
+}
+
+impl Error {
+    /// The process exit code for this error: 2 for bad input, 1 for a failed build, 128+N
+    /// for a signal.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Self::Element(_) | Self::Usage(_) => 2,
+            Self::BlockDevice(e) if e.is_input_error() => 2,
+            Self::Output(kiln_output::Error::UnknownType(_)) => 2,
+            Self::Sandbox(kiln_sandbox::Error::Binfmt(_)) => 2,
+            Self::Interrupted { signal } => 128 + signal,
+            _ => 1,
+        }
+    }
+}

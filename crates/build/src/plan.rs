@@ -1,0 +1,308 @@
+//! The build plan: everything decided before anything runs.
+//!
+//! `kiln plan` prints it and `kiln build` executes it. Computing it reads element files and
+//! nothing else: no root, no chroot, no network, so it is cheap and testable.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use kiln_element::{self as element, ElementSet, HookTree, Library, Phase, Reason};
+use serde_json::{json, Value};
+
+use crate::request::BuildRequest;
+use crate::Error;
+
+/// Where the block-device configuration came from (reference 4.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlockDeviceSource {
+    /// `DIB_BLOCK_DEVICE_CONFIG=file://PATH`.
+    File(PathBuf),
+    /// `DIB_BLOCK_DEVICE_CONFIG` holding the YAML itself.
+    Inline,
+    /// An element's `block-device-*.yaml`.
+    Element {
+        /// The element.
+        element: String,
+        /// The file.
+        path: PathBuf,
+    },
+    /// kiln's built-in fallback: one filesystem on the whole image, no partition table.
+    Fallback,
+}
+
+impl BlockDeviceSource {
+    /// A short human description, also used to name the config in error messages.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::File(p) => p.display().to_string(),
+            Self::Inline => "DIB_BLOCK_DEVICE_CONFIG".into(),
+            Self::Element { path, .. } => path.display().to_string(),
+            Self::Fallback => "the built-in fallback layout".into(),
+        }
+    }
+}
+
+/// A resolved, merged, ready-to-run build.
+#[derive(Debug)]
+pub struct BuildPlan {
+    /// The request it was made from.
+    pub request: BuildRequest,
+    /// Target architecture (Debian naming).
+    pub arch: String,
+    /// The image name (suffix stripped).
+    pub image_name: PathBuf,
+    /// The complete ELEMENTS_PATH (user entries, then the built-in library).
+    pub elements_path: Vec<PathBuf>,
+    /// The element library.
+    pub library: Library,
+    /// The resolved elements.
+    pub set: ElementSet,
+    /// The merged hooks.
+    pub hooks: HookTree,
+    /// The output types.
+    pub outputs: Vec<kiln_output::OutputType>,
+    /// The block-device configuration text and where it came from.
+    pub block_device: (BlockDeviceSource, String),
+    /// kiln's cache root (`DIB_IMAGE_CACHE`).
+    pub cache_root: PathBuf,
+}
+
+/// kiln's cache root: `--image-cache`, else `DIB_IMAGE_CACHE`, else `$XDG_CACHE_HOME/kiln`,
+/// else `~/.cache/kiln`.
+pub fn cache_root(req: &BuildRequest) -> PathBuf {
+    if let Some(p) = &req.image_cache {
+        return p.clone();
+    }
+    if let Some(p) = req.var("DIB_IMAGE_CACHE") {
+        return PathBuf::from(p);
+    }
+    if let Some(p) = req.var("XDG_CACHE_HOME") {
+        return Path::new(p).join("kiln");
+    }
+    let home = req.var("HOME").unwrap_or("/root");
+    Path::new(home).join(".cache/kiln")
+}
+
+/// The user's ELEMENTS_PATH entries followed by the built-in library.
+pub fn elements_path(req: &BuildRequest, builtin: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = req
+        .var("ELEMENTS_PATH")
+        .unwrap_or("")
+        .split(':')
+        .filter(|s| !s.is_empty())
+        .map(PathBuf::from)
+        .collect();
+    v.push(builtin.to_path_buf());
+    v
+}
+
+impl BuildPlan {
+    /// Resolves the request into a plan. Reads element files only.
+    pub fn new(req: &BuildRequest) -> Result<Self, Error> {
+        let arch = req
+            .arch
+            .clone()
+            .or_else(|| req.var("ARCH").map(String::from))
+            .unwrap_or_else(kiln_sandbox::host_arch);
+        let cache_root = cache_root(req);
+        let builtin = element::builtin::extract(&cache_root)?;
+        let elements_path = elements_path(req, &builtin);
+        let library = Library::discover(&elements_path)?;
+        let set = element::resolve(
+            &library,
+            &element::ResolveRequest {
+                elements: req.elements.clone(),
+                arch: arch.clone(),
+                skip_base: req.skip_base,
+            },
+        )?;
+        let hooks = element::merge_hooks(&set)?;
+        let mut outputs = Vec::new();
+        for t in req.output_types() {
+            outputs.push(kiln_output::OutputType::parse(&t)?);
+        }
+        let block_device = choose_block_device(req, &set, &arch)?;
+        Ok(Self {
+            request: req.clone(),
+            arch,
+            image_name: req.image_name(),
+            elements_path,
+            library,
+            set,
+            hooks,
+            outputs,
+            block_device,
+            cache_root,
+        })
+    }
+
+    /// Whether any requested output needs a disk image.
+    pub fn needs_disk(&self) -> bool {
+        self.outputs.iter().any(kiln_output::OutputType::needs_disk)
+    }
+
+    /// The ELEMENTS_PATH value exported to hooks.
+    pub fn elements_path_var(&self) -> String {
+        self.elements_path
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(":")
+    }
+
+    /// The plan as JSON (`kiln plan --json`).
+    pub fn to_json(&self) -> Value {
+        let elements: Vec<Value> = self
+            .set
+            .elements
+            .iter()
+            .map(|e| json!({"name": e.name, "path": e.path, "reason": reason_text(&e.reason)}))
+            .collect();
+        let mut phases = serde_json::Map::new();
+        for p in Phase::ALL {
+            let hooks: Vec<Value> = self
+                .hooks
+                .phases
+                .get(&p)
+                .map(|v| {
+                    v.iter()
+                        .map(|h| json!({"name": h.name, "element": h.element}))
+                        .collect()
+                })
+                .unwrap_or_default();
+            phases.insert(p.name().to_string(), Value::Array(hooks));
+        }
+        let environment: Vec<Value> = self
+            .hooks
+            .environment
+            .iter()
+            .map(|h| json!({"name": h.name, "element": h.element}))
+            .collect();
+        let outputs: Vec<Value> = self
+            .outputs
+            .iter()
+            .map(|t| {
+                json!({"type": t.extension(), "path": kiln_output::output_path(&self.image_name, t)})
+            })
+            .collect();
+        let overrides: Vec<Value> = self
+            .library
+            .overrides()
+            .iter()
+            .map(|o| json!({"name": o.name, "winner": o.winner, "shadowed": o.shadowed}))
+            .collect();
+        json!({
+            "arch": self.arch,
+            "image_name": self.image_name,
+            "elements_path": self.elements_path,
+            "elements": elements,
+            "overrides": overrides,
+            "phases": phases,
+            "environment": environment,
+            "block_device": if self.needs_disk() { Value::String(self.block_device.1.clone()) } else { Value::Null },
+            "block_device_source": self.block_device.0.describe(),
+            "outputs": outputs,
+        })
+    }
+
+    /// The plan as text (`kiln plan`).
+    pub fn to_text(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "image: {} (arch {})", self.image_name.display(), self.arch);
+        let _ = writeln!(s, "\nelements ({}):", self.set.elements.len());
+        let width = self
+            .set
+            .elements
+            .iter()
+            .map(|e| e.name.len())
+            .max()
+            .unwrap_or(0);
+        for e in &self.set.elements {
+            let _ = writeln!(
+                s,
+                "  {:width$}  {}  [{}]",
+                e.name,
+                e.path.display(),
+                reason_text(&e.reason)
+            );
+        }
+        for o in self.library.overrides() {
+            let _ = writeln!(
+                s,
+                "  note: {} from {} overrides {}",
+                o.name,
+                o.winner.display(),
+                o.shadowed.display()
+            );
+        }
+        let _ = writeln!(s, "\nenvironment.d:");
+        for h in &self.hooks.environment {
+            let _ = writeln!(s, "  {}  ({})", h.name, h.element);
+        }
+        for p in Phase::ALL {
+            let hooks = self.hooks.phases.get(&p).map(Vec::as_slice).unwrap_or(&[]);
+            let place = if p.in_chroot() { "chroot" } else { "host" };
+            let _ = writeln!(s, "\n{}.d ({place}):", p.name());
+            if hooks.is_empty() {
+                let _ = writeln!(s, "  (none)");
+            }
+            for h in hooks {
+                let _ = writeln!(s, "  {}  ({})", h.name, h.element);
+            }
+        }
+        let _ = writeln!(s, "\nblock device: {}", self.block_device.0.describe());
+        if self.needs_disk() {
+            for l in self.block_device.1.lines() {
+                let _ = writeln!(s, "  | {l}");
+            }
+        } else {
+            let _ = writeln!(s, "  (not used: no disk output)");
+        }
+        let _ = writeln!(s, "\noutputs:");
+        for t in &self.outputs {
+            let _ = writeln!(
+                s,
+                "  {}",
+                kiln_output::output_path(&self.image_name, t).display()
+            );
+        }
+        s
+    }
+}
+
+/// The human text of why an element is in the build.
+pub fn reason_text(r: &Reason) -> String {
+    match r {
+        Reason::Requested => "asked for".into(),
+        Reason::DependencyOf(x) => format!("dependency of {x}"),
+        Reason::AutoAdded(why) => format!("auto-added: {why}"),
+    }
+}
+
+fn choose_block_device(
+    req: &BuildRequest,
+    set: &ElementSet,
+    arch: &str,
+) -> Result<(BlockDeviceSource, String), Error> {
+    if let Some(v) = req.var("DIB_BLOCK_DEVICE_CONFIG") {
+        if let Some(path) = v.strip_prefix("file://") {
+            let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+                path: PathBuf::from(path),
+                source,
+            })?;
+            return Ok((BlockDeviceSource::File(PathBuf::from(path)), text));
+        }
+        return Ok((BlockDeviceSource::Inline, v.to_string()));
+    }
+    if let Some((element, path)) = set.block_device_config(arch) {
+        let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
+            path: path.clone(),
+            source,
+        })?;
+        return Ok((BlockDeviceSource::Element { element, path }, text));
+    }
+    Ok((
+        BlockDeviceSource::Fallback,
+        kiln_blockdev::fallback_config().to_string(),
+    ))
+}

@@ -1,0 +1,108 @@
+//! What the user asked for, independent of which command line said it.
+//!
+//! `kiln build ...` and `disk-image-create ...` both produce a [`BuildRequest`]; everything after
+//! this point is shared, so the two front ends cannot drift apart.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// A build request: elements, architecture, outputs, sizes and the `DIB_*` environment.
+#[derive(Debug, Clone, Default)]
+pub struct BuildRequest {
+    /// Elements as given on the command line.
+    pub elements: Vec<String>,
+    /// Target architecture in Debian naming (`-a`); `None` means the host's.
+    pub arch: Option<String>,
+    /// Image name (`-o`), relative to the working directory.
+    pub image_name: PathBuf,
+    /// Output types (`-t`), in the order given.
+    pub types: Vec<String>,
+    /// `-n`: do not add `base`.
+    pub skip_base: bool,
+    /// `-p`: extra packages installed after install.d.
+    pub packages: Vec<String>,
+    /// `-x` count.
+    pub debug_trace: u32,
+    /// `-u`: do not compress qcow2.
+    pub uncompressed: bool,
+    /// `--checksum`.
+    pub checksum: bool,
+    /// `--no-tmpfs`.
+    pub no_tmpfs: bool,
+    /// `--min-tmpfs GB`.
+    pub min_tmpfs: Option<u64>,
+    /// `--offline`.
+    pub offline: bool,
+    /// `--image-size GB` (floats allowed).
+    pub image_size: Option<String>,
+    /// `--image-extra-size MB`.
+    pub image_extra_size: Option<String>,
+    /// `--mkfs-journal-size MB`.
+    pub journal_size: Option<String>,
+    /// `--image-cache DIR`.
+    pub image_cache: Option<PathBuf>,
+    /// `--max-online-resize N`.
+    pub max_online_resize: Option<String>,
+    /// `--mkfs-options STR`.
+    pub mkfs_options: Option<String>,
+    /// `--qemu-img-options k=v,...`.
+    pub qemu_img_options: Option<String>,
+    /// `--root-label`.
+    pub root_label: Option<String>,
+    /// `--install-type`.
+    pub install_type: Option<String>,
+    /// `--logfile`.
+    pub logfile: Option<PathBuf>,
+    /// `--no-cache`: ignore and rewrite kiln's caches.
+    pub no_cache: bool,
+    /// `-v` count.
+    pub verbose: u8,
+    /// The process environment the request was made in (host variables, `DIB_*`, `break`, …).
+    pub env: BTreeMap<String, String>,
+    /// The command-line arguments as typed (DIB_ARGS).
+    pub args: Vec<String>,
+}
+
+impl BuildRequest {
+    /// A variable of the request's environment, if set and non-empty.
+    pub fn var(&self, name: &str) -> Option<&str> {
+        self.env
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    }
+
+    /// The output types, defaulting to qcow2 as DIB does.
+    pub fn output_types(&self) -> Vec<String> {
+        let mut t: Vec<String> = self
+            .types
+            .iter()
+            .flat_map(|t| t.split(','))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(String::from)
+            .collect();
+        if t.is_empty() {
+            t.push("qcow2".into());
+        }
+        // `-t tgz` implies the tar it is made from (DIB), but kiln keeps `tar` only when asked.
+        t
+    }
+
+    /// The image name with a single type's suffix stripped (`-o x.qcow2 -t qcow2` → `x`).
+    pub fn image_name(&self) -> PathBuf {
+        let name = if self.image_name.as_os_str().is_empty() {
+            PathBuf::from("image")
+        } else {
+            self.image_name.clone()
+        };
+        let types = self.output_types();
+        if types.len() == 1 {
+            let s = name.to_string_lossy();
+            if let Some(stripped) = s.strip_suffix(&format!(".{}", types[0])) {
+                return PathBuf::from(stripped);
+            }
+        }
+        name
+    }
+}

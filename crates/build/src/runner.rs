@@ -1,0 +1,339 @@
+//! Running one phase: `dib-run-parts` on the host or inside the chroot, its output captured.
+//!
+//! Every phase runs in its own process group, so an interrupt or a failure can kill all of it at
+//! once. Its standard output and error go through one pipe (so their order is kept) to the build
+//! log, to the terminal when verbose, and to a ring of the last lines for the failure report.
+//! `dib-run-parts` marks each hook's start and end on stderr; the runner turns those marks into the
+//! progress line and the per-hook timing table.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fs::File;
+use std::io::{BufRead, BufReader, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::Error;
+
+/// How many lines of a failed hook's output the report shows.
+pub const TAIL_LINES: usize = 20;
+
+static SIGINT: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+static SIGTERM: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+
+/// Installs SIGINT and SIGTERM handlers that only set a flag; the runner polls it, kills the
+/// running phase and lets the teardown run. Call once, early, after the namespace is set up.
+pub fn install_signal_handlers() -> Result<(), Error> {
+    let int = SIGINT.get_or_init(|| Arc::new(AtomicBool::new(false)));
+    let term = SIGTERM.get_or_init(|| Arc::new(AtomicBool::new(false)));
+    signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(int))
+        .and_then(|_| signal_hook::flag::register(signal_hook::consts::SIGTERM, Arc::clone(term)))
+        .map(|_| ())
+        .map_err(|source| Error::Io {
+            path: PathBuf::from("signal handlers"),
+            source,
+        })
+}
+
+/// The signal that interrupted the build, if any (2 for SIGINT, 15 for SIGTERM).
+pub fn interrupted() -> Option<i32> {
+    if SIGINT.get().is_some_and(|f| f.load(Ordering::SeqCst)) {
+        Some(2)
+    } else if SIGTERM.get().is_some_and(|f| f.load(Ordering::SeqCst)) {
+        Some(15)
+    } else {
+        None
+    }
+}
+
+/// Returns an error if the build was interrupted; called between steps.
+pub fn check_interrupt() -> Result<(), Error> {
+    match interrupted() {
+        Some(sig) => Err(Error::Interrupted { signal: sig }),
+        None => Ok(()),
+    }
+}
+
+/// Timing of one hook.
+#[derive(Debug, Clone, Serialize)]
+pub struct HookTiming {
+    /// Hook file name.
+    pub name: String,
+    /// Element it came from.
+    pub element: String,
+    /// Exit status.
+    pub status: i32,
+    /// Seconds it took.
+    pub seconds: f64,
+}
+
+/// Timing of one step (a phase or an engine step such as the copy into the image).
+#[derive(Debug, Clone, Serialize)]
+pub struct StepTiming {
+    /// Step name (`root`, `install`, `copy-into-image`, `qcow2`, …).
+    pub step: String,
+    /// Seconds it took.
+    pub seconds: f64,
+    /// Its hooks, for phases.
+    pub hooks: Vec<HookTiming>,
+}
+
+/// Where a command runs.
+#[derive(Debug, Clone)]
+pub enum Place {
+    /// On the build host, in the caller's working directory.
+    Host,
+    /// Inside a chroot of this directory, cwd `/`, as root.
+    Chroot(PathBuf),
+}
+
+/// Output handling shared by all phases of one build.
+pub struct Console {
+    log: Arc<Mutex<Option<File>>>,
+    verbose: u8,
+    tty: bool,
+    quiet: bool,
+}
+
+impl Console {
+    /// A console writing the full log to `log` (if any).
+    pub fn new(log: Option<File>, verbose: u8, quiet: bool) -> Self {
+        Self {
+            log: Arc::new(Mutex::new(log)),
+            verbose,
+            tty: std::io::stderr().is_terminal(),
+            quiet,
+        }
+    }
+
+    /// Prints a status line (and logs it).
+    pub fn say(&self, msg: &str) {
+        self.log_line(&format!("kiln: {msg}"));
+        if !self.quiet {
+            if self.tty {
+                eprintln!("\r\x1b[K{msg}");
+            } else {
+                eprintln!("{msg}");
+            }
+        }
+    }
+
+    /// Writes one line to the log only.
+    pub fn log_line(&self, line: &str) {
+        if let Ok(mut g) = self.log.lock() {
+            if let Some(f) = g.as_mut() {
+                let _ = writeln!(f, "{line}");
+            }
+        }
+    }
+}
+
+/// What a finished command reports.
+pub struct Finished {
+    /// Hook timings parsed from the markers.
+    pub hooks: Vec<HookTiming>,
+    /// All output lines that start with a given prefix (for block-device.d's IMAGE_BLOCK_DEVICE=).
+    pub captured: Vec<String>,
+}
+
+/// Runs `argv` at `place` with exactly `env`, labelled `phase`; `elements` maps hook names to
+/// their elements for the report. Returns the timings, or a [`Error::HookFailed`] with the report.
+pub fn run(
+    console: &Console,
+    phase: &str,
+    place: &Place,
+    argv: &[String],
+    env: &BTreeMap<String, String>,
+    elements: &BTreeMap<String, String>,
+    capture_prefix: Option<&str>,
+) -> Result<Finished, Error> {
+    check_interrupt()?;
+    let mut cmd = match place {
+        Place::Host => {
+            let mut c = Command::new(&argv[0]);
+            c.args(&argv[1..]);
+            c
+        }
+        Place::Chroot(root) => {
+            let mut c = Command::new("chroot");
+            c.arg(root)
+                .arg("/usr/bin/env")
+                .arg("-u")
+                .arg("TMPDIR")
+                .arg("-u")
+                .arg("VIRTUAL_ENV")
+                .arg("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+                .arg("HOME=/root")
+                .args(argv);
+            c.current_dir("/");
+            c
+        }
+    };
+    cmd.env_clear().envs(env).stdin(Stdio::null());
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let (rd, wr) = std::io::pipe().map_err(|source| Error::Io {
+        path: PathBuf::from("pipe"),
+        source,
+    })?;
+    let wr2 = wr.try_clone().map_err(|source| Error::Io {
+        path: PathBuf::from("pipe"),
+        source,
+    })?;
+    cmd.stdout(wr).stderr(wr2);
+    tracing::debug!("run [{phase}] {cmd:?}");
+    let mut child = cmd.spawn().map_err(|source| Error::Io {
+        path: PathBuf::from(&argv[0]),
+        source,
+    })?;
+    drop(cmd);
+    let pgid = i32::try_from(child.id()).unwrap_or(0);
+
+    let log = Arc::clone(&console.log);
+    let verbose = console.verbose;
+    let tty = console.tty && !console.quiet;
+    let quiet = console.quiet;
+    let phase_s = phase.to_string();
+    let elements_c = elements.clone();
+    let prefix = capture_prefix.map(String::from);
+    let reader = std::thread::spawn(move || {
+        let mut tail: VecDeque<String> = VecDeque::with_capacity(TAIL_LINES + 1);
+        let mut hooks = Vec::new();
+        let mut current: Option<String> = None;
+        let mut captured = Vec::new();
+        for line in BufReader::new(rd).split(b'\n') {
+            let Ok(line) = line else { break };
+            let line = String::from_utf8_lossy(&line).into_owned();
+            if let Ok(mut g) = log.lock() {
+                if let Some(f) = g.as_mut() {
+                    let _ = writeln!(f, "[{phase_s}] {line}");
+                }
+            }
+            if let Some(rest) = line.strip_prefix("kiln-run-parts: start ") {
+                let name = rest.trim().to_string();
+                let el = elements_c.get(&name).cloned().unwrap_or_default();
+                if !quiet {
+                    if tty && verbose == 0 {
+                        eprint!("\r\x1b[K[{phase_s}] {name} ({el})");
+                    } else {
+                        eprintln!("[{phase_s}] {name} ({el})");
+                    }
+                }
+                current = Some(name);
+                tail.clear();
+                continue;
+            }
+            if let Some(rest) = line.strip_prefix("kiln-run-parts: done ") {
+                let mut it = rest.split_whitespace();
+                let name = it.next().unwrap_or_default().to_string();
+                let status = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+                let seconds = it.next().and_then(|s| s.parse().ok()).unwrap_or(0.0);
+                let element = elements_c.get(&name).cloned().unwrap_or_default();
+                hooks.push(HookTiming {
+                    name,
+                    element,
+                    status,
+                    seconds,
+                });
+                if status == 0 {
+                    current = None;
+                }
+                continue;
+            }
+            if let Some(p) = &prefix {
+                if line.starts_with(p.as_str()) {
+                    captured.push(line.clone());
+                }
+            }
+            if verbose > 0 && !quiet {
+                eprintln!("{line}");
+            }
+            if tail.len() == TAIL_LINES {
+                tail.pop_front();
+            }
+            tail.push_back(line);
+        }
+        (tail, hooks, current, captured)
+    });
+
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break Some(st),
+            Ok(None) => {}
+            Err(_) => break None,
+        }
+        if let Some(sig) = interrupted() {
+            kill_group(pgid);
+            if let Place::Chroot(root) = place {
+                kiln_sandbox::kill_processes_rooted_under(root);
+            }
+            let _ = child.wait();
+            let _ = reader.join();
+            if tty {
+                eprintln!();
+            }
+            return Err(Error::Interrupted { signal: sig });
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // The phase is over: anything it left running in its group goes now.
+    kill_group(pgid);
+    if let Place::Chroot(root) = place {
+        kiln_sandbox::kill_processes_rooted_under(root);
+    }
+    let (tail, hooks, current, captured) = reader.join().unwrap_or_default();
+    if tty {
+        eprint!("\r\x1b[K");
+    }
+    let code = status.and_then(|s| s.code()).unwrap_or(-1);
+    if code == 0 {
+        return Ok(Finished { hooks, captured });
+    }
+    let hook = current.unwrap_or_else(|| "(environment.d or dib-run-parts itself)".to_string());
+    let element = elements.get(&hook).cloned().unwrap_or_else(|| "-".into());
+    Err(Error::HookFailed {
+        phase: phase.to_string(),
+        element,
+        hook,
+        status: code,
+        tail: tail.into_iter().collect(),
+        hooks,
+    })
+}
+
+fn kill_group(pgid: i32) {
+    if pgid <= 0 {
+        return;
+    }
+    kiln_sandbox::signal_group(pgid, nix::sys::signal::Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < deadline {
+        if nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), None).is_err() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    kiln_sandbox::signal_group(pgid, nix::sys::signal::Signal::SIGKILL);
+}
+
+/// Runs a plain engine command (no hooks) at `place`, logging it; fails with its output tail.
+pub fn run_simple(
+    console: &Console,
+    step: &str,
+    place: &Place,
+    argv: &[String],
+    env: &BTreeMap<String, String>,
+) -> Result<(), Error> {
+    run(console, step, place, argv, env, &BTreeMap::new(), None).map(|_| ())
+}
+
+/// Whether `path` is a directory with something other than `lost+found` and `tmp` in it.
+pub fn has_content(path: &Path) -> bool {
+    std::fs::read_dir(path).is_ok_and(|rd| {
+        rd.flatten()
+            .any(|e| !matches!(e.file_name().to_str(), Some("lost+found" | "tmp")))
+    })
+}

@@ -1,0 +1,154 @@
+//! The build's scratch space and its teardown.
+//!
+//! [`Workspace`] owns the build and image directories (tmpfs when memory allows), the block
+//! devices once created, and knows how to undo all of it in reverse order: kill processes rooted
+//! in the build, unmount the chroot mounts, tear down the block devices (which copies offline
+//! filesystems in and detaches loop devices), unmount whatever is left, and remove the
+//! directories. `teardown` runs explicitly on every path; `Drop` is the safety net.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::Error;
+
+/// The directories and devices of one build.
+pub struct Workspace {
+    /// `TMP_BUILD_DIR`.
+    pub build_dir: PathBuf,
+    /// `TMP_IMAGE_DIR`.
+    pub image_dir: PathBuf,
+    /// Block devices, once created.
+    pub blockdev: Option<kiln_blockdev::Created>,
+    /// Whether a tmpfs was mounted on the two directories.
+    pub tmpfs: bool,
+    done: bool,
+}
+
+impl Workspace {
+    /// Creates both directories under `base` and mounts a tmpfs on them when `use_tmpfs`.
+    pub fn create(base: &Path, use_tmpfs: bool) -> Result<Self, Error> {
+        let mk = |prefix: &str| -> Result<PathBuf, Error> {
+            tempfile::Builder::new()
+                .prefix(prefix)
+                .tempdir_in(base)
+                .map(tempfile::TempDir::keep)
+                .map_err(|source| Error::Io {
+                    path: base.to_path_buf(),
+                    source,
+                })
+        };
+        let build_dir = mk("kiln_build.")?;
+        let image_dir = match mk("kiln_image.") {
+            Ok(d) => d,
+            Err(e) => {
+                let _ = fs::remove_dir(&build_dir);
+                return Err(e);
+            }
+        };
+        let mut ws = Self {
+            build_dir,
+            image_dir,
+            blockdev: None,
+            tmpfs: false,
+            done: false,
+        };
+        if use_tmpfs {
+            kiln_sandbox::mount_tmpfs(&ws.build_dir, 0)?;
+            ws.tmpfs = true;
+            kiln_sandbox::mount_tmpfs(&ws.image_dir, 0)?;
+        }
+        Ok(ws)
+    }
+
+    /// `TMP_MOUNT_PATH`.
+    pub fn mnt(&self) -> PathBuf {
+        self.build_dir.join("mnt")
+    }
+
+    /// Unmounts the chroot mounts (and anything hooks mounted) under `mnt`, leaving the block
+    /// device's own filesystems mounted.
+    pub fn umount_chroot(&self) -> Result<(), Error> {
+        let keep: Vec<PathBuf> = self
+            .blockdev
+            .as_ref()
+            .map(kiln_blockdev::Created::mounted_paths)
+            .unwrap_or_default();
+        let mut failed = Vec::new();
+        for m in kiln_sandbox::mounts_under(&self.mnt()) {
+            if keep.contains(&m) {
+                continue;
+            }
+            if let Err(e) = kiln_sandbox::umount(&m) {
+                failed.push(e.to_string());
+            }
+        }
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Step {
+                step: "unmount".into(),
+                message: failed.join("; "),
+            })
+        }
+    }
+
+    /// Tears everything down in reverse order; returns what could not be undone.
+    pub fn teardown(&mut self) -> Vec<String> {
+        if self.done {
+            return Vec::new();
+        }
+        self.done = true;
+        let mut problems = Vec::new();
+        let left = kiln_sandbox::kill_processes_rooted_under(&self.build_dir);
+        if !left.is_empty() {
+            problems.push(format!("processes still running in the build: {left:?}"));
+        }
+        if let Err(e) = self.umount_chroot() {
+            problems.push(e.to_string());
+        }
+        if let Some(bd) = self.blockdev.take() {
+            let mut runner = kiln_blockdev::SystemRunner::default();
+            if let Err(e) = bd.umount(&mut runner) {
+                problems.push(e.to_string());
+            }
+        }
+        for dir in [&self.build_dir, &self.image_dir] {
+            if let Err(e) = kiln_sandbox::umount_all_under(dir) {
+                problems.push(e.to_string());
+            }
+            if let Err(e) = remove_tree(dir) {
+                problems.push(format!("{}: {e}", dir.display()));
+            }
+        }
+        problems
+    }
+}
+
+/// Removes a directory tree without crossing into other filesystems.
+fn remove_tree(dir: &Path) -> std::io::Result<()> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    // Refuse to descend into anything still mounted below (it would delete the host's files).
+    if !kiln_sandbox::mounts_under(dir).is_empty() {
+        return Err(std::io::Error::other("still has mounts below it"));
+    }
+    let st = std::process::Command::new("rm")
+        .arg("-rf")
+        .arg("--one-file-system")
+        .arg(dir)
+        .status()?;
+    if st.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!("rm -rf exited with {st}")))
+    }
+}
+
+impl Drop for Workspace {
+    fn drop(&mut self) {
+        for p in self.teardown() {
+            tracing::warn!("teardown: {p}");
+        }
+    }
+}

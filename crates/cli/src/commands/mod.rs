@@ -1,0 +1,12 @@
+//! One file per subcommand.
+
+pub mod block_device;
+pub mod build;
+pub mod element_info;
+pub mod plan;
+pub mod test;
+
+/// A usage error found by the CLI itself (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);

@@ -1,0 +1,439 @@
+//! End-to-end tests: real builds (root, loop devices, the host's Debian mirror) and boots.
+//!
+//! Under `CI=true` a missing capability fails; elsewhere these tests skip loudly. Builds never
+//! run two at once (one lock), share one kiln cache (`KILN_TEST_CACHE`), and each distinct image
+//! is built once: the bookworm root filesystem built first is reused by the failure tests as the
+//! root of a tiny fixture OS element, so those cost seconds, not minutes.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use crate::support::{kiln_bin, Tree};
+
+static BUILD_LOCK: Mutex<()> = Mutex::new(());
+static ROOTFS: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+
+fn lock() -> MutexGuard<'static, ()> {
+    BUILD_LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn missing_capability() -> Option<String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Some("root".into());
+    }
+    if !Path::new("/dev/loop-control").exists() {
+        return Some("loop devices (/dev/loop-control)".into());
+    }
+    if which("debootstrap").is_none() && which("mmdebstrap").is_none() {
+        return Some("debootstrap or mmdebstrap (scripts/install-host-deps)".into());
+    }
+    let sources = fs::read_dir("/etc/apt/sources.list.d")
+        .map(|rd| rd.flatten().any(|e| fs::read_to_string(e.path()).is_ok_and(|t| t.contains("URIs:") || t.contains("deb "))))
+        .unwrap_or(false)
+        || fs::read_to_string("/etc/apt/sources.list").is_ok_and(|t| t.contains("deb "));
+    if !sources && std::env::var("DIB_DISTRIBUTION_MIRROR").is_err() {
+        return Some("a Debian mirror in the host's apt sources or DIB_DISTRIBUTION_MIRROR".into());
+    }
+    None
+}
+
+/// Whether e2e tests can run; panics under CI when they cannot.
+fn capable(test: &str) -> bool {
+    match missing_capability() {
+        None => true,
+        Some(why) => {
+            assert!(
+                std::env::var("CI").map_or(true, |v| v != "true"),
+                "{test}: CI=true but this machine lacks {why}"
+            );
+            eprintln!("SKIPPED {test}: needs {why}");
+            false
+        }
+    }
+}
+
+fn which(tool: &str) -> Option<PathBuf> {
+    std::env::var("PATH")
+        .ok()?
+        .split(':')
+        .map(|d| Path::new(d).join(tool))
+        .find(|p| p.is_file())
+}
+
+fn cache() -> PathBuf {
+    std::env::var("KILN_TEST_CACHE").map_or_else(
+        |_| PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("kiln-test-cache"),
+        PathBuf::from,
+    )
+}
+
+fn work(name: &str) -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e").join(name);
+    let _ = fs::remove_dir_all(&d);
+    fs::create_dir_all(&d).unwrap();
+    d
+}
+
+struct Outcome {
+    code: i32,
+    stderr: String,
+    log: String,
+}
+
+/// Runs `kiln build ARGS` in `dir` with a private TMPDIR (checked for leftovers after).
+fn build(dir: &Path, elements_path: Option<&Path>, args: &[&str], env: &[(&str, &str)]) -> Outcome {
+    let tmp = dir.join("tmp");
+    fs::create_dir_all(&tmp).unwrap();
+    let mut c = Command::new(kiln_bin());
+    c.current_dir(dir)
+        .arg("build")
+        .args(args)
+        .env("DIB_IMAGE_CACHE", cache())
+        .env("DIB_RELEASE", "bookworm")
+        .env("TMPDIR", &tmp)
+        .env_remove("ELEMENTS_PATH")
+        .env_remove("DIB_BLOCK_DEVICE_CONFIG")
+        .env_remove("ARCH");
+    if let Some(p) = elements_path {
+        c.env("ELEMENTS_PATH", p);
+    }
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let out = c.output().expect("run kiln build");
+    let name = args
+        .windows(2)
+        .find(|w| w[0] == "-o")
+        .map_or("image", |w| w[1]);
+    let log = fs::read_to_string(dir.join(format!("{name}.d/build.log"))).unwrap_or_default();
+    Outcome {
+        code: out.status.code().unwrap_or(-1),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        log,
+    }
+}
+
+/// Nothing of a build may remain: no temp dirs, no processes rooted inside, no loop devices, no
+/// mounts.
+fn assert_no_leftovers(dir: &Path) {
+    let tmp = dir.join("tmp");
+    let left: Vec<_> = fs::read_dir(&tmp).map(|rd| rd.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    assert!(left.is_empty(), "temp dirs left behind: {left:?}");
+    let procs: Vec<i32> = fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let root = fs::read_link(e.path().join("root")).ok()?;
+            root.starts_with(&tmp).then_some(pid)
+        })
+        .collect();
+    assert!(procs.is_empty(), "processes left in the build: {procs:?}");
+    let loops = Command::new("losetup").arg("-a").output().unwrap();
+    let loops = String::from_utf8_lossy(&loops.stdout);
+    assert!(!loops.contains(&tmp.display().to_string()), "loop devices left: {loops}");
+    let mounts = Command::new("findmnt").args(["-rn", "-o", "TARGET"]).output().unwrap();
+    let mounts = String::from_utf8_lossy(&mounts.stdout);
+    assert!(!mounts.contains(&tmp.display().to_string()), "mounts left: {mounts}");
+}
+
+/// The bookworm root filesystem tarball, built once per run.
+fn debian_rootfs() -> Result<PathBuf, String> {
+    ROOTFS
+        .get_or_init(|| {
+            let _g = lock();
+            let dir = work("rootfs");
+            let o = build(&dir, None, &["debian-minimal", "-t", "tar", "-o", "debian-rootfs"], &[]);
+            if o.code != 0 {
+                return Err(format!("rootfs build failed ({}):\n{}", o.code, o.stderr));
+            }
+            Ok(dir.join("debian-rootfs.tar"))
+        })
+        .clone()
+}
+
+#[test]
+fn rootfs_tar_runs_apt_and_has_manifests() {
+    if !capable("rootfs_tar_runs_apt_and_has_manifests") {
+        return;
+    }
+    let tar = debian_rootfs().unwrap();
+    let dir = tar.parent().unwrap().to_path_buf();
+    let x = tempfile::tempdir().unwrap();
+    let st = Command::new("tar")
+        .arg("-xf")
+        .arg(&tar)
+        .arg("-C")
+        .arg(x.path())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let out = Command::new("chroot").arg(x.path()).args(["apt", "--version"]).output().unwrap();
+    assert!(out.status.success(), "apt --version failed in the tarball's chroot");
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("apt "));
+    // NAME.d/: the installed packages, the environment, the arguments, the timings.
+    let d = dir.join("debian-rootfs.d");
+    let mut found_pkgs = false;
+    for e in walk(&d) {
+        let name = e.file_name().unwrap().to_string_lossy().into_owned();
+        if name.contains("dpkg") {
+            let t = fs::read_to_string(&e).unwrap();
+            assert!(t.lines().any(|l| l.starts_with("apt ")), "{name} lacks apt:\n{t}");
+            found_pkgs = true;
+        }
+    }
+    assert!(found_pkgs, "no installed-package list in {}", d.display());
+    let timings: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(d.join("timings.json")).unwrap()).unwrap();
+    assert!(timings["steps"].as_array().unwrap().iter().any(|s| s["step"] == "install"));
+    // The tar must not contain the host's /dev or /proc contents.
+    let list = Command::new("tar").arg("-tf").arg(&tar).output().unwrap();
+    let list = String::from_utf8_lossy(&list.stdout);
+    assert!(!list.lines().any(|l| l.starts_with("./proc/") && l.len() > 7));
+    assert!(!list.contains("./tmp/in_target.d"));
+    assert_no_leftovers(&dir);
+}
+
+fn walk(d: &Path) -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    if let Ok(rd) = fs::read_dir(d) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                v.extend(walk(&p));
+            } else {
+                v.push(p);
+            }
+        }
+    }
+    v
+}
+
+/// A tiny OS element whose root.d unpacks the shared bookworm tarball, and an element whose
+/// hooks fail in the phase named by KILN_TEST_FAIL_PHASE (leaving a background process behind).
+fn fixture_elements(rootfs: &Path) -> Tree {
+    let t = Tree::new();
+    t.el("test-rootfs")
+        .provides(&["operating-system"])
+        .env("10-test-rootfs", "export DISTRO_NAME=debian\nexport DIB_RELEASE=bookworm\nexport DIB_INIT_SYSTEM=systemd\n")
+        .hook(
+            "root",
+            "10-unpack",
+            &format!("tar -xf {} -C \"$TARGET_ROOT\" --numeric-owner", rootfs.display()),
+        );
+    // In chroot phases the failing hook also leaves a daemonised process behind, which the
+    // teardown must find (its root is inside the build) and kill.
+    let fail = |phase: &str| {
+        let daemon = if matches!(phase, "install" | "finalise") {
+            "  (setsid sleep 1000 </dev/null >/dev/null 2>&1 &)\n"
+        } else {
+            ""
+        };
+        format!(
+            "if [ \"${{KILN_TEST_FAIL_PHASE:-}}\" = {phase} ]; then\n{daemon}  echo kiln-test-marker-{phase}\n  exit 3\nfi"
+        )
+    };
+    t.el("fail-at")
+        .hook("root", "90-fail-root", &fail("root"))
+        .hook("install", "50-fail-install", &fail("install"))
+        .hook("finalise", "50-fail-finalise", &fail("finalise"))
+        .hook("cleanup", "50-fail-cleanup", &fail("cleanup"))
+        .hook("install", "60-slow", "if [ \"${KILN_TEST_SLOW:-}\" = 1 ]; then echo kiln-test-sleeping; sleep 600; fi");
+    t
+}
+
+#[test]
+fn failing_hooks_tear_down_and_report() {
+    if !capable("failing_hooks_tear_down_and_report") {
+        return;
+    }
+    let rootfs = debian_rootfs().unwrap();
+    let t = fixture_elements(&rootfs);
+    let _g = lock();
+    for phase in ["root", "install", "finalise", "cleanup"] {
+        let dir = work(&format!("fail-{phase}"));
+        let o = build(
+            &dir,
+            Some(t.path()),
+            &["-n", "test-rootfs", "fail-at", "-t", "tar", "-o", "f"],
+            &[("KILN_TEST_FAIL_PHASE", phase)],
+        );
+        assert_eq!(o.code, 1, "{phase}: expected exit 1:\n{}", o.stderr);
+        for needle in [
+            format!("{phase}.d failed"),
+            "fail-at".to_string(),
+            format!("50-fail-{phase}").replace("50-fail-root", "90-fail-root"),
+            "status 3".to_string(),
+            format!("kiln-test-marker-{phase}"),
+        ] {
+            assert!(o.stderr.contains(&needle), "{phase}: missing {needle:?} in:\n{}", o.stderr);
+        }
+        assert!(!o.stderr.contains("panicked"));
+        assert_no_leftovers(&dir);
+    }
+}
+
+#[test]
+fn sigint_during_install_tears_down_and_exits_130() {
+    if !capable("sigint_during_install_tears_down_and_exits_130") {
+        return;
+    }
+    let rootfs = debian_rootfs().unwrap();
+    let t = fixture_elements(&rootfs);
+    let _g = lock();
+    let dir = work("sigint");
+    let tmp = dir.join("tmp");
+    fs::create_dir_all(&tmp).unwrap();
+    let mut child = Command::new(kiln_bin())
+        .current_dir(&dir)
+        .args(["build", "-n", "test-rootfs", "fail-at", "-t", "tar", "-o", "s"])
+        .env("ELEMENTS_PATH", t.path())
+        .env("DIB_IMAGE_CACHE", cache())
+        .env("TMPDIR", &tmp)
+        .env("KILN_TEST_SLOW", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = dir.join("s.d/build.log");
+    let start = Instant::now();
+    while !fs::read_to_string(&log).is_ok_and(|l| l.contains("kiln-test-sleeping")) {
+        assert!(start.elapsed() < Duration::from_secs(120), "install.d never started");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "kiln did not stop after SIGINT");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status.code(), Some(130));
+    assert_no_leftovers(&dir);
+}
+
+#[test]
+fn arm64_rootfs_is_aarch64() {
+    if !capable("arm64_rootfs_is_aarch64") {
+        return;
+    }
+    let _g = lock();
+    let dir = work("arm64");
+    let o = build(&dir, None, &["-a", "arm64", "debian-minimal", "-t", "tar", "-o", "arm"], &[]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let out = Command::new("tar")
+        .arg("-xOf")
+        .arg(dir.join("arm.tar"))
+        .arg("./usr/bin/true")
+        .output()
+        .unwrap();
+    let elf = out.stdout;
+    assert!(elf.len() > 20 && &elf[..4] == b"\x7fELF", "not an ELF");
+    // e_machine at offset 18, little endian: 0xB7 is AArch64.
+    assert_eq!(u16::from_le_bytes([elf[18], elf[19]]), 0xB7);
+    assert_no_leftovers(&dir);
+}
+
+fn boot(image: &Path, uefi: bool) {
+    let mut c = Command::new(kiln_bin());
+    c.arg("test").arg(image).args(["--timeout", "420"]);
+    if uefi {
+        c.arg("--uefi");
+    }
+    let out = c.output().unwrap();
+    let so = String::from_utf8_lossy(&out.stdout);
+    let se = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "boot failed:\n{so}\n{se}");
+    eprintln!("{}", so.trim());
+}
+
+#[test]
+fn debian_vm_cloud_init_qcow2_boots_bios() {
+    if !capable("debian_vm_cloud_init_qcow2_boots_bios") {
+        return;
+    }
+    // Make sure the bootstrap cache is warm first, so this build must report a hit.
+    let _ = debian_rootfs();
+    let g = lock();
+    let dir = work("vm");
+    let o = build(&dir, None, &["debian-minimal", "vm", "cloud-init", "-o", "debian"], &[]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.log.contains("bootstrap cache hit"), "second build did not hit the bootstrap cache");
+    let img = dir.join("debian.qcow2");
+    let info = Command::new("qemu-img").arg("info").arg(&img).output().unwrap();
+    assert!(String::from_utf8_lossy(&info.stdout).contains("file format: qcow2"));
+    assert_no_leftovers(&dir);
+    drop(g);
+    let _g = lock();
+    boot(&img, false);
+}
+
+#[test]
+fn debian_efi_boots_uefi() {
+    if !capable("debian_efi_boots_uefi") {
+        return;
+    }
+    let _ = debian_rootfs();
+    let g = lock();
+    let dir = work("efi");
+    let o = build(&dir, None, &["debian-minimal", "vm", "block-device-efi", "-o", "efi"], &[]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_no_leftovers(&dir);
+    drop(g);
+    let _g = lock();
+    boot(&dir.join("efi.qcow2"), true);
+}
+
+#[test]
+fn fallback_layout_has_no_partition_table_and_labelled_fstab() {
+    if !capable("fallback_layout_has_no_partition_table_and_labelled_fstab") {
+        return;
+    }
+    let rootfs = debian_rootfs().unwrap();
+    let t = fixture_elements(&rootfs);
+    let _g = lock();
+    let dir = work("fallback");
+    let o = build(&dir, Some(t.path()), &["-n", "test-rootfs", "-t", "raw", "-o", "flat"], &[]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let raw = dir.join("flat.raw");
+    let pt = Command::new("blkid").args(["-p", "-o", "export"]).arg(&raw).output().unwrap();
+    let pt = String::from_utf8_lossy(&pt.stdout);
+    assert!(!pt.contains("PTTYPE"), "unexpected partition table: {pt}");
+    assert!(pt.contains("TYPE=ext4"), "{pt}");
+    assert!(pt.contains("LABEL=cloudimg-rootfs"), "{pt}");
+    let fstab = Command::new("debugfs").args(["-R", "cat /etc/fstab"]).arg(&raw).output().unwrap();
+    let fstab = String::from_utf8_lossy(&fstab.stdout);
+    assert!(fstab.contains("LABEL=cloudimg-rootfs / ext4"), "fstab: {fstab}");
+    assert_no_leftovers(&dir);
+}
+
+#[test]
+fn disk_finalise_failure_leaves_no_loop_device() {
+    if !capable("disk_finalise_failure_leaves_no_loop_device") {
+        return;
+    }
+    let rootfs = debian_rootfs().unwrap();
+    let t = fixture_elements(&rootfs);
+    let _g = lock();
+    let dir = work("disk-fail");
+    let mbr = "- local_loop:\n    name: image0\n- partitioning:\n    base: image0\n    label: mbr\n    partitions:\n      - name: root\n        flags: [boot, primary]\n        size: 100%\n        mkfs:\n          type: ext4\n          mount:\n            mount_point: /\n            fstab:\n              options: defaults\n              fsck-passno: 1\n";
+    let o = build(
+        &dir,
+        Some(t.path()),
+        &["-n", "test-rootfs", "fail-at", "-t", "raw", "-o", "d"],
+        &[("KILN_TEST_FAIL_PHASE", "finalise"), ("DIB_BLOCK_DEVICE_CONFIG", mbr)],
+    );
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    assert!(o.stderr.contains("finalise.d failed"), "{}", o.stderr);
+    assert!(!dir.join("d.raw").exists());
+    assert_no_leftovers(&dir);
+}

@@ -1,0 +1,176 @@
+//! `kiln plan`: resolution, hook order, environment, block-device choice and outputs.
+
+use crate::support::{filter, kiln, run, Tree};
+
+fn fixture() -> Tree {
+    let t = Tree::new();
+    t.os()
+        .deps(&["helper"])
+        .hook("root", "10-bootstrap", "true")
+        .hook("install", "10-a", "true")
+        .hook("install", "5-b", "true")
+        .file("block-device-default.yaml", "- local_loop:\n    name: image0\n- mkfs:\n    name: mkfs_root\n    base: image0\n    type: ext4\n    mount:\n      mount_point: /\n      fstab:\n        options: defaults\n        fsck-passno: 1\n");
+    t.el("helper")
+        .hook("install", "9-x", "true")
+        .hook("install", "foo", "true")
+        .hook("install", "00-b", "true")
+        .hook("install", "0-a", "true")
+        .hook("install", "05-z", "true")
+        .hook("install", "10-y", "true")
+        .hook("install", "with.dot", "true")
+        .file("install.d/20-not-executable", "data")
+        .env("10-helper.bash", "export HELPER=1\n")
+        .env("05-first", "export FIRST=1\n");
+    t.el("app").deps(&["helper", "test-os"]).hook("finalise", "50-app", "true");
+    t
+}
+
+#[test]
+fn fixture_plan_text() {
+    let t = fixture();
+    let cache = tempfile::tempdir().unwrap();
+    let mut c = kiln(&[t.path()], cache.path());
+    c.args(["plan", "app", "-n", "-t", "raw,tar", "-o", "out/app"]);
+    let (code, out, err) = run(c);
+    assert_eq!(code, 0, "{err}");
+    insta::assert_snapshot!("fixture_plan_text", filter(&out, Some(t.path()), cache.path()));
+}
+
+#[test]
+fn fixture_plan_json_fields() {
+    let t = fixture();
+    let cache = tempfile::tempdir().unwrap();
+    let mut c = kiln(&[t.path()], cache.path());
+    c.args(["plan", "app", "-n", "--json"]);
+    let (code, out, err) = run(c);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let names: Vec<&str> = v["elements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    // Dependencies first, ties by name.
+    assert_eq!(names, ["helper", "test-os", "app"]);
+    let install: Vec<&str> = v["phases"]["install"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        install,
+        ["0-a", "00-b", "foo", "05-z", "5-b", "9-x", "10-a", "10-y"]
+    );
+    assert_eq!(v["phases"]["install"][6]["element"], "test-os");
+    let env: Vec<&str> = v["environment"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(env, ["05-first", "10-helper.bash", "10-test-os"]);
+    assert!(v["block_device"].as_str().unwrap().contains("mkfs_root"));
+    assert!(v["outputs"][0]["path"].as_str().unwrap().ends_with("image.qcow2"));
+    for phase in ["root", "extra-data", "pre-install", "install", "post-install", "post-root", "block-device", "pre-finalise", "finalise", "cleanup"] {
+        assert!(v["phases"][phase].is_array(), "phase {phase} missing");
+    }
+}
+
+#[test]
+fn builtin_debian_vm_cloud_init_plan_is_complete_and_stable() {
+    let cache = tempfile::tempdir().unwrap();
+    let json = || {
+        let mut c = kiln(&[], cache.path());
+        c.env_remove("ELEMENTS_PATH")
+            .args(["plan", "debian-minimal", "vm", "cloud-init", "--json"]);
+        run(c)
+    };
+    let (code, first, err) = json();
+    assert_eq!(code, 0, "{err}");
+    let (_, second, _) = json();
+    assert_eq!(first, second, "plan --json differs between runs");
+    let v: serde_json::Value = serde_json::from_str(&first).unwrap();
+    let mut names: Vec<&str> = v["elements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    names.sort_unstable();
+    // DIB's element-info gives exactly these 16 for this command line.
+    assert_eq!(
+        names,
+        [
+            "base", "block-device-mbr", "bootloader", "cloud-init", "debian-minimal", "debootstrap",
+            "dib-init-system", "dpkg", "install-bin", "install-types", "manifests", "modprobe",
+            "package-installs", "pkg-map", "sysprep", "vm"
+        ]
+    );
+    assert!(v["block_device"].as_str().unwrap().contains("partitioning"));
+    let root: Vec<&str> = v["phases"]["root"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["name"].as_str().unwrap())
+        .collect();
+    assert!(root.iter().any(|h| h.contains("debootstrap")), "{root:?}");
+    assert!(!v["phases"]["finalise"].as_array().unwrap().is_empty());
+    insta::assert_snapshot!(
+        "builtin_debian_vm_cloud_init_json",
+        filter(&first, None, cache.path())
+    );
+    // And the text form, also stable.
+    let text = || {
+        let mut c = kiln(&[], cache.path());
+        c.env_remove("ELEMENTS_PATH")
+            .args(["plan", "debian-minimal", "vm", "cloud-init"]);
+        run(c)
+    };
+    let (code, t1, err) = text();
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(t1, text().1);
+    insta::assert_snapshot!(
+        "builtin_debian_vm_cloud_init_text",
+        filter(&t1, None, cache.path())
+    );
+}
+
+#[test]
+fn override_is_whole_directory_and_logged() {
+    let first = Tree::new();
+    let second = Tree::new();
+    second.os().hook("root", "10-second", "true");
+    first.os().hook("root", "10-first", "true");
+    let cache = tempfile::tempdir().unwrap();
+    let mut c = kiln(&[first.path(), second.path()], cache.path());
+    c.args(["plan", "test-os", "-n", "--json"]);
+    let (code, out, err) = run(c);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["phases"]["root"][0]["name"], "10-first");
+    assert_eq!(v["phases"]["root"].as_array().unwrap().len(), 1);
+    assert!(err.contains("overrides"), "override not logged: {err}");
+}
+
+#[test]
+fn vm_auto_adds_block_device_by_arch() {
+    let cache = tempfile::tempdir().unwrap();
+    let names = |arch: &str| {
+        let mut c = kiln(&[], cache.path());
+        c.env_remove("ELEMENTS_PATH")
+            .args(["plan", "debian-minimal", "vm", "--json", "-a", arch]);
+        let (code, out, err) = run(c);
+        assert_eq!(code, 0, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["elements"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["name"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert!(names("amd64").contains(&"block-device-mbr".to_string()));
+    assert!(names("arm64").contains(&"block-device-efi".to_string()));
+}
