@@ -15,7 +15,11 @@ fn help_tree_snapshots() {
         vec!["block-device", "plan", "--help"],
         vec!["test", "--help"],
     ] {
-        let out = Command::new(kiln_bin()).args(&args).env("COLUMNS", "100").output().unwrap();
+        let out = Command::new(kiln_bin())
+            .args(&args)
+            .env("COLUMNS", "100")
+            .output()
+            .unwrap();
         assert!(out.status.success(), "{args:?}");
         let name = format!("help_{}", args.join("_").replace("--", ""));
         insta::assert_snapshot!(name, String::from_utf8_lossy(&out.stdout));
@@ -40,8 +44,11 @@ fn element_info_multicall_expands() {
     let mut c = kiln(&[t.path()], cache.path());
     c.args(["test-os"]);
     let mut c2 = Command::new(&link);
-    c2.envs(c.get_envs().filter_map(|(k, v)| v.map(|v| (k.to_owned(), v.to_owned()))))
-        .arg("test-os");
+    c2.envs(
+        c.get_envs()
+            .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v.to_owned()))),
+    )
+    .arg("test-os");
     let (code, out, err) = run(c2);
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.trim(), "b a test-os");
@@ -57,14 +64,24 @@ fn element_info_env_is_evalable() {
     c.args(["element-info", "--env", "test-os"]);
     let (code, out, err) = run(c);
     assert_eq!(code, 0, "{err}");
-    insta::assert_snapshot!("element_info_env", filter(&out, Some(t.path()), cache.path()));
+    insta::assert_snapshot!(
+        "element_info_env",
+        filter(&out, Some(t.path()), cache.path())
+    );
     // Evaluate it in bash the way DIB's scripts do.
     let script = format!(
         "{out}\neval declare -A image_elements=($(get_image_element_array))\necho \"$IMAGE_ELEMENT|${{image_elements[a]}}\"\nbash -c 'get_image_element_array' >/dev/null && echo exported"
     );
-    let r = Command::new("bash").arg("-c").arg(&script).output().unwrap();
+    let r = Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .unwrap();
     let s = String::from_utf8_lossy(&r.stdout);
-    assert!(s.contains(&format!("a test-os|{}", t.path().join("a").display())), "{s}");
+    assert!(
+        s.contains(&format!("a test-os|{}", t.path().join("a").display())),
+        "{s}"
+    );
     assert!(s.contains("exported"), "{s}");
 }
 
@@ -73,7 +90,16 @@ fn disk_image_create_multicall_speaks_dib_flags() {
     let (_d, link) = multicall("disk-image-create");
     let out = Command::new(&link).arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
-    for flag in ["-a <ARCH>", "-o <NAME>", "-t <TYPES>", "--image-size", "--checksum", "--no-tmpfs", "--mkfs-journal-size", "--image-extra-size"] {
+    for flag in [
+        "-a <ARCH>",
+        "-o <NAME>",
+        "-t <TYPES>",
+        "--image-size",
+        "--checksum",
+        "--no-tmpfs",
+        "--mkfs-journal-size",
+        "--image-extra-size",
+    ] {
         assert!(help.contains(flag), "{flag} missing:\n{help}");
     }
 }
@@ -94,9 +120,16 @@ fn block_device_plan_prints_commands() {
         .output()
         .unwrap();
     let s = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(s.contains("mkfs"), "{s}");
-    assert!(s.contains("LABEL=cloudimg-rootfs / ext4 defaults 0 1"), "{s}");
+    assert!(
+        s.contains("LABEL=cloudimg-rootfs / ext4 defaults 0 1"),
+        "{s}"
+    );
     let out = Command::new(kiln_bin())
         .args(["block-device", "plan", "--json"])
         .arg(&cfg)

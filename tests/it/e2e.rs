@@ -17,7 +17,9 @@ static BUILD_LOCK: Mutex<()> = Mutex::new(());
 static ROOTFS: OnceLock<Result<PathBuf, String>> = OnceLock::new();
 
 fn lock() -> MutexGuard<'static, ()> {
-    BUILD_LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    BUILD_LOCK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn missing_capability() -> Option<String> {
@@ -30,10 +32,12 @@ fn missing_capability() -> Option<String> {
     if which("debootstrap").is_none() && which("mmdebstrap").is_none() {
         return Some("debootstrap or mmdebstrap (scripts/install-host-deps)".into());
     }
-    let sources = fs::read_dir("/etc/apt/sources.list.d")
-        .map(|rd| rd.flatten().any(|e| fs::read_to_string(e.path()).is_ok_and(|t| t.contains("URIs:") || t.contains("deb "))))
-        .unwrap_or(false)
-        || fs::read_to_string("/etc/apt/sources.list").is_ok_and(|t| t.contains("deb "));
+    let sources = fs::read_dir("/etc/apt/sources.list.d").is_ok_and(|rd| {
+        rd.flatten().any(|e| {
+            fs::read_to_string(e.path()).is_ok_and(|t| t.contains("URIs:") || t.contains("deb "))
+        })
+    }) || fs::read_to_string("/etc/apt/sources.list")
+        .is_ok_and(|t| t.contains("deb "));
     if !sources && std::env::var("DIB_DISTRIBUTION_MIRROR").is_err() {
         return Some("a Debian mirror in the host's apt sources or DIB_DISTRIBUTION_MIRROR".into());
     }
@@ -71,7 +75,9 @@ fn cache() -> PathBuf {
 }
 
 fn work(name: &str) -> PathBuf {
-    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e").join(name);
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("e2e")
+        .join(name);
     let _ = fs::remove_dir_all(&d);
     fs::create_dir_all(&d).unwrap();
     d
@@ -120,7 +126,9 @@ fn build(dir: &Path, elements_path: Option<&Path>, args: &[&str], env: &[(&str, 
 /// mounts.
 fn assert_no_leftovers(dir: &Path) {
     let tmp = dir.join("tmp");
-    let left: Vec<_> = fs::read_dir(&tmp).map(|rd| rd.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    let left: Vec<_> = fs::read_dir(&tmp)
+        .map(|rd| rd.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
     assert!(left.is_empty(), "temp dirs left behind: {left:?}");
     let procs: Vec<i32> = fs::read_dir("/proc")
         .unwrap()
@@ -134,10 +142,19 @@ fn assert_no_leftovers(dir: &Path) {
     assert!(procs.is_empty(), "processes left in the build: {procs:?}");
     let loops = Command::new("losetup").arg("-a").output().unwrap();
     let loops = String::from_utf8_lossy(&loops.stdout);
-    assert!(!loops.contains(&tmp.display().to_string()), "loop devices left: {loops}");
-    let mounts = Command::new("findmnt").args(["-rn", "-o", "TARGET"]).output().unwrap();
+    assert!(
+        !loops.contains(&tmp.display().to_string()),
+        "loop devices left: {loops}"
+    );
+    let mounts = Command::new("findmnt")
+        .args(["-rn", "-o", "TARGET"])
+        .output()
+        .unwrap();
     let mounts = String::from_utf8_lossy(&mounts.stdout);
-    assert!(!mounts.contains(&tmp.display().to_string()), "mounts left: {mounts}");
+    assert!(
+        !mounts.contains(&tmp.display().to_string()),
+        "mounts left: {mounts}"
+    );
 }
 
 /// The bookworm root filesystem tarball, built once per run.
@@ -146,7 +163,12 @@ fn debian_rootfs() -> Result<PathBuf, String> {
         .get_or_init(|| {
             let _g = lock();
             let dir = work("rootfs");
-            let o = build(&dir, None, &["debian-minimal", "-t", "tar", "-o", "debian-rootfs"], &[]);
+            let o = build(
+                &dir,
+                None,
+                &["debian-minimal", "-t", "tar", "-o", "debian-rootfs"],
+                &[],
+            );
             if o.code != 0 {
                 return Err(format!("rootfs build failed ({}):\n{}", o.code, o.stderr));
             }
@@ -171,8 +193,15 @@ fn rootfs_tar_runs_apt_and_has_manifests() {
         .status()
         .unwrap();
     assert!(st.success());
-    let out = Command::new("chroot").arg(x.path()).args(["apt", "--version"]).output().unwrap();
-    assert!(out.status.success(), "apt --version failed in the tarball's chroot");
+    let out = Command::new("chroot")
+        .arg(x.path())
+        .args(["apt", "--version"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "apt --version failed in the tarball's chroot"
+    );
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("apt "));
     // NAME.d/: the installed packages, the environment, the arguments, the timings.
     let d = dir.join("debian-rootfs.d");
@@ -181,18 +210,27 @@ fn rootfs_tar_runs_apt_and_has_manifests() {
         let name = e.file_name().unwrap().to_string_lossy().into_owned();
         if name.contains("dpkg") {
             let t = fs::read_to_string(&e).unwrap();
-            assert!(t.lines().any(|l| l.starts_with("apt ")), "{name} lacks apt:\n{t}");
+            assert!(
+                t.lines().any(|l| l.starts_with("apt ")),
+                "{name} lacks apt:\n{t}"
+            );
             found_pkgs = true;
         }
     }
     assert!(found_pkgs, "no installed-package list in {}", d.display());
     let timings: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(d.join("timings.json")).unwrap()).unwrap();
-    assert!(timings["steps"].as_array().unwrap().iter().any(|s| s["step"] == "install"));
+    assert!(timings["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|s| s["step"] == "install"));
     // The tar must not contain the host's /dev or /proc contents.
     let list = Command::new("tar").arg("-tf").arg(&tar).output().unwrap();
     let list = String::from_utf8_lossy(&list.stdout);
-    assert!(!list.lines().any(|l| l.starts_with("./proc/") && l.len() > 7));
+    assert!(!list
+        .lines()
+        .any(|l| l.starts_with("./proc/") && l.len() > 7));
     assert!(!list.contains("./tmp/in_target.d"));
     assert_no_leftovers(&dir);
 }
@@ -241,7 +279,11 @@ fn fixture_elements(rootfs: &Path) -> Tree {
         .hook("install", "50-fail-install", &fail("install"))
         .hook("finalise", "50-fail-finalise", &fail("finalise"))
         .hook("cleanup", "50-fail-cleanup", &fail("cleanup"))
-        .hook("install", "60-slow", "if [ \"${KILN_TEST_SLOW:-}\" = 1 ]; then echo kiln-test-sleeping; sleep 600; fi");
+        .hook(
+            "install",
+            "60-slow",
+            "if [ \"${KILN_TEST_SLOW:-}\" = 1 ]; then echo kiln-test-sleeping; sleep 600; fi",
+        );
     t
 }
 
@@ -269,7 +311,11 @@ fn failing_hooks_tear_down_and_report() {
             "status 3".to_string(),
             format!("kiln-test-marker-{phase}"),
         ] {
-            assert!(o.stderr.contains(&needle), "{phase}: missing {needle:?} in:\n{}", o.stderr);
+            assert!(
+                o.stderr.contains(&needle),
+                "{phase}: missing {needle:?} in:\n{}",
+                o.stderr
+            );
         }
         assert!(!o.stderr.contains("panicked"));
         assert_no_leftovers(&dir);
@@ -289,7 +335,16 @@ fn sigint_during_install_tears_down_and_exits_130() {
     fs::create_dir_all(&tmp).unwrap();
     let mut child = Command::new(kiln_bin())
         .current_dir(&dir)
-        .args(["build", "-n", "test-rootfs", "fail-at", "-t", "tar", "-o", "s"])
+        .args([
+            "build",
+            "-n",
+            "test-rootfs",
+            "fail-at",
+            "-t",
+            "tar",
+            "-o",
+            "s",
+        ])
         .env("ELEMENTS_PATH", t.path())
         .env("DIB_IMAGE_CACHE", cache())
         .env("TMPDIR", &tmp)
@@ -301,7 +356,10 @@ fn sigint_during_install_tears_down_and_exits_130() {
     let log = dir.join("s.d/build.log");
     let start = Instant::now();
     while !fs::read_to_string(&log).is_ok_and(|l| l.contains("kiln-test-sleeping")) {
-        assert!(start.elapsed() < Duration::from_secs(120), "install.d never started");
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "install.d never started"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     nix::sys::signal::kill(
@@ -314,7 +372,10 @@ fn sigint_during_install_tears_down_and_exits_130() {
         if let Some(st) = child.try_wait().unwrap() {
             break st;
         }
-        assert!(t0.elapsed() < Duration::from_secs(60), "kiln did not stop after SIGINT");
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "kiln did not stop after SIGINT"
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
     assert_eq!(status.code(), Some(130));
@@ -328,7 +389,12 @@ fn arm64_rootfs_is_aarch64() {
     }
     let _g = lock();
     let dir = work("arm64");
-    let o = build(&dir, None, &["-a", "arm64", "debian-minimal", "-t", "tar", "-o", "arm"], &[]);
+    let o = build(
+        &dir,
+        None,
+        &["-a", "arm64", "debian-minimal", "-t", "tar", "-o", "arm"],
+        &[],
+    );
     assert_eq!(o.code, 0, "{}", o.stderr);
     let out = Command::new("tar")
         .arg("-xOf")
@@ -365,11 +431,23 @@ fn debian_vm_cloud_init_qcow2_boots_bios() {
     let _ = debian_rootfs();
     let g = lock();
     let dir = work("vm");
-    let o = build(&dir, None, &["debian-minimal", "vm", "cloud-init", "-o", "debian"], &[]);
+    let o = build(
+        &dir,
+        None,
+        &["debian-minimal", "vm", "cloud-init", "-o", "debian"],
+        &[],
+    );
     assert_eq!(o.code, 0, "{}", o.stderr);
-    assert!(o.log.contains("bootstrap cache hit"), "second build did not hit the bootstrap cache");
+    assert!(
+        o.log.contains("bootstrap cache hit"),
+        "second build did not hit the bootstrap cache"
+    );
     let img = dir.join("debian.qcow2");
-    let info = Command::new("qemu-img").arg("info").arg(&img).output().unwrap();
+    let info = Command::new("qemu-img")
+        .arg("info")
+        .arg(&img)
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&info.stdout).contains("file format: qcow2"));
     assert_no_leftovers(&dir);
     drop(g);
@@ -385,7 +463,12 @@ fn debian_efi_boots_uefi() {
     let _ = debian_rootfs();
     let g = lock();
     let dir = work("efi");
-    let o = build(&dir, None, &["debian-minimal", "vm", "block-device-efi", "-o", "efi"], &[]);
+    let o = build(
+        &dir,
+        None,
+        &["debian-minimal", "vm", "block-device-efi", "-o", "efi"],
+        &[],
+    );
     assert_eq!(o.code, 0, "{}", o.stderr);
     assert_no_leftovers(&dir);
     drop(g);
@@ -402,17 +485,33 @@ fn fallback_layout_has_no_partition_table_and_labelled_fstab() {
     let t = fixture_elements(&rootfs);
     let _g = lock();
     let dir = work("fallback");
-    let o = build(&dir, Some(t.path()), &["-n", "test-rootfs", "-t", "raw", "-o", "flat"], &[]);
+    let o = build(
+        &dir,
+        Some(t.path()),
+        &["-n", "test-rootfs", "-t", "raw", "-o", "flat"],
+        &[],
+    );
     assert_eq!(o.code, 0, "{}", o.stderr);
     let raw = dir.join("flat.raw");
-    let pt = Command::new("blkid").args(["-p", "-o", "export"]).arg(&raw).output().unwrap();
+    let pt = Command::new("blkid")
+        .args(["-p", "-o", "export"])
+        .arg(&raw)
+        .output()
+        .unwrap();
     let pt = String::from_utf8_lossy(&pt.stdout);
     assert!(!pt.contains("PTTYPE"), "unexpected partition table: {pt}");
     assert!(pt.contains("TYPE=ext4"), "{pt}");
     assert!(pt.contains("LABEL=cloudimg-rootfs"), "{pt}");
-    let fstab = Command::new("debugfs").args(["-R", "cat /etc/fstab"]).arg(&raw).output().unwrap();
+    let fstab = Command::new("debugfs")
+        .args(["-R", "cat /etc/fstab"])
+        .arg(&raw)
+        .output()
+        .unwrap();
     let fstab = String::from_utf8_lossy(&fstab.stdout);
-    assert!(fstab.contains("LABEL=cloudimg-rootfs / ext4"), "fstab: {fstab}");
+    assert!(
+        fstab.contains("LABEL=cloudimg-rootfs / ext4"),
+        "fstab: {fstab}"
+    );
     assert_no_leftovers(&dir);
 }
 
@@ -430,7 +529,10 @@ fn disk_finalise_failure_leaves_no_loop_device() {
         &dir,
         Some(t.path()),
         &["-n", "test-rootfs", "fail-at", "-t", "raw", "-o", "d"],
-        &[("KILN_TEST_FAIL_PHASE", "finalise"), ("DIB_BLOCK_DEVICE_CONFIG", mbr)],
+        &[
+            ("KILN_TEST_FAIL_PHASE", "finalise"),
+            ("DIB_BLOCK_DEVICE_CONFIG", mbr),
+        ],
     );
     assert_eq!(o.code, 1, "{}", o.stderr);
     assert!(o.stderr.contains("finalise.d failed"), "{}", o.stderr);

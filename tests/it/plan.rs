@@ -21,7 +21,9 @@ fn fixture() -> Tree {
         .file("install.d/20-not-executable", "data")
         .env("10-helper.bash", "export HELPER=1\n")
         .env("05-first", "export FIRST=1\n");
-    t.el("app").deps(&["helper", "test-os"]).hook("finalise", "50-app", "true");
+    t.el("app")
+        .deps(&["helper", "test-os"])
+        .hook("finalise", "50-app", "true");
     t
 }
 
@@ -33,7 +35,10 @@ fn fixture_plan_text() {
     c.args(["plan", "app", "-n", "-t", "raw,tar", "-o", "out/app"]);
     let (code, out, err) = run(c);
     assert_eq!(code, 0, "{err}");
-    insta::assert_snapshot!("fixture_plan_text", filter(&out, Some(t.path()), cache.path()));
+    insta::assert_snapshot!(
+        "fixture_plan_text",
+        filter(&out, Some(t.path()), cache.path())
+    );
 }
 
 #[test]
@@ -72,8 +77,22 @@ fn fixture_plan_json_fields() {
         .collect();
     assert_eq!(env, ["05-first", "10-helper.bash", "10-test-os"]);
     assert!(v["block_device"].as_str().unwrap().contains("mkfs_root"));
-    assert!(v["outputs"][0]["path"].as_str().unwrap().ends_with("image.qcow2"));
-    for phase in ["root", "extra-data", "pre-install", "install", "post-install", "post-root", "block-device", "pre-finalise", "finalise", "cleanup"] {
+    assert!(v["outputs"][0]["path"]
+        .as_str()
+        .unwrap()
+        .ends_with("image.qcow2"));
+    for phase in [
+        "root",
+        "extra-data",
+        "pre-install",
+        "install",
+        "post-install",
+        "post-root",
+        "block-device",
+        "pre-finalise",
+        "finalise",
+        "cleanup",
+    ] {
         assert!(v["phases"][phase].is_array(), "phase {phase} missing");
     }
 }
@@ -83,8 +102,13 @@ fn builtin_debian_vm_cloud_init_plan_is_complete_and_stable() {
     let cache = tempfile::tempdir().unwrap();
     let json = || {
         let mut c = kiln(&[], cache.path());
-        c.env_remove("ELEMENTS_PATH")
-            .args(["plan", "debian-minimal", "vm", "cloud-init", "--json"]);
+        c.env_remove("ELEMENTS_PATH").args([
+            "plan",
+            "debian-minimal",
+            "vm",
+            "cloud-init",
+            "--json",
+        ]);
         run(c)
     };
     let (code, first, err) = json();
@@ -103,9 +127,22 @@ fn builtin_debian_vm_cloud_init_plan_is_complete_and_stable() {
     assert_eq!(
         names,
         [
-            "base", "block-device-mbr", "bootloader", "cloud-init", "debian-minimal", "debootstrap",
-            "dib-init-system", "dpkg", "install-bin", "install-types", "manifests", "modprobe",
-            "package-installs", "pkg-map", "sysprep", "vm"
+            "base",
+            "block-device-mbr",
+            "bootloader",
+            "cloud-init",
+            "debian-minimal",
+            "debootstrap",
+            "dib-init-system",
+            "dpkg",
+            "install-bin",
+            "install-types",
+            "manifests",
+            "modprobe",
+            "package-installs",
+            "pkg-map",
+            "sysprep",
+            "vm"
         ]
     );
     assert!(v["block_device"].as_str().unwrap().contains("partitioning"));

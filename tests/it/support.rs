@@ -88,7 +88,10 @@ pub fn kiln_bin() -> PathBuf {
 /// A kiln command with ELEMENTS_PATH set and a private cache for the built-in elements.
 pub fn kiln(elements_path: &[&Path], cache: &Path) -> Command {
     let mut c = Command::new(kiln_bin());
-    let ep: Vec<String> = elements_path.iter().map(|p| p.display().to_string()).collect();
+    let ep: Vec<String> = elements_path
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
     c.env("ELEMENTS_PATH", ep.join(":"))
         .env("DIB_IMAGE_CACHE", cache)
         .env_remove("ARCH")
@@ -100,7 +103,11 @@ pub fn kiln(elements_path: &[&Path], cache: &Path) -> Command {
 
 /// Runs and returns (exit code, stdout, stderr).
 pub fn run(mut c: Command) -> (i32, String, String) {
-    let Output { status, stdout, stderr } = c.output().expect("run kiln");
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = c.output().expect("run kiln");
     (
         status.code().unwrap_or(-1),
         String::from_utf8_lossy(&stdout).into_owned(),

@@ -7,10 +7,17 @@
 //! because the result is the same flat list; edges are resolved later, by name.
 
 use crate::error::{closest, At, Error};
-use crate::yaml::{Y, V};
+use crate::yaml::{V, Y};
 
 /// The plugin names, in DIB's order.
-pub const PLUGIN_NAMES: [&str; 6] = ["local_loop", "partitioning", "lvm", "mkfs", "mount", "fstab"];
+pub const PLUGIN_NAMES: [&str; 6] = [
+    "local_loop",
+    "partitioning",
+    "lvm",
+    "mkfs",
+    "mount",
+    "fstab",
+];
 
 /// A block-device plugin.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,7 +84,9 @@ impl RawNode {
         m.insert("name".into(), self.name.clone().into());
         m.insert(
             "base".into(),
-            self.base.as_ref().map_or(serde_json::Value::Null, Y::to_json),
+            self.base
+                .as_ref()
+                .map_or(serde_json::Value::Null, Y::to_json),
         );
         for (k, v) in &self.cfg {
             m.insert(k.clone(), v.to_json());
@@ -143,7 +152,7 @@ pub(crate) fn to_raw_nodes(doc: &Y, source: &str) -> Result<Vec<RawNode>, Error>
     Ok(out)
 }
 
-fn unknown_plugin(key: &str, at: At) -> Error {
+fn unknown_plugin(key: &str, at: Box<At>) -> Error {
     Error::UnknownPlugin {
         at,
         plugin: key.to_owned(),
@@ -174,7 +183,11 @@ fn recurse(
     source: &str,
     out: &mut Vec<RawNode>,
 ) -> Result<(), Error> {
-    let line = if value.line > 0 { value.line } else { fallback_line };
+    let line = if value.line > 0 {
+        value.line
+    } else {
+        fallback_line
+    };
     let at = |l: u32| At::new(source, if l > 0 { l } else { line });
     let entries: &[(String, Y)] = match &value.v {
         V::Map(m) => m,
@@ -182,11 +195,13 @@ fn recurse(
         _ => {
             return Err(Error::InvalidValue {
                 at: at(value.line),
-                plugin: plugin.key().into(),
-                node: parent.map_or_else(|| "(unnamed)".into(), |p| format!("{}_{p}", plugin.key())),
+                plugin: plugin.key(),
+                node: parent
+                    .map_or_else(|| "(unnamed)".into(), |p| format!("{}_{p}", plugin.key())),
                 key: plugin.key().into(),
                 value: value.scalar_text().unwrap_or_else(|| value.kind().into()),
-                reason: "a plugin's settings must be a mapping of keys, e.g. `{name: image0}`".into(),
+                reason: "a plugin's settings must be a mapping of keys, e.g. `{name: image0}`"
+                    .into(),
             })
         }
     };
@@ -194,15 +209,12 @@ fn recurse(
 
     let base: Option<Y> = match get("base") {
         Some(b) => Some(b.clone()),
-        None => parent.map(|p| Y {
-            line,
-            v: V::Str(p.to_owned()),
-        }),
+        None => parent.map(|p| Y::new(line, V::Str(p.to_owned()))),
     };
     let name = match get("name") {
         Some(n) => text_of(n).ok_or_else(|| Error::InvalidValue {
             at: at(n.line),
-            plugin: plugin.key().into(),
+            plugin: plugin.key(),
             node: "(unnamed)".into(),
             key: "name".into(),
             value: n.scalar_text().unwrap_or_else(|| n.kind().into()),
@@ -214,10 +226,14 @@ fn recurse(
             None if plugin == Plugin::Lvm => "lvm".to_owned(),
             None => {
                 // Without a name or a base there is nothing to call the node.
-                let key = if plugin == Plugin::LocalLoop { "name" } else { "base" };
+                let key = if plugin == Plugin::LocalLoop {
+                    "name"
+                } else {
+                    "base"
+                };
                 return Err(Error::MissingKey {
                     at: at(line),
-                    plugin: plugin.key().into(),
+                    plugin: plugin.key(),
                     node: "(unnamed)".into(),
                     key: key.into(),
                 });
@@ -247,7 +263,7 @@ fn recurse(
             let V::Seq(parts) = &v.v else {
                 return Err(Error::InvalidValue {
                     at: at(v.line),
-                    plugin: plugin.key().into(),
+                    plugin: plugin.key(),
                     node: name.clone(),
                     key: "partitions".into(),
                     value: v.kind().into(),
@@ -258,7 +274,7 @@ fn recurse(
                 let Some(pentries) = p.as_map() else {
                     return Err(Error::InvalidValue {
                         at: at(p.line),
-                        plugin: plugin.key().into(),
+                        plugin: plugin.key(),
                         node: name.clone(),
                         key: "partitions".into(),
                         value: p.scalar_text().unwrap_or_else(|| p.kind().into()),
@@ -272,7 +288,7 @@ fn recurse(
                     .and_then(|(_, n)| text_of(n))
                     .ok_or_else(|| Error::MissingKey {
                         at: at(p.line),
-                        plugin: "partition".into(),
+                        plugin: "partition",
                         node: format!("(partition of {name})"),
                         key: "name".into(),
                     })?;
@@ -360,11 +376,17 @@ mod tests {
     #[test]
     fn structural_errors() {
         let doc = parse("- local_loop: {name: a}\n  mkfs: {}\n").unwrap();
-        assert!(matches!(to_raw_nodes(&doc, "s"), Err(Error::MultiKeyNode { .. })));
+        assert!(matches!(
+            to_raw_nodes(&doc, "s"),
+            Err(Error::MultiKeyNode { .. })
+        ));
         let doc = parse("- localloop: {name: a}\n").unwrap();
         let e = to_raw_nodes(&doc, "s").unwrap_err();
         assert!(e.to_string().contains("did you mean `local_loop`"), "{e}");
         let doc = parse("local_loop: {name: a}\n").unwrap();
-        assert!(matches!(to_raw_nodes(&doc, "s"), Err(Error::NotAList { .. })));
+        assert!(matches!(
+            to_raw_nodes(&doc, "s"),
+            Err(Error::NotAList { .. })
+        ));
     }
 }

@@ -135,7 +135,10 @@ impl Plan {
         for n in &self.nodes {
             tracing::debug!(node = %n.name, kind = n.kind_name(), "create");
             if let Err(e) = self.create_node(n, runner, &mut st) {
-                tracing::error!("creating block device node `{}` failed: {e}; rolling back", n.name);
+                tracing::error!(
+                    "creating block device node `{}` failed: {e}; rolling back",
+                    n.name
+                );
                 let undo = std::mem::take(&mut st.undo);
                 return match teardown(undo, runner) {
                     Ok(()) => Err(e),
@@ -150,7 +153,12 @@ impl Plan {
         Ok(st)
     }
 
-    fn create_node(&self, n: &Node, runner: &mut dyn Runner, st: &mut Created) -> Result<(), Error> {
+    fn create_node(
+        &self,
+        n: &Node,
+        runner: &mut dyn Runner,
+        st: &mut Created,
+    ) -> Result<(), Error> {
         match &n.kind {
             NodeKind::LocalLoop {
                 size,
@@ -194,7 +202,8 @@ impl Plan {
                                 _ => unreachable!("partitions are partitions"),
                             })
                             .collect();
-                        let id = u32::from_str_radix(disk_id.trim_start_matches("0x"), 16).unwrap_or(1);
+                        let id =
+                            u32::from_str_radix(disk_id.trim_start_matches("0x"), 16).unwrap_or(1);
                         for (offset, record) in mbr::encode(layout, &parts, id) {
                             runner.write_at(Path::new(&device), offset, &record)?;
                         }
@@ -210,7 +219,9 @@ impl Plan {
                     .partitions_of(n)
                     .iter()
                     .filter_map(|p| match p.kind {
-                        NodeKind::Partition { number, .. } => Some(partition_device(&device, number)),
+                        NodeKind::Partition { number, .. } => {
+                            Some(partition_device(&device, number))
+                        }
                         _ => None,
                     })
                     .collect();
@@ -219,7 +230,8 @@ impl Plan {
             NodeKind::Partition { table, number, .. } => {
                 let table_node = self.node(table).expect("tables exist");
                 let device = st.device_of(&table_node.base[0]);
-                st.devices.push((n.name.clone(), partition_device(&device, *number)));
+                st.devices
+                    .push((n.name.clone(), partition_device(&device, *number)));
             }
             NodeKind::LvmPv { options } => {
                 let mut v = argv(&["pvcreate"]);
@@ -273,6 +285,14 @@ impl Plan {
                         return Err(Error::CannotMount {
                             node: n.name.clone(),
                             fstype,
+                        });
+                    }
+                    // The copy happens at teardown; make sure it can, before anything is
+                    // written into the directory.
+                    if let Err(e) = runner.run(&argv(&["mcopy", "--version"])) {
+                        return Err(Error::NoMtools {
+                            node: n.name.clone(),
+                            reason: e.to_string(),
                         });
                     }
                     tracing::info!(
@@ -527,21 +547,32 @@ impl Drop for Created {
             return;
         }
         let undo = std::mem::take(&mut self.undo);
-        match self.drop_runner.take() {
-            Some(mut runner) => {
-                tracing::warn!(
-                    "block devices of {} were not torn down; tearing them down now",
-                    self.image_path.display()
-                );
-                if let Err(e) = teardown(undo, runner.as_mut()) {
-                    tracing::error!("{e}");
-                }
-            }
-            None => tracing::error!(
+        let Some(mut runner) = self.drop_runner.take() else {
+            tracing::error!(
                 "block devices of {} were not torn down and no runner is left to do it: {:?}",
                 self.image_path.display(),
                 undo
-            ),
+            );
+            return;
+        };
+        tracing::warn!(
+            "block devices of {} were not torn down; tearing them down now",
+            self.image_path.display()
+        );
+        if let Err(e) = teardown(undo, runner.as_mut()) {
+            tracing::error!("{e}");
         }
+    }
+}
+
+impl Created {
+    /// Host paths of the filesystems mounted for the image (not the offline ones), so callers
+    /// can tell them from other mounts below the mount base.
+    pub fn mounted_paths(&self) -> Vec<PathBuf> {
+        self.mounts()
+            .iter()
+            .filter(|m| !m.offline)
+            .map(|m| m.target.clone())
+            .collect()
     }
 }

@@ -20,11 +20,13 @@ pub struct At {
 }
 
 impl At {
-    pub(crate) fn new(source: &str, line: u32) -> Self {
-        At {
+    /// A location, boxed as [`Error`] holds it (so that the error stays small); line 0 means
+    /// unknown.
+    pub fn new(source: &str, line: u32) -> Box<Self> {
+        Box::new(At {
             source: source.to_owned(),
             line: (line > 0).then_some(line),
-        }
+        })
     }
 }
 
@@ -51,10 +53,13 @@ fn line_hint(line: Option<u32>) -> String {
 #[non_exhaustive]
 pub enum Error {
     /// The config is not valid YAML.
-    #[error("{at}: malformed YAML: {message}; fix the YAML syntax there")]
+    #[error(
+        "{at}: malformed YAML{}: {message}; fix the YAML syntax there",
+        column.map_or_else(String::new, |c| format!(" (column {c})"))
+    )]
     Yaml {
         /// Where the parser stopped.
-        at: At,
+        at: Box<At>,
         /// The column, when known.
         column: Option<u32>,
         /// The parser's message.
@@ -68,7 +73,7 @@ pub enum Error {
     )]
     NotAList {
         /// Where.
-        at: At,
+        at: Box<At>,
         /// What was found instead.
         what: String,
     },
@@ -81,7 +86,7 @@ pub enum Error {
     )]
     UnknownPlugin {
         /// Where.
-        at: At,
+        at: Box<At>,
         /// The key that was found.
         plugin: String,
         /// The closest known plugin, if any is close.
@@ -97,7 +102,7 @@ pub enum Error {
     )]
     MultiKeyNode {
         /// Where.
-        at: At,
+        at: Box<At>,
         /// The keys of the entry.
         keys: Vec<String>,
     },
@@ -110,7 +115,7 @@ pub enum Error {
     )]
     DuplicateName {
         /// Where the second one is.
-        at: At,
+        at: Box<At>,
         /// The name.
         name: String,
         /// Where the first one is.
@@ -125,7 +130,7 @@ pub enum Error {
     )]
     MissingBase {
         /// Where.
-        at: At,
+        at: Box<At>,
         /// The node.
         node: String,
         /// The base it names.
@@ -136,31 +141,33 @@ pub enum Error {
 
     /// A node's `base` is a node of the wrong kind.
     #[error(
-        "{at}: node `{node}` has base `{base}`, which is {found}; a {plugin} node must sit on \
-         {expected}; point `base` at such a node"
+        "{at}: node `{node}` has base `{base}`, which is a {found} node; a {plugin} node must \
+         sit on {expected}; point `base` at such a node"
     )]
     WrongBase {
         /// Where.
-        at: At,
+        at: Box<At>,
         /// The plugin of the node.
-        plugin: String,
+        plugin: &'static str,
         /// The node.
         node: String,
         /// Its base.
         base: String,
-        /// What the base is.
-        found: String,
+        /// What kind of node the base is.
+        found: &'static str,
         /// What it should be.
-        expected: String,
+        expected: &'static str,
     },
 
     /// A required key is missing.
-    #[error("{at}: {plugin} node `{node}` is missing the required key `{key}`; add `{key}:` to it")]
+    #[error(
+        "{at}: {plugin} node `{node}` is missing the required key `{key}`; add `{key}:` to it"
+    )]
     MissingKey {
         /// Where.
-        at: At,
+        at: Box<At>,
         /// The plugin.
-        plugin: String,
+        plugin: &'static str,
         /// The node (or `(unnamed)`).
         node: String,
         /// The key.
@@ -171,9 +178,9 @@ pub enum Error {
     #[error("{at}: {plugin} node `{node}`: invalid `{key}` value `{value}`: {reason}")]
     InvalidValue {
         /// Where.
-        at: At,
+        at: Box<At>,
         /// The plugin.
-        plugin: String,
+        plugin: &'static str,
         /// The node.
         node: String,
         /// The key.
@@ -191,7 +198,7 @@ pub enum Error {
     )]
     DuplicateLabel {
         /// Where the second one is.
-        at: At,
+        at: Box<At>,
         /// The label.
         label: String,
         /// The first node that has it.
@@ -208,7 +215,7 @@ pub enum Error {
     )]
     LabelTooLong {
         /// Where.
-        at: At,
+        at: Box<At>,
         /// The mkfs node.
         node: String,
         /// The label.
@@ -226,7 +233,7 @@ pub enum Error {
     )]
     DuplicateMountPoint {
         /// Where the second one is.
-        at: At,
+        at: Box<At>,
         /// The mount point.
         mount_point: String,
         /// The first mount node.
@@ -242,7 +249,7 @@ pub enum Error {
     )]
     PartitionsDoNotFit {
         /// Where the table is.
-        at: At,
+        at: Box<At>,
         /// The partitioning node.
         table: String,
         /// The image node.
@@ -258,7 +265,7 @@ pub enum Error {
     )]
     PrimaryOnGpt {
         /// Where.
-        at: At,
+        at: Box<At>,
         /// The table.
         table: String,
         /// The partition.
@@ -269,7 +276,7 @@ pub enum Error {
     #[error("{at}: MBR table `{table}`: {reason}")]
     BadMbrLayout {
         /// Where.
-        at: At,
+        at: Box<At>,
         /// The table.
         table: String,
         /// What is wrong and what to do.
@@ -349,6 +356,18 @@ pub enum Error {
         fstype: String,
     },
 
+    /// vfat must be filled offline, and mtools cannot run.
+    #[error(
+        "the kernel cannot mount vfat, so kiln fills `{node}` with mtools at teardown, but \
+         `mcopy` cannot run ({reason}); install mtools"
+    )]
+    NoMtools {
+        /// The mount node.
+        node: String,
+        /// Why mcopy failed.
+        reason: String,
+    },
+
     /// `losetup` printed no device.
     #[error("`losetup --show` printed no loop device for {}", image.display())]
     NoLoopDevice {
@@ -410,11 +429,14 @@ impl fmt::Display for TeardownError {
 impl std::error::Error for TeardownError {}
 
 /// The closest candidate by edit distance, when it is close enough to be a plausible typo.
-pub(crate) fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
+pub(crate) fn closest<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<String> {
     let mut best: Option<(usize, &str)> = None;
     for c in candidates {
         let d = edit_distance(&word.to_lowercase(), &c.to_lowercase());
-        if best.map_or(true, |(bd, _)| d < bd) {
+        if best.is_none_or(|(bd, _)| d < bd) {
             best = Some((d, c));
         }
     }
@@ -434,6 +456,25 @@ fn edit_distance(a: &str, b: &str) -> usize {
         prev = cur;
     }
     prev[b.len()]
+}
+
+impl Error {
+    /// Whether this is a problem with the configuration itself (the user's input, exit code 2)
+    /// rather than a failure while creating devices.
+    pub fn is_input_error(&self) -> bool {
+        !matches!(
+            self,
+            Error::ImageSizeUnknown { .. }
+                | Error::NoDeviceMapper
+                | Error::CannotMount { .. }
+                | Error::NoMtools { .. }
+                | Error::NoLoopDevice { .. }
+                | Error::PartitionDeviceMissing { .. }
+                | Error::Run(_)
+                | Error::Io { .. }
+                | Error::RollbackFailed { .. }
+        )
+    }
 }
 
 #[cfg(test)]

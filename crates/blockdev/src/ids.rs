@@ -5,6 +5,8 @@
 //! path) plus what the identifier is for and which node it belongs to. The same config gives
 //! the same identifiers on every host and at every time; `SOURCE_DATE_EPOCH` plays no part.
 
+use std::fmt::Write as _;
+
 use sha2::{Digest, Sha256};
 
 /// The seed of all identifiers of one plan.
@@ -39,7 +41,10 @@ impl Ids {
         b.copy_from_slice(&self.digest(purpose, node)[..16]);
         b[6] = (b[6] & 0x0f) | 0x80;
         b[8] = (b[8] & 0x3f) | 0x80;
-        let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+        let hex: String = b.iter().fold(String::with_capacity(32), |mut acc, x| {
+            let _ = write!(acc, "{x:02x}");
+            acc
+        });
         format!(
             "{}-{}-{}-{}-{}",
             &hex[0..8],

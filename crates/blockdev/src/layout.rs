@@ -188,7 +188,11 @@ pub(crate) fn mbr(
 }
 
 /// Lays out a GPT table (128 entries of 128 bytes, primary and backup).
-pub(crate) fn gpt(parts: &[PartReq], disk_bytes: u64, sector: u64) -> Result<TableLayout, LayoutError> {
+pub(crate) fn gpt(
+    parts: &[PartReq],
+    disk_bytes: u64,
+    sector: u64,
+) -> Result<TableLayout, LayoutError> {
     let align = ((1 << 20) / sector).max(1);
     let disk_sectors = disk_bytes / sector;
     let array_sectors = (128u64 * 128).div_ceil(sector);
@@ -239,7 +243,13 @@ mod tests {
 
     #[test]
     fn mbr_one_partition_fills_disk() {
-        let l = mbr(&[req("root", SizeSpec::Percent(FULL), true)], 64 * MIB, 512, MIB).unwrap();
+        let l = mbr(
+            &[req("root", SizeSpec::Percent(FULL), true)],
+            64 * MIB,
+            512,
+            MIB,
+        )
+        .unwrap();
         assert_eq!(l.extents[0].start, 2048);
         assert_eq!(l.extents[0].sectors, 64 * 2048 - 2048);
         assert_eq!(l.extents[0].number, 1);
@@ -287,7 +297,13 @@ mod tests {
 
     #[test]
     fn mbr_errors() {
-        let e = mbr(&[req("a", SizeSpec::Bytes(64 * MIB), true)], 64 * MIB, 512, MIB).unwrap_err();
+        let e = mbr(
+            &[req("a", SizeSpec::Bytes(64 * MIB), true)],
+            64 * MIB,
+            512,
+            MIB,
+        )
+        .unwrap_err();
         assert!(matches!(e, LayoutError::DoesNotFit { index: 0, .. }));
         let e = mbr(
             &[
@@ -300,8 +316,13 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(e, LayoutError::Mbr { index: 1, .. }));
-        let five: Vec<PartReq> = (0..5).map(|i| req(&i.to_string(), SizeSpec::Bytes(MIB), true)).collect();
-        assert!(matches!(mbr(&five, 64 * MIB, 512, MIB), Err(LayoutError::Mbr { index: 4, .. })));
+        let five: Vec<PartReq> = (0..5)
+            .map(|i| req(&i.to_string(), SizeSpec::Bytes(MIB), true))
+            .collect();
+        assert!(matches!(
+            mbr(&five, 64 * MIB, 512, MIB),
+            Err(LayoutError::Mbr { index: 4, .. })
+        ));
     }
 
     #[test]

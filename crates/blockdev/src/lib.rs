@@ -19,6 +19,7 @@
 mod config;
 mod create;
 mod error;
+mod graph;
 mod ids;
 mod layout;
 mod mbr;

@@ -40,7 +40,15 @@ fn chs(lba: u64) -> [u8; 3] {
 /// Writes one 16-byte partition entry into slot 0..4 of a record. `abs_start` is the absolute
 /// first sector (for the CHS fields); `rel_start` is what the LBA field holds (absolute in the
 /// MBR, relative to the EBR or to the extended partition inside an EBR).
-fn entry(rec: &mut [u8; 512], slot: usize, boot: bool, ptype: u8, abs_start: u64, rel_start: u64, sectors: u64) {
+fn entry(
+    rec: &mut [u8; 512],
+    slot: usize,
+    boot: bool,
+    ptype: u8,
+    abs_start: u64,
+    rel_start: u64,
+    sectors: u64,
+) {
     let off = 446 + slot * 16;
     let e = &mut rec[off..off + 16];
     e[0] = if boot { 0x80 } else { 0x00 };
@@ -59,7 +67,11 @@ fn signed() -> [u8; 512] {
 }
 
 /// Encodes the MBR and EBRs of a layout. `parts` is parallel to `layout.extents`.
-pub(crate) fn encode(layout: &TableLayout, parts: &[MbrPart], disk_id: u32) -> Vec<(u64, [u8; 512])> {
+pub(crate) fn encode(
+    layout: &TableLayout,
+    parts: &[MbrPart],
+    disk_id: u32,
+) -> Vec<(u64, [u8; 512])> {
     let sector = layout.sector_size;
     let mut mbr = signed();
     mbr[440..444].copy_from_slice(&disk_id.to_le_bytes());
@@ -67,12 +79,28 @@ pub(crate) fn encode(layout: &TableLayout, parts: &[MbrPart], disk_id: u32) -> V
     let mut slot = 0;
     for (ext, part) in layout.extents.iter().zip(parts) {
         if ext.ebr.is_none() {
-            entry(&mut mbr, slot, part.boot, part.ptype, ext.start, ext.start, ext.sectors);
+            entry(
+                &mut mbr,
+                slot,
+                part.boot,
+                part.ptype,
+                ext.start,
+                ext.start,
+                ext.sectors,
+            );
             slot += 1;
         }
     }
     if let Some((ext_start, ext_sectors)) = layout.extended {
-        entry(&mut mbr, slot, false, EXTENDED_LBA, ext_start, ext_start, ext_sectors);
+        entry(
+            &mut mbr,
+            slot,
+            false,
+            EXTENDED_LBA,
+            ext_start,
+            ext_start,
+            ext_sectors,
+        );
         let logicals: Vec<_> = layout
             .extents
             .iter()
@@ -81,10 +109,26 @@ pub(crate) fn encode(layout: &TableLayout, parts: &[MbrPart], disk_id: u32) -> V
             .collect();
         for (i, (ebr, ext, part)) in logicals.iter().enumerate() {
             let mut rec = signed();
-            entry(&mut rec, 0, part.boot, part.ptype, ext.start, ext.start - ebr, ext.sectors);
+            entry(
+                &mut rec,
+                0,
+                part.boot,
+                part.ptype,
+                ext.start,
+                ext.start - ebr,
+                ext.sectors,
+            );
             if let Some((next_ebr, next, _)) = logicals.get(i + 1) {
                 let len = next.start + next.sectors - next_ebr;
-                entry(&mut rec, 1, false, EXTENDED_LINK, *next_ebr, next_ebr - ext_start, len);
+                entry(
+                    &mut rec,
+                    1,
+                    false,
+                    EXTENDED_LINK,
+                    *next_ebr,
+                    next_ebr - ext_start,
+                    len,
+                );
             }
             out.push((ebr * sector, rec));
         }

@@ -182,12 +182,12 @@ impl Runner for SystemRunner {
     fn run(&mut self, argv: &[String]) -> Result<Output, RunError> {
         let command = argv.join(" ");
         tracing::debug!(%command, "run");
-        let (program, args) = argv.split_first().ok_or_else(|| RunError::Spawn {
+        let (program, rest) = argv.split_first().ok_or_else(|| RunError::Spawn {
             program: String::new(),
             source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "empty command"),
         })?;
         let out = Command::new(program)
-            .args(args)
+            .args(rest)
             .env("LC_ALL", "C")
             .output()
             .map_err(|source| RunError::Spawn {

@@ -65,7 +65,7 @@ pub fn human(bytes: u64) -> String {
         ("KiB", 1 << 10),
     ];
     for (name, unit) in UNITS {
-        if bytes >= unit && bytes % unit == 0 {
+        if bytes >= unit && bytes.is_multiple_of(unit) {
             return format!("{}{name}", bytes / unit);
         }
     }
@@ -88,7 +88,8 @@ fn unit_factor(unit: &str) -> Option<u64> {
     Some(f)
 }
 
-const UNIT_HELP: &str = "use a number with an optional unit: B, KiB, MiB, GiB, TiB (powers of 1024) \
+const UNIT_HELP: &str =
+    "use a number with an optional unit: B, KiB, MiB, GiB, TiB (powers of 1024) \
                          or K, KB, M, MB, G, GB, T, TB (powers of 1000)";
 
 /// Splits `12.5 MiB` into ("12", "5", "MiB").
@@ -113,7 +114,11 @@ fn split_number(s: &str) -> Option<(&str, &str, &str)> {
 fn scale(int: &str, frac: &str, factor: u64) -> Option<u64> {
     let int_v: u128 = if int.is_empty() { 0 } else { int.parse().ok()? };
     let frac = &frac[..frac.len().min(18)];
-    let frac_v: u128 = if frac.is_empty() { 0 } else { frac.parse().ok()? };
+    let frac_v: u128 = if frac.is_empty() {
+        0
+    } else {
+        frac.parse().ok()?
+    };
     let denom = 10u128.pow(u32::try_from(frac.len()).ok()?);
     let total = int_v.checked_mul(u128::from(factor))? + frac_v * u128::from(factor) / denom;
     u64::try_from(total).ok()
@@ -131,10 +136,13 @@ pub fn parse_size(s: &str) -> Result<u64, Error> {
         reason: reason.to_owned(),
     };
     if s.trim().ends_with('%') {
-        return Err(bad("a percentage is only allowed for partition sizes; give an absolute size"));
+        return Err(bad(
+            "a percentage is only allowed for partition sizes; give an absolute size",
+        ));
     }
     let (int, frac, unit) = split_number(s).ok_or_else(|| bad(UNIT_HELP))?;
-    let factor = unit_factor(unit).ok_or_else(|| bad(&format!("unknown unit `{unit}`; {UNIT_HELP}")))?;
+    let factor =
+        unit_factor(unit).ok_or_else(|| bad(&format!("unknown unit `{unit}`; {UNIT_HELP}")))?;
     scale(int, frac, factor).ok_or_else(|| bad("the size is too large"))
 }
 
@@ -199,9 +207,7 @@ pub fn image_size_kib(tree_du_kib: u64, opts: &SizeOpts) -> u64 {
     } else {
         let base = match opts.extra_size_mb {
             Some(extra) => tree_du_kib.saturating_add(extra.saturating_mul(1024)),
-            None => {
-                u64::try_from(u128::from(tree_du_kib) * 10 / 6).unwrap_or(u64::MAX)
-            }
+            None => u64::try_from(u128::from(tree_du_kib) * 10 / 6).unwrap_or(u64::MAX),
         };
         if opts.root_fs_type == "ext4" {
             base.saturating_add(opts.journal_size_mb.saturating_mul(1024))
@@ -243,13 +249,19 @@ mod tests {
             let e = parse_size(s).unwrap_err();
             assert!(matches!(e, Error::InvalidSize { .. }), "{s}: {e}");
         }
-        assert!(parse_size("50%").unwrap_err().to_string().contains("only allowed for partition"));
+        assert!(parse_size("50%")
+            .unwrap_err()
+            .to_string()
+            .contains("only allowed for partition"));
     }
 
     #[test]
     fn percents() {
         assert_eq!(parse_size_spec("100%").unwrap(), SizeSpec::Percent(FULL));
-        assert_eq!(parse_size_spec("12.5%").unwrap(), SizeSpec::Percent(12_500_000));
+        assert_eq!(
+            parse_size_spec("12.5%").unwrap(),
+            SizeSpec::Percent(12_500_000)
+        );
         assert_eq!(parse_size_spec("8MiB").unwrap(), SizeSpec::Bytes(8 << 20));
         assert!(parse_size_spec("0%").is_err());
         assert!(parse_size_spec("101%").is_err());
@@ -277,7 +289,10 @@ mod tests {
             root_fs_type: "xfs".into(),
             ..SizeOpts::default()
         };
-        assert_eq!(image_size_kib(1000, &o), (1000u64 + 102_400).div_ceil(64) * 64);
+        assert_eq!(
+            image_size_kib(1000, &o),
+            (1000u64 + 102_400).div_ceil(64) * 64
+        );
         // efi pad
         let o = SizeOpts {
             image_size_gb: Some(1.5),
@@ -285,6 +300,15 @@ mod tests {
             ..SizeOpts::default()
         };
         assert_eq!(image_size_kib(0, &o), 1_572_864 + 537_600);
-        assert_eq!(image_size_kib(1, &SizeOpts { root_fs_type: "xfs".into(), ..SizeOpts::default() }), 64);
+        assert_eq!(
+            image_size_kib(
+                1,
+                &SizeOpts {
+                    root_fs_type: "xfs".into(),
+                    ..SizeOpts::default()
+                }
+            ),
+            64
+        );
     }
 }

@@ -71,7 +71,10 @@ impl RecordingRunner {
     /// empty prefix for never).
     #[must_use]
     pub fn missing_until(self, path: &str, command_prefix: &str) -> Self {
-        self.with(|s| s.missing_until.push((PathBuf::from(path), command_prefix.to_owned())));
+        self.with(|s| {
+            s.missing_until
+                .push((PathBuf::from(path), command_prefix.to_owned()));
+        });
         self
     }
 
@@ -95,8 +98,10 @@ impl RecordingRunner {
     #[must_use]
     pub fn dir_entries(self, dir: &str, entries: &[&str]) -> Self {
         self.with(|s| {
-            s.dirs
-                .insert(PathBuf::from(dir), entries.iter().map(PathBuf::from).collect());
+            s.dirs.insert(
+                PathBuf::from(dir),
+                entries.iter().map(PathBuf::from).collect(),
+            );
         });
         self
     }
@@ -105,7 +110,8 @@ impl RecordingRunner {
     #[must_use]
     pub fn redirect_writes(self, device: &str, file: &Path) -> Self {
         self.with(|s| {
-            s.redirects.insert(PathBuf::from(device), file.to_path_buf());
+            s.redirects
+                .insert(PathBuf::from(device), file.to_path_buf());
         });
         self
     }
@@ -172,7 +178,11 @@ impl Runner for RecordingRunner {
                     stderr: "injected failure".into(),
                 });
             }
-            if let Some((_, out)) = s.responses.iter().find(|(p, _)| line.starts_with(p.as_str())) {
+            if let Some((_, out)) = s
+                .responses
+                .iter()
+                .find(|(p, _)| line.starts_with(p.as_str()))
+            {
                 return Ok(Output {
                     stdout: out.clone(),
                     stderr: String::new(),
@@ -192,8 +202,11 @@ impl Runner for RecordingRunner {
 
     fn write_at(&mut self, path: &Path, offset: u64, data: &[u8]) -> Result<(), RunError> {
         let target = self.with(|s| {
-            s.log
-                .push(format!("write {} @{offset} ({} bytes)", path.display(), data.len()));
+            s.log.push(format!(
+                "write {} @{offset} ({} bytes)",
+                path.display(),
+                data.len()
+            ));
             s.writes.push((path.to_path_buf(), offset, data.to_vec()));
             s.redirects.get(path).cloned()
         });
@@ -210,7 +223,10 @@ impl Runner for RecordingRunner {
     }
 
     fn create_sparse_file(&mut self, path: &Path, size: u64) -> Result<(), RunError> {
-        self.with(|s| s.log.push(format!("create {} ({size} bytes)", path.display())));
+        self.with(|s| {
+            s.log
+                .push(format!("create {} ({size} bytes)", path.display()));
+        });
         Ok(())
     }
 

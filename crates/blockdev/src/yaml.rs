@@ -14,6 +14,11 @@ use serde_saphyr::Spanned;
 pub(crate) struct Y {
     pub line: u32,
     pub v: V,
+    /// For a scalar that YAML resolved to a boolean or number, the text as written, so that a
+    /// partition named `no` or a type written `0x83` keeps its spelling.
+    pub raw: Option<String>,
+    /// Byte range in the source, when known.
+    span: Option<(usize, usize)>,
 }
 
 /// The shape of a YAML value. Mapping keys are kept as text, in document order.
@@ -37,8 +42,21 @@ impl Y {
         }
     }
 
-    /// A scalar rendered as text (strings as they are, numbers and booleans formatted).
+    /// A plain value (for building trees in code).
+    pub fn new(line: u32, v: V) -> Self {
+        Y {
+            line,
+            v,
+            raw: None,
+            span: None,
+        }
+    }
+
+    /// A scalar as text: strings as they are, other scalars as written (or formatted).
     pub fn scalar_text(&self) -> Option<String> {
+        if let Some(raw) = &self.raw {
+            return Some(raw.clone());
+        }
         match &self.v {
             V::Str(s) => Some(s.clone()),
             V::Int(i) => Some(i.to_string()),
@@ -93,9 +111,16 @@ impl<'de> Deserialize<'de> for Inner {
 impl<'de> Deserialize<'de> for Y {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = Spanned::<Inner>::deserialize(d)?;
+        let span = s.referenced.span();
+        let span = match (span.byte_offset(), span.byte_len()) {
+            (Some(o), Some(l)) => usize::try_from(o).ok().zip(usize::try_from(l).ok()),
+            _ => None,
+        };
         Ok(Y {
             line: u32::try_from(s.referenced.line()).unwrap_or(0),
             v: s.value.0,
+            raw: None,
+            span,
         })
     }
 }
@@ -130,7 +155,9 @@ impl<'de> Visitor<'de> for InnerVisitor {
         Ok(Inner(V::Int(i)))
     }
     fn visit_u128<E: de::Error>(self, i: u128) -> Result<Inner, E> {
-        Ok(Inner(i128::try_from(i).map_or_else(|_| V::Str(i.to_string()), V::Int)))
+        Ok(Inner(
+            i128::try_from(i).map_or_else(|_| V::Str(i.to_string()), V::Int),
+        ))
     }
     fn visit_f64<E: de::Error>(self, f: f64) -> Result<Inner, E> {
         Ok(Inner(V::Float(f)))
@@ -167,8 +194,35 @@ pub(crate) struct YamlError {
     pub message: String,
 }
 
+fn position_suffix() -> regex::Regex {
+    regex::Regex::new(r"\s*\(?\s*at line \d+,? column \d+\s*\)?\s*$").expect("valid regex")
+}
+
+/// Records the source text of resolved (non-string) scalars.
+fn keep_raw(y: &mut Y, text: &str) {
+    match &mut y.v {
+        V::Bool(_) | V::Int(_) | V::Float(_) => {
+            y.raw = y
+                .span
+                .and_then(|(o, l)| text.get(o..o + l))
+                .map(str::trim)
+                .filter(|t| !t.is_empty() && !t.starts_with(['*', '&', '!']))
+                .map(str::to_owned);
+        }
+        V::Seq(items) => items.iter_mut().for_each(|i| keep_raw(i, text)),
+        V::Map(entries) => entries.iter_mut().for_each(|(_, v)| keep_raw(v, text)),
+        V::Null | V::Str(_) => {}
+    }
+}
+
 /// Parses one YAML document into a spanned tree.
 pub(crate) fn parse(text: &str) -> Result<Y, YamlError> {
+    let mut doc = parse_tree(text)?;
+    keep_raw(&mut doc, text);
+    Ok(doc)
+}
+
+fn parse_tree(text: &str) -> Result<Y, YamlError> {
     serde_saphyr::from_str::<Y>(text).map_err(|e| {
         let loc = e.location();
         let line = loc
@@ -178,11 +232,15 @@ pub(crate) fn parse(text: &str) -> Result<Y, YamlError> {
             .map(|l| u32::try_from(l.column()).unwrap_or(0))
             .filter(|c| *c > 0);
         let rendered = e.without_snippet().to_string();
-        let message = rendered
+        let first = rendered
             .lines()
             .map(str::trim)
             .find(|l| !l.is_empty())
-            .unwrap_or("invalid YAML")
+            .unwrap_or("invalid YAML");
+        // The position is reported separately; drop the parser's own copy of it.
+        let message = position_suffix()
+            .replace(first, "")
+            .trim_end_matches(['.', ','])
             .to_owned();
         YamlError {
             line,
@@ -212,7 +270,23 @@ mod tests {
         let e = parse("- a: [1, 2\n- b: 3\n").unwrap_err();
         assert!(e.line.is_some(), "{e:?}");
         assert!(!e.message.contains('\n'));
-        eprintln!("{e:?}");
+        assert!(!e.message.contains("at line"), "{e:?}");
+    }
+
+    #[test]
+    fn resolved_scalars_keep_their_spelling() {
+        let y =
+            parse("- {name: no, type: 0x83, size: 1024, t: 8300}\n- b: [y, on, 1.50]\n").unwrap();
+        let V::Seq(items) = &y.v else { panic!() };
+        let m = items[0].as_map().unwrap();
+        let texts: Vec<String> = m.iter().map(|(_, v)| v.scalar_text().unwrap()).collect();
+        assert_eq!(texts, ["no", "0x83", "1024", "8300"]);
+        assert_eq!(m[0].1.v, V::Bool(false));
+        let V::Seq(b) = &items[1].as_map().unwrap()[0].1.v else {
+            panic!()
+        };
+        let texts: Vec<String> = b.iter().map(|v| v.scalar_text().unwrap()).collect();
+        assert_eq!(texts, ["y", "on", "1.50"]);
     }
 
     #[test]

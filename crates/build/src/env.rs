@@ -49,10 +49,8 @@ pub fn base_env(
     set("DIB_IMAGE_CACHE", d(&plan.cache_root));
     set(
         "DIB_LOCKFILES",
-        req.var("DIB_LOCKFILES").map_or_else(
-            || d(&plan.cache_root.join("lockfiles")),
-            String::from,
-        ),
+        req.var("DIB_LOCKFILES")
+            .map_or_else(|| d(&plan.cache_root.join("lockfiles")), String::from),
     );
     set(
         "DIB_OFFLINE",
@@ -96,17 +94,22 @@ pub fn base_env(
             req.var("DIB_CHECKSUM").unwrap_or("0").to_string()
         },
     );
-    set(
-        "FS_TYPE",
-        req.var("FS_TYPE").unwrap_or("ext4").to_string(),
-    );
+    set("FS_TYPE", req.var("FS_TYPE").unwrap_or("ext4").to_string());
     set(
         "COMPRESS_IMAGE",
-        if req.uncompressed { String::new() } else { "1".into() },
+        if req.uncompressed {
+            String::new()
+        } else {
+            "1".into()
+        },
     );
     set(
         "SKIP_BASE",
-        if req.skip_base { "1".into() } else { String::new() },
+        if req.skip_base {
+            "1".into()
+        } else {
+            String::new()
+        },
     );
     if let Some(v) = &req.image_size {
         set("DIB_IMAGE_SIZE", v.clone());

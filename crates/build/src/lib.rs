@@ -4,6 +4,10 @@
 //! block-device layout chosen), and [`pipeline::run`] executes the plan in DIB's phase order and
 //! places, with every failure path tearing down what was set up.
 
+// Errors are returned only on the failure path, where their size does not matter; the report
+// they carry (the last lines of a failed hook) is worth more than a smaller Result.
+#![allow(clippy::result_large_err)]
+
 pub mod env;
 pub mod packages;
 pub mod pipeline;
@@ -27,6 +31,9 @@ pub enum Error {
     /// A problem in the block-device layer.
     #[error(transparent)]
     BlockDevice(#[from] kiln_blockdev::Error),
+    /// Block devices that could not be fully torn down.
+    #[error(transparent)]
+    Teardown(#[from] kiln_blockdev::TeardownError),
     /// A problem producing outputs.
     #[error(transparent)]
     Output(#[from] kiln_output::Error),
@@ -81,10 +88,11 @@ impl Error {
     /// for a signal.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Self::Element(_) | Self::Usage(_) => 2,
+            Self::Element(_)
+            | Self::Usage(_)
+            | Self::Output(kiln_output::Error::UnknownType(_))
+            | Self::Sandbox(kiln_sandbox::Error::Binfmt(_)) => 2,
             Self::BlockDevice(e) if e.is_input_error() => 2,
-            Self::Output(kiln_output::Error::UnknownType(_)) => 2,
-            Self::Sandbox(kiln_sandbox::Error::Binfmt(_)) => 2,
             Self::Interrupted { signal } => 128 + signal,
             _ => 1,
         }

@@ -58,8 +58,7 @@ pub fn run(plan: &BuildPlan, console: &Console) -> Result<BuildReport, Error> {
         .or_else(|| req.var("DIB_MIN_TMPFS").and_then(|v| v.parse().ok()))
         .unwrap_or(2);
     let no_tmpfs = req.no_tmpfs || req.var("DIB_NO_TMPFS") == Some("1");
-    let use_tmpfs =
-        !no_tmpfs && kiln_sandbox::mem_total_bytes() >= 2 * min_tmpfs_gib * (1 << 30);
+    let use_tmpfs = !no_tmpfs && kiln_sandbox::mem_total_bytes() >= 2 * min_tmpfs_gib * (1 << 30);
     let ws = Workspace::create(&base, use_tmpfs)?;
     console.say(&format!(
         "build dir {} ({})",
@@ -126,7 +125,11 @@ fn preflight(plan: &BuildPlan) -> Result<(), Error> {
     if plan.needs_disk() {
         needed.push(("losetup", "mount"));
         needed.push(("partx", "util-linux"));
-        if plan.outputs.iter().any(|t| matches!(t, OutputType::Disk(_))) {
+        if plan
+            .outputs
+            .iter()
+            .any(|t| matches!(t, OutputType::Disk(_)))
+        {
             needed.push(("qemu-img", "qemu-utils"));
         }
     }
@@ -143,7 +146,11 @@ fn preflight(plan: &BuildPlan) -> Result<(), Error> {
     if plan.needs_disk() {
         // Validate the layout before anything is built.
         let params = blockdev_params(plan, Path::new("/nonexistent"), None);
-        kiln_blockdev::plan(&plan.block_device.1, &plan.block_device.0.describe(), &params)?;
+        kiln_blockdev::plan(
+            &plan.block_device.1,
+            &plan.block_device.0.describe(),
+            &params,
+        )?;
     }
     Ok(())
 }
@@ -222,11 +229,17 @@ impl Ctx<'_> {
             .request
             .install_type
             .clone()
-            .or_else(|| plan.request.var("DIB_DEFAULT_INSTALLTYPE").map(String::from))
+            .or_else(|| {
+                plan.request
+                    .var("DIB_DEFAULT_INSTALLTYPE")
+                    .map(String::from)
+            })
             .unwrap_or_else(|| "source".into());
         fs::write(
             hooks.join("environment.d/11-dib-install-type.bash"),
-            format!("export DIB_DEFAULT_INSTALLTYPE=${{DIB_DEFAULT_INSTALLTYPE:-\"{install_type}\"}}\n"),
+            format!(
+                "export DIB_DEFAULT_INSTALLTYPE=${{DIB_DEFAULT_INSTALLTYPE:-\"{install_type}\"}}\n"
+            ),
         )
         .map_err(io(&hooks))?;
         fs::create_dir_all(&mnt).map_err(io(&mnt))?;
@@ -238,11 +251,21 @@ impl Ctx<'_> {
         // Block-device params known before the build (labels, mount points).
         if plan.needs_disk() {
             let params = blockdev_params(plan, &image_dir, None);
-            let bp = kiln_blockdev::plan(&plan.block_device.1, &plan.block_device.0.describe(), &params)?;
-            self.env.insert("DIB_ROOT_LABEL".into(), bp.root_label().to_string());
-            self.env.insert("DIB_ROOT_FSTYPE".into(), bp.root_fstype().to_string());
-            self.env.insert("DIB_BOOT_LABEL".into(), bp.boot_label().unwrap_or_default().to_string());
-            self.env.insert("DIB_MOUNTPOINTS".into(), bp.mount_points().join("|"));
+            let bp = kiln_blockdev::plan(
+                &plan.block_device.1,
+                &plan.block_device.0.describe(),
+                &params,
+            )?;
+            self.env
+                .insert("DIB_ROOT_LABEL".into(), bp.root_label().to_string());
+            self.env
+                .insert("DIB_ROOT_FSTYPE".into(), bp.root_fstype().to_string());
+            self.env.insert(
+                "DIB_BOOT_LABEL".into(),
+                bp.boot_label().unwrap_or_default().to_string(),
+            );
+            self.env
+                .insert("DIB_MOUNTPOINTS".into(), bp.mount_points().join("|"));
         } else {
             let label = plan
                 .request
@@ -253,7 +276,10 @@ impl Ctx<'_> {
             self.env.insert("DIB_ROOT_LABEL".into(), label);
             self.env.insert(
                 "DIB_ROOT_FSTYPE".into(),
-                self.env.get("FS_TYPE").cloned().unwrap_or_else(|| "ext4".into()),
+                self.env
+                    .get("FS_TYPE")
+                    .cloned()
+                    .unwrap_or_else(|| "ext4".into()),
             );
             self.env.insert("DIB_BOOT_LABEL".into(), String::new());
             self.env.insert("DIB_MOUNTPOINTS".into(), "/".into());
@@ -266,19 +292,19 @@ impl Ctx<'_> {
         self.timing("plan-packages", t, Vec::new());
 
         // root.d on the host with TARGET_ROOT.
-        self.run_phase(Phase::Root, Place::Host, Some(&mnt))?;
+        self.run_phase(Phase::Root, &Place::Host, Some(&mnt))?;
         if !runner::has_content(&mnt) {
             return Err(Error::Step {
                 step: "root.d".into(),
                 message: "Failed to deploy the root element: the target is still empty after root.d (is an operating-system element's root.d missing?)".into(),
             });
         }
-        self.resolv_conf_in(&mnt)?;
+        Self::resolv_conf_in(&mnt)?;
         fs::create_dir_all(mnt.join("tmp")).map_err(io(&mnt))?;
         kiln_sandbox::mount_chroot_fs(&mnt)?;
-        self.run_phase(Phase::ExtraData, Place::Host, None)?;
+        self.run_phase(Phase::ExtraData, &Place::Host, None)?;
         for p in [Phase::PreInstall, Phase::Install] {
-            self.run_phase(p, Place::Chroot(mnt.clone()), None)?;
+            self.run_phase(p, &Place::Chroot(mnt.clone()), None)?;
         }
         if !plan.request.packages.is_empty() {
             let t = Instant::now();
@@ -291,11 +317,17 @@ impl Ctx<'_> {
                     .filter(|p| !p.is_empty())
                     .map(String::from),
             );
-            runner::run_simple(self.console, "packages", &Place::Chroot(mnt.clone()), &argv, &self.env)?;
+            runner::run_simple(
+                self.console,
+                "packages",
+                &Place::Chroot(mnt.clone()),
+                &argv,
+                &self.env,
+            )?;
             self.timing("extra-packages", t, Vec::new());
         }
-        self.run_phase(Phase::PostInstall, Place::Chroot(mnt.clone()), None)?;
-        self.run_phase(Phase::PostRoot, Place::Host, None)?;
+        self.run_phase(Phase::PostInstall, &Place::Chroot(mnt.clone()), None)?;
+        self.run_phase(Phase::PostRoot, &Place::Host, None)?;
         let _ = fs::remove_dir_all(mnt.join("lost+found"));
         check_interrupt()?;
         self.ws.umount_chroot()?;
@@ -306,11 +338,11 @@ impl Ctx<'_> {
         } else {
             // A root filesystem only: finalise runs in the tree itself.
             kiln_sandbox::mount_chroot_fs(&mnt)?;
-            self.run_phase(Phase::PreFinalise, Place::Host, None)?;
-            self.run_phase(Phase::Finalise, Place::Chroot(mnt.clone()), None)?;
-            self.run_phase(Phase::Cleanup, Place::Host, Some(&mnt))?;
+            self.run_phase(Phase::PreFinalise, &Place::Host, None)?;
+            self.run_phase(Phase::Finalise, &Place::Chroot(mnt.clone()), None)?;
+            self.run_phase(Phase::Cleanup, &Place::Host, Some(&mnt))?;
             self.ws.umount_chroot()?;
-            self.tidy(&mnt)?;
+            Self::tidy(&mnt)?;
             self.tree_outputs(&mnt, &mut outputs)?;
         }
         Ok(outputs)
@@ -329,33 +361,46 @@ impl Ctx<'_> {
         let t = Instant::now();
         let du = du_kib(&built)?;
         let req = &plan.request;
-        let fs_type = self.env.get("FS_TYPE").cloned().unwrap_or_else(|| "ext4".into());
+        let fs_type = self
+            .env
+            .get("FS_TYPE")
+            .cloned()
+            .unwrap_or_else(|| "ext4".into());
         let opts = kiln_blockdev::SizeOpts {
             image_size_gb: self.env.get("DIB_IMAGE_SIZE").and_then(|v| v.parse().ok()),
-            extra_size_mb: self.env.get("DIB_IMAGE_EXTRA_SIZE").and_then(|v| v.parse().ok()),
-            journal_mb: self
+            extra_size_mb: self
+                .env
+                .get("DIB_IMAGE_EXTRA_SIZE")
+                .and_then(|v| v.parse().ok()),
+            journal_size_mb: self
                 .env
                 .get("DIB_JOURNAL_SIZE")
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(64),
-            fs_type: fs_type.clone(),
-            efi: plan.set.names().iter().any(|n| n.starts_with("block-device-efi")),
+            root_fs_type: fs_type.clone(),
+            efi: plan
+                .set
+                .names()
+                .iter()
+                .any(|n| n.starts_with("block-device-efi")),
         };
         let size_kib = kiln_blockdev::image_size_kib(du, &opts);
-        self.env.insert("DIB_IMAGE_SIZE".into(), size_kib.to_string());
-        let mut mkfs_opts = req
-            .mkfs_options
-            .clone()
-            .unwrap_or_default();
+        self.env
+            .insert("DIB_IMAGE_SIZE".into(), size_kib.to_string());
+        let mut mkfs_opts = req.mkfs_options.clone().unwrap_or_default();
         if fs_type == "ext4" {
-            mkfs_opts = format!("-i 4096 -J size={} {mkfs_opts}", opts.journal_mb);
+            mkfs_opts = format!("-i 4096 -J size={} {mkfs_opts}", opts.journal_size_mb);
         }
         if let Some(n) = self.env.get("MAX_ONLINE_RESIZE").filter(|v| !v.is_empty()) {
             mkfs_opts = format!("-E resize={n} {mkfs_opts}");
         }
         let mut params = blockdev_params(plan, &image_dir, Some(size_kib * 1024));
         params.root_fs_opts = Some(mkfs_opts.trim().to_string());
-        let bp = kiln_blockdev::plan(&plan.block_device.1, &plan.block_device.0.describe(), &params)?;
+        let bp = kiln_blockdev::plan(
+            &plan.block_device.1,
+            &plan.block_device.0.describe(),
+            &params,
+        )?;
         self.timing("size", t, Vec::new());
 
         // Legacy block-device.d hooks may hand over a device themselves.
@@ -368,10 +413,14 @@ impl Ctx<'_> {
         }
         check_interrupt()?;
         let t = Instant::now();
-        let mut runner = kiln_blockdev::SystemRunner::default();
+        let mut runner = kiln_blockdev::SystemRunner;
         let created = bp.create(&mut runner)?;
-        self.env.insert("IMAGE_BLOCK_DEVICE".into(), created.image_block_device().display().to_string());
-        self.env.insert("IMAGE_BLOCK_DEVICES".into(), created.image_block_devices());
+        self.env.insert(
+            "IMAGE_BLOCK_DEVICE".into(),
+            created.image_block_device().to_string(),
+        );
+        self.env
+            .insert("IMAGE_BLOCK_DEVICES".into(), created.image_block_devices());
         self.ws.blockdev = Some(created);
         self.timing("block-device-create", t, Vec::new());
         let created = self.ws.blockdev.as_ref().expect("just set");
@@ -385,11 +434,11 @@ impl Ctx<'_> {
 
         fs::create_dir_all(mnt.join("tmp")).map_err(io(&mnt))?;
         kiln_sandbox::mount_chroot_fs(&mnt)?;
-        self.run_phase(Phase::PreFinalise, Place::Host, None)?;
-        self.run_phase(Phase::Finalise, Place::Chroot(mnt.clone()), None)?;
-        self.run_phase(Phase::Cleanup, Place::Host, Some(&mnt))?;
+        self.run_phase(Phase::PreFinalise, &Place::Host, None)?;
+        self.run_phase(Phase::Finalise, &Place::Chroot(mnt.clone()), None)?;
+        self.run_phase(Phase::Cleanup, &Place::Host, Some(&mnt))?;
         self.ws.umount_chroot()?;
-        self.tidy(&mnt)?;
+        Self::tidy(&mnt)?;
         self.tree_outputs(&mnt, outputs)?;
 
         // Unmount the image (this copies offline filesystems in and detaches the loop device),
@@ -481,7 +530,7 @@ impl Ctx<'_> {
     }
 
     /// DIB's resolv.conf dance, first half: keep the target's, use the host's during the build.
-    fn resolv_conf_in(&self, mnt: &Path) -> Result<(), Error> {
+    fn resolv_conf_in(mnt: &Path) -> Result<(), Error> {
         let etc = mnt.join("etc");
         fs::create_dir_all(&etc).map_err(io(&etc))?;
         let target = etc.join("resolv.conf");
@@ -500,7 +549,7 @@ impl Ctx<'_> {
     }
 
     /// After cleanup.d: restore resolv.conf, empty /tmp, truncate /var/log, drop /root/*.log.
-    fn tidy(&self, mnt: &Path) -> Result<(), Error> {
+    fn tidy(mnt: &Path) -> Result<(), Error> {
         let etc = mnt.join("etc");
         let target = etc.join("resolv.conf");
         let orig = etc.join("resolv.conf.ORIG");
@@ -577,18 +626,24 @@ impl Ctx<'_> {
         e
     }
 
-    fn run_phase(&mut self, phase: Phase, place: Place, target_root: Option<&Path>) -> Result<(), Error> {
-        self.run_phase_inner(phase, place, target_root, None).map(|_| ())
+    fn run_phase(
+        &mut self,
+        phase: Phase,
+        place: &Place,
+        target_root: Option<&Path>,
+    ) -> Result<(), Error> {
+        self.run_phase_inner(phase, place, target_root, None)
+            .map(|_| ())
     }
 
     fn run_phase_capture(&mut self, phase: Phase, prefix: &str) -> Result<Vec<String>, Error> {
-        self.run_phase_inner(phase, Place::Host, None, Some(prefix))
+        self.run_phase_inner(phase, &Place::Host, None, Some(prefix))
     }
 
     fn run_phase_inner(
         &mut self,
         phase: Phase,
-        place: Place,
+        place: &Place,
         target_root: Option<&Path>,
         prefix: Option<&str>,
     ) -> Result<Vec<String>, Error> {
@@ -598,19 +653,27 @@ impl Ctx<'_> {
         if !dir.is_dir() {
             return Ok(Vec::new());
         }
-        self.check_break(&format!("before-{}", phase.name()), Some(&place));
+        self.check_break(&format!("before-{}", phase.name()), Some(place));
         let t = Instant::now();
         let env = self.phase_env(target_root);
         let elements = self.hook_elements.get(&phase).cloned().unwrap_or_default();
         self.console.say(&format!("==> {}.d", phase.name()));
-        let result = match &place {
+        let result = match place {
             Place::Host => {
                 let argv = vec![
                     "bash".to_string(),
                     hooks.join("dib-run-parts").display().to_string(),
                     dir.display().to_string(),
                 ];
-                runner::run(self.console, phase.name(), &place, &argv, &env, &elements, prefix)
+                runner::run(
+                    self.console,
+                    phase.name(),
+                    place,
+                    &argv,
+                    &env,
+                    &elements,
+                    prefix,
+                )
             }
             Place::Chroot(root) => {
                 let in_target = root.join("tmp/in_target.d");
@@ -621,11 +684,19 @@ impl Ctx<'_> {
                     "/tmp/in_target.d/dib-run-parts".to_string(),
                     format!("/tmp/in_target.d/{}", phase.dir_name()),
                 ];
-                let r = runner::run(self.console, phase.name(), &place, &argv, &env, &elements, prefix);
+                let r = runner::run(
+                    self.console,
+                    phase.name(),
+                    place,
+                    &argv,
+                    &env,
+                    &elements,
+                    prefix,
+                );
                 if r.is_err() {
                     if let Err(Error::HookFailed { .. }) = &r {
                         // Let a debugging user look around before the mounts go.
-                        self.check_break("after-error", Some(&place));
+                        self.check_break("after-error", Some(place));
                     }
                 }
                 kiln_sandbox::kill_processes_rooted_under(root);
@@ -637,7 +708,7 @@ impl Ctx<'_> {
         match result {
             Ok(fin) => {
                 self.timing(phase.name(), t, fin.hooks);
-                self.check_break(&format!("after-{}", phase.name()), Some(&place));
+                self.check_break(&format!("after-{}", phase.name()), Some(place));
                 Ok(fin.captured)
             }
             Err(e) => {
@@ -661,8 +732,14 @@ impl Ctx<'_> {
             .var("break_cmd")
             .unwrap_or("bash")
             .to_string();
-        let outside = self.plan.request.var("break_outside_target").is_some_and(|v| v != "0");
-        self.console.say(&format!("break point {point}: running `{cmd}`; exit it to continue"));
+        let outside = self
+            .plan
+            .request
+            .var("break_outside_target")
+            .is_some_and(|v| v != "0");
+        self.console.say(&format!(
+            "break point {point}: running `{cmd}`; exit it to continue"
+        ));
         let mut c = match place {
             Some(Place::Chroot(root)) if !outside => {
                 let mut c = std::process::Command::new("chroot");
@@ -733,7 +810,9 @@ fn truncate_logs(dir: &Path) {
     let Ok(rd) = fs::read_dir(dir) else { return };
     for e in rd.flatten() {
         let p = e.path();
-        let Ok(m) = fs::symlink_metadata(&p) else { continue };
+        let Ok(m) = fs::symlink_metadata(&p) else {
+            continue;
+        };
         if m.is_dir() {
             truncate_logs(&p);
         } else if m.is_file() {
@@ -746,6 +825,8 @@ fn timestamp() -> String {
     let out = std::process::Command::new("date")
         .arg("+%Y.%m.%d-%H.%M.%S")
         .output();
-    out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|_| "old".into())
+    out.map_or_else(
+        |_| "old".into(),
+        |o| String::from_utf8_lossy(&o.stdout).trim().to_string(),
+    )
 }

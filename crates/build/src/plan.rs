@@ -121,6 +121,7 @@ impl BuildPlan {
         for t in req.output_types() {
             outputs.push(kiln_output::OutputType::parse(&t)?);
         }
+        validate_packages(req, &library, &set, &hooks, &arch)?;
         let block_device = choose_block_device(req, &set, &arch)?;
         Ok(Self {
             request: req.clone(),
@@ -208,7 +209,12 @@ impl BuildPlan {
     /// The plan as text (`kiln plan`).
     pub fn to_text(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(s, "image: {} (arch {})", self.image_name.display(), self.arch);
+        let _ = writeln!(
+            s,
+            "image: {} (arch {})",
+            self.image_name.display(),
+            self.arch
+        );
         let _ = writeln!(s, "\nelements ({}):", self.set.elements.len());
         let width = self
             .set
@@ -240,7 +246,7 @@ impl BuildPlan {
             let _ = writeln!(s, "  {}  ({})", h.name, h.element);
         }
         for p in Phase::ALL {
-            let hooks = self.hooks.phases.get(&p).map(Vec::as_slice).unwrap_or(&[]);
+            let hooks = self.hooks.phases.get(&p).map_or(&[][..], Vec::as_slice);
             let place = if p.in_chroot() { "chroot" } else { "host" };
             let _ = writeln!(s, "\n{}.d ({place}):", p.name());
             if hooks.is_empty() {
@@ -277,6 +283,43 @@ pub fn reason_text(r: &Reason) -> String {
         Reason::DependencyOf(x) => format!("dependency of {x}"),
         Reason::AutoAdded(why) => format!("auto-added: {why}"),
     }
+}
+
+/// Parses every package-installs and pkg-map file of the set and squashes them once, so that
+/// their errors (syntax, `arch` with `not-arch`, a `when` on a variable nothing sets) surface at
+/// plan time. A variable that environment.d might set is given a placeholder here; the build
+/// evaluates the real value after sourcing environment.d.
+fn validate_packages(
+    req: &BuildRequest,
+    library: &Library,
+    set: &ElementSet,
+    hooks: &HookTree,
+    arch: &str,
+) -> Result<(), Error> {
+    let env_text: String = hooks
+        .environment
+        .iter()
+        .filter_map(|h| std::fs::read_to_string(&h.path).ok())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut inputs = Vec::new();
+    for e in &set.elements {
+        if let Some(el) = library.get(&e.name) {
+            if let Some(pi) = el.package_installs()? {
+                inputs.push((e.name.clone(), pi));
+            }
+            el.pkg_map()?;
+        }
+    }
+    let lookup = |k: &str| {
+        req.env
+            .get(k)
+            .cloned()
+            .or_else(|| env_text.contains(k).then(String::new))
+    };
+    let ctx = element::package_installs::SquashContext { arch, env: &lookup };
+    element::package_installs::squash(&inputs, &ctx)?;
+    Ok(())
 }
 
 fn choose_block_device(

@@ -107,7 +107,7 @@ impl Workspace {
             problems.push(e.to_string());
         }
         if let Some(bd) = self.blockdev.take() {
-            let mut runner = kiln_blockdev::SystemRunner::default();
+            let mut runner = kiln_blockdev::SystemRunner;
             if let Err(e) = bd.umount(&mut runner) {
                 problems.push(e.to_string());
             }

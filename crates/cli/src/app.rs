@@ -18,7 +18,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Build an image (the same options as disk-image-create).
-    Build(commands::build::BuildCmd),
+    Build(Box<commands::build::BuildCmd>),
     /// Show everything a build would do, without running anything.
     Plan(commands::plan::PlanCmd),
     /// Print the expanded element set, as DIB's element-info does.

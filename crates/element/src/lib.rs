@@ -40,4 +40,6 @@ pub use library::{Element, Library, Override};
 pub use package_installs::PackageInstalls;
 pub use phase::Phase;
 pub use pkg_map::PkgMap;
-pub use resolve::{resolve, resolve_exact, shell_quote, ElementSet, Reason, ResolveRequest, ResolvedElement};
+pub use resolve::{
+    resolve, resolve_exact, shell_quote, ElementSet, Reason, ResolveRequest, ResolvedElement,
+};

@@ -380,11 +380,11 @@ pub fn squash(
                 let type_ok = params
                     .installtype
                     .as_ref()
-                    .map_or(true, |t| *t == element_installtype);
+                    .is_none_or(|t| *t == element_installtype);
                 let python_ok = params
                     .dib_python_version
                     .as_ref()
-                    .map_or(true, |v| v.is_empty() || *v == python_version);
+                    .is_none_or(|v| v.is_empty() || *v == python_version);
                 if !(arch_ok && when_ok && type_ok && python_ok) {
                     tracing::debug!(
                         "package-installs: skipping {} of {element} (arch {arch_ok}, when {when_ok}, installtype {type_ok}, python {python_ok})",

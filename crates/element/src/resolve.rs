@@ -73,7 +73,7 @@ const OPERATING_SYSTEM: &str = "operating-system";
 /// 4. The result (all reached names minus the provided ones) is ordered topologically.
 pub fn resolve(lib: &Library, req: &ResolveRequest) -> Result<ElementSet, Error> {
     let (user, reasons) = rewrite_request(req);
-    expand(lib, user, reasons)
+    expand(lib, &user, reasons)
 }
 
 /// Resolves exactly the requested names, without the command-line rewrites (`base`, the
@@ -88,20 +88,19 @@ pub fn resolve_exact(lib: &Library, req: &ResolveRequest) -> Result<ElementSet, 
             reasons.insert(name.clone(), Reason::Requested);
         }
     }
-    expand(lib, user, reasons)
+    expand(lib, &user, reasons)
 }
 
 fn expand(
     lib: &Library,
-    user: Vec<String>,
+    user: &[String],
     mut reasons: HashMap<String, Reason>,
 ) -> Result<ElementSet, Error> {
-
     // DIB's breadth-first expansion.
     let mut queue: VecDeque<String> = user.iter().cloned().collect();
     let mut seen: HashSet<String> = user.iter().cloned().collect();
     // Names in the order they were first reached, so the result does not depend on hashing.
-    let mut reached: Vec<String> = user.clone();
+    let mut reached: Vec<String> = user.to_vec();
     let mut provided: BTreeMap<String, String> = BTreeMap::new();
 
     while let Some(name) = queue.pop_front() {
@@ -138,7 +137,7 @@ fn expand(
         }
     }
 
-    for name in &user {
+    for name in user {
         if let Some(by) = provided.get(name) {
             let file = lib
                 .get(by)
@@ -153,7 +152,7 @@ fn expand(
     }
     if !provided.contains_key(OPERATING_SYSTEM) {
         return Err(Error::NoOperatingSystem {
-            elements: user.clone(),
+            elements: user.to_vec(),
             candidates: lib.providers_of(OPERATING_SYSTEM),
         });
     }

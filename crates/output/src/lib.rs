@@ -43,7 +43,9 @@ pub enum Error {
         source: io::Error,
     },
     /// An output type kiln does not know.
-    #[error("unknown output type '{0}': use one of raw, qcow2, vmdk, vhd, vdi, tar, tgz, squashfs")]
+    #[error(
+        "unknown output type '{0}': use one of raw, qcow2, vmdk, vhd, vdi, tar, tgz, squashfs"
+    )]
     UnknownType(String),
 }
 
@@ -219,7 +221,8 @@ pub fn write_raw(raw: &Path, dest: &Path) -> Result<()> {
 }
 
 fn which_exists(tool: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
 }
 
 /// Which checksums to write, from `DIB_CHECKSUM` / `--checksum` (`1`, `md5`, `sha256`, lists).
@@ -255,7 +258,11 @@ impl Checksums {
 pub fn finish(dest: &Path, overwrite: bool, sums: Checksums, stamp: &str) -> Result<()> {
     let tmp = pending_path(dest);
     if dest.exists() && !overwrite {
-        let name = dest.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        let name = dest
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
         let (stem, ext) = name.rsplit_once('.').unwrap_or((name.as_str(), ""));
         let moved = dest.with_file_name(format!("{stem}-{stamp}.{ext}"));
         tracing::info!("keeping the old {} as {}", dest.display(), moved.display());
@@ -274,7 +281,10 @@ pub fn finish(dest: &Path, overwrite: bool, sums: Checksums, stamp: &str) -> Res
         path: tmp.clone(),
         source,
     })?;
-    let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = dest
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let file = dest.file_name().unwrap_or_default();
     let mut jobs = Vec::new();
     for (on, tool) in [(sums.md5, "md5sum"), (sums.sha256, "sha256sum")] {

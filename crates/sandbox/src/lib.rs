@@ -120,10 +120,7 @@ pub fn mount_tmpfs(dst: &Path, size_bytes: u64) -> Result<()> {
 pub fn mount_chroot_fs(root: &Path) -> Result<()> {
     let p = |s: &str| root.join(s);
     for d in ["proc", "dev", "sys"] {
-        fs::create_dir_all(p(d)).map_err(|source| Error::Io {
-            path: p(d),
-            source,
-        })?;
+        fs::create_dir_all(p(d)).map_err(|source| Error::Io { path: p(d), source })?;
     }
     mount(
         Some("proc"),
@@ -201,8 +198,8 @@ fn unescape_mountinfo(s: &str) -> String {
 pub fn umount(path: &Path) -> Result<()> {
     for attempt in 0..5 {
         match umount2(path, MntFlags::empty()) {
-            Ok(()) => return Ok(()),
-            Err(nix::Error::EINVAL | nix::Error::ENOENT) => return Ok(()),
+            // EINVAL / ENOENT: not (or no longer) a mount point, which is what we wanted.
+            Ok(()) | Err(nix::Error::EINVAL | nix::Error::ENOENT) => return Ok(()),
             Err(nix::Error::EBUSY) if attempt < 4 => {
                 std::thread::sleep(std::time::Duration::from_millis(200));
             }
@@ -355,13 +352,6 @@ pub fn check_foreign_arch(arch: &str) -> Result<()> {
         )));
     }
     Ok(())
-}
-
-/// Whether the running kernel can mount a filesystem of this type (from /proc/filesystems).
-pub fn kernel_has_fs(fstype: &str) -> bool {
-    fs::read_to_string("/proc/filesystems")
-        .map(|t| t.lines().any(|l| l.split_whitespace().last() == Some(fstype)))
-        .unwrap_or(false)
 }
 
 /// Whether a `PR_SET_PDEATHSIG`-style parent-death signal can be set; used by child setup.

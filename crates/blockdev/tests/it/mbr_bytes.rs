@@ -53,7 +53,10 @@ fn entry(sector: &[u8], slot: usize) -> Entry {
 fn mbr_with_primary_and_logical_partitions() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("disk.raw");
-    std::fs::File::create(&file).unwrap().set_len(64 * MIB).unwrap();
+    std::fs::File::create(&file)
+        .unwrap()
+        .set_len(64 * MIB)
+        .unwrap();
 
     let plan = planned(LAYOUT, Some(64 * MIB));
     let mut runner = RecordingRunner::new().redirect_writes("/dev/loop0", &file);
@@ -67,19 +70,29 @@ fn mbr_with_primary_and_logical_partitions() {
     let bytes = std::fs::read(&file).unwrap();
     let mbr = &bytes[..512];
     assert_eq!(&mbr[510..512], &[0x55, 0xAA]);
-    let NodeKind::PartitionTable { disk_id, .. } = &plan.node("partitioning_image0").unwrap().kind else {
+    let NodeKind::PartitionTable { disk_id, .. } = &plan.node("partitioning_image0").unwrap().kind
+    else {
         panic!()
     };
     assert_eq!(format!("0x{:08x}", u32_at(mbr, 440)), *disk_id);
     assert_ne!(u32_at(mbr, 440), 0);
-    assert!(mbr[..440].iter().all(|b| *b == 0), "no boot code is written");
+    assert!(
+        mbr[..440].iter().all(|b| *b == 0),
+        "no boot code is written"
+    );
 
     // Primary partition 1 first, then the extended partition to the end of the disk.
     let p1 = entry(mbr, 0);
-    assert_eq!((p1.status, p1.ptype, p1.start, p1.sectors), (0x80, 0x83, 2048, 8 * 2048));
+    assert_eq!(
+        (p1.status, p1.ptype, p1.start, p1.sectors),
+        (0x80, 0x83, 2048, 8 * 2048)
+    );
     let ext = entry(mbr, 1);
     let ext_start = 9 * 2048;
-    assert_eq!((ext.status, ext.ptype, ext.start, ext.sectors), (0, 0x0F, ext_start, 64 * 2048 - ext_start));
+    assert_eq!(
+        (ext.status, ext.ptype, ext.start, ext.sectors),
+        (0, 0x0F, ext_start, 64 * 2048 - ext_start)
+    );
     assert_eq!(entry(mbr, 2).ptype, 0);
     assert_eq!(entry(mbr, 3).ptype, 0);
 
@@ -87,11 +100,18 @@ fn mbr_with_primary_and_logical_partitions() {
     let ebr1 = &bytes[ext_start as usize * 512..ext_start as usize * 512 + 512];
     assert_eq!(&ebr1[510..512], &[0x55, 0xAA]);
     let l5 = entry(ebr1, 0);
-    assert_eq!((l5.status, l5.ptype, l5.start, l5.sectors), (0, 0x82, 2048, 4 * 2048));
+    assert_eq!(
+        (l5.status, l5.ptype, l5.start, l5.sectors),
+        (0, 0x82, 2048, 4 * 2048)
+    );
     let link = entry(ebr1, 1);
     let ebr2_abs = ext_start + 2048 + 4 * 2048; // the next MiB boundary after swap
     assert_eq!(link.ptype, 0x05);
-    assert_eq!(link.start, ebr2_abs - ext_start, "links are relative to the extended start");
+    assert_eq!(
+        link.start,
+        ebr2_abs - ext_start,
+        "links are relative to the extended start"
+    );
     assert_eq!(link.sectors, 64 * 2048 - ebr2_abs);
 
     // Second EBR: root (6), bootable, to the end; no further link.
@@ -106,14 +126,20 @@ fn mbr_with_primary_and_logical_partitions() {
     let writes = runner.writes();
     assert_eq!(writes.len(), 3);
     assert_eq!(writes[0].1, 0);
-    assert!(writes.iter().all(|w| w.0.to_str() == Some("/dev/loop0") && w.2.len() == 512));
+    assert!(writes
+        .iter()
+        .all(|w| w.0.to_str() == Some("/dev/loop0") && w.2.len() == 512));
 
     // An independent reader agrees, when one is installed.
     let Ok(out) = Command::new("sfdisk").arg("--json").arg(&file).output() else {
         eprintln!("sfdisk not installed: skipping the cross-check");
         return;
     };
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let table = &j["partitiontable"];
     assert_eq!(table["label"], "dos");
@@ -124,7 +150,13 @@ fn mbr_with_primary_and_logical_partitions() {
         .iter()
         .map(|p| {
             (
-                p["node"].as_str().unwrap().rsplit('/').next().unwrap().to_owned(),
+                p["node"]
+                    .as_str()
+                    .unwrap()
+                    .rsplit('/')
+                    .next()
+                    .unwrap()
+                    .to_owned(),
                 p["start"].as_u64().unwrap(),
                 p["size"].as_u64().unwrap(),
                 p["type"].as_str().unwrap().to_owned(),
@@ -136,9 +168,24 @@ fn mbr_with_primary_and_logical_partitions() {
         parts,
         [
             (name(1), 2048, 8 * 2048, "83".to_owned()),
-            (name(2), u64::from(ext_start), u64::from(64 * 2048 - ext_start), "f".to_owned()),
-            (name(5), u64::from(ext_start + 2048), 4 * 2048, "82".to_owned()),
-            (name(6), u64::from(ebr2_abs + 2048), u64::from(64 * 2048 - ebr2_abs - 2048), "83".to_owned()),
+            (
+                name(2),
+                u64::from(ext_start),
+                u64::from(64 * 2048 - ext_start),
+                "f".to_owned()
+            ),
+            (
+                name(5),
+                u64::from(ext_start + 2048),
+                4 * 2048,
+                "82".to_owned()
+            ),
+            (
+                name(6),
+                u64::from(ebr2_abs + 2048),
+                u64::from(64 * 2048 - ebr2_abs - 2048),
+                "83".to_owned()
+            ),
         ]
     );
 }

@@ -36,7 +36,10 @@ fn dib_auto_naming_example() {
     );
     assert_eq!(p.node("mkfs_root").unwrap().base, ["root"]);
     assert_eq!(p.node("mount_mkfs_root").unwrap().base, ["mkfs_root"]);
-    assert_eq!(p.node("fstab_mount_mkfs_root").unwrap().base, ["mount_mkfs_root"]);
+    assert_eq!(
+        p.node("fstab_mount_mkfs_root").unwrap().base,
+        ["mount_mkfs_root"]
+    );
     assert_eq!(p.node("root").unwrap().base, ["partitioning_image0"]);
     assert_eq!(p.node("partitioning_image0").unwrap().base, ["image0"]);
 }
@@ -85,7 +88,14 @@ fn mixed_form() {
 fn every_plugin_in_tree_form() {
     let p = planned(EFI, Some(2048 * MIB));
     let kinds: Vec<&str> = p.nodes().iter().map(Node::kind_name).collect();
-    for k in ["local_loop", "partitioning", "partition", "mkfs", "mount", "fstab"] {
+    for k in [
+        "local_loop",
+        "partitioning",
+        "partition",
+        "mkfs",
+        "mount",
+        "fstab",
+    ] {
         assert!(kinds.contains(&k), "{k} missing from {kinds:?}");
     }
     match &p.node("ESP").unwrap().kind {
@@ -232,7 +242,9 @@ fn boot_label_and_uuid_fstab() {
         )
     );
     let cmds = p.commands();
-    assert!(cmds.iter().any(|c| c.starts_with("mkswap -L mkfs_swap -U ")));
+    assert!(cmds
+        .iter()
+        .any(|c| c.starts_with("mkswap -L mkfs_swap -U ")));
     assert!(!cmds.iter().any(|c| c.contains("mount ${swap}")));
 }
 
@@ -250,8 +262,15 @@ fn root_params() {
     .unwrap();
     assert_eq!(p.root_label(), "img-rootfs");
     assert_eq!(p.root_fstype(), "xfs");
-    let mkfs = p.commands().into_iter().find(|c| c.starts_with("mkfs")).unwrap();
-    assert!(mkfs.starts_with("mkfs -t xfs -K -f -L img-rootfs -m uuid="), "{mkfs}");
+    let mkfs = p
+        .commands()
+        .into_iter()
+        .find(|c| c.starts_with("mkfs"))
+        .unwrap();
+    assert!(
+        mkfs.starts_with("mkfs -t xfs -K -f -L img-rootfs -m uuid="),
+        "{mkfs}"
+    );
     assert!(mkfs.ends_with(" -q ${root}"), "{mkfs}");
 
     let p = plan(
@@ -278,7 +297,10 @@ fn root_params() {
     assert_eq!(p.root_label(), "cloudimg-rootfs");
 
     // A node that sets its own type and label keeps them.
-    let own = MBR.replace("        mkfs:\n", "        mkfs:\n          type: btrfs\n          label: mine\n");
+    let own = MBR.replace(
+        "        mkfs:\n",
+        "        mkfs:\n          type: btrfs\n          label: mine\n",
+    );
     let p = plan(
         &own,
         "test.yaml",
@@ -296,7 +318,15 @@ fn root_params() {
 fn fallback_is_a_bare_filesystem() {
     let p = planned(fallback_config(), Some(64 * MIB));
     assert!(!p.has_partition_table());
-    assert_eq!(names(p.nodes()), ["image0", "mkfs_root", "mount_mkfs_root", "fstab_mount_mkfs_root"]);
+    assert_eq!(
+        names(p.nodes()),
+        [
+            "image0",
+            "mkfs_root",
+            "mount_mkfs_root",
+            "fstab_mount_mkfs_root"
+        ]
+    );
     assert_eq!(p.root_label(), "cloudimg-rootfs");
     assert_eq!(p.fstab(), "LABEL=cloudimg-rootfs / ext4 defaults 0 1\n");
     let cmds = p.commands();
@@ -311,7 +341,8 @@ fn fallback_is_a_bare_filesystem() {
 fn commands_of_mbr_gpt_and_efi() {
     let mbr = planned(MBR, Some(64 * MIB));
     let cmds = mbr.commands();
-    let NodeKind::PartitionTable { disk_id, .. } = &mbr.node("partitioning_image0").unwrap().kind else {
+    let NodeKind::PartitionTable { disk_id, .. } = &mbr.node("partitioning_image0").unwrap().kind
+    else {
         panic!()
     };
     assert_eq!(
@@ -325,15 +356,23 @@ fn commands_of_mbr_gpt_and_efi() {
     let gpt = planned(GPT, Some(64 * MIB));
     let sg = &gpt.commands()[2];
     assert!(sg.starts_with("sgdisk -o -U "), "{sg}");
-    assert!(sg.contains(" -n 1:2048:18431 -t 1:EF02 -c 1:BSP -u 1:"), "{sg}");
+    assert!(
+        sg.contains(" -n 1:2048:18431 -t 1:EF02 -c 1:BSP -u 1:"),
+        "{sg}"
+    );
     // root runs to the last usable sector, before the backup GPT (33 sectors).
     let last = 64 * 2048 - 34;
-    assert!(sg.contains(&format!(" -n 2:18432:{last} -t 2:8300 -c 2:root -u 2:")), "{sg}");
+    assert!(
+        sg.contains(&format!(" -n 2:18432:{last} -t 2:8300 -c 2:root -u 2:")),
+        "{sg}"
+    );
     assert!(sg.ends_with(" ${image0}"));
 
     let efi = planned(EFI, Some(2048 * MIB));
     let cmds = efi.commands();
-    assert!(cmds.iter().any(|c| c.starts_with("mkfs.vfat -n MKFS_ESP -i ") && c.ends_with(" ${ESP}")));
+    assert!(cmds
+        .iter()
+        .any(|c| c.starts_with("mkfs.vfat -n MKFS_ESP -i ") && c.ends_with(" ${ESP}")));
     let mounts: Vec<&String> = cmds.iter().filter(|c| c.starts_with("mount ")).collect();
     assert_eq!(mounts, ["mount ${root} /mnt", "mount ${ESP} /mnt/boot/efi"]);
 
@@ -372,10 +411,19 @@ fn lvm_commands() {
     };
     assert_eq!(find("pvcreate"), "pvcreate --force ${root}");
     assert_eq!(find("vgcreate"), "vgcreate --force vg ${root}");
-    assert_eq!(find("lvcreate --name lv_root"), "lvcreate --name lv_root -l 28%VG vg");
-    assert_eq!(find("lvcreate --name lv_var"), "lvcreate --name lv_var -L 1024m vg");
+    assert_eq!(
+        find("lvcreate --name lv_root"),
+        "lvcreate --name lv_root -l 28%VG vg"
+    );
+    assert_eq!(
+        find("lvcreate --name lv_var"),
+        "lvcreate --name lv_var -L 1024m vg"
+    );
     // 1001 MiB rounds up to the 4 MiB extent.
-    assert_eq!(find("lvcreate --name lv_pool"), "lvcreate --name lv_pool --type thin-pool -L 1004m vg");
+    assert_eq!(
+        find("lvcreate --name lv_pool"),
+        "lvcreate --name lv_pool --type thin-pool -L 1004m vg"
+    );
     assert_eq!(
         find("lvcreate --name lv_thin"),
         "lvcreate --name lv_thin --type thin --thinpool lv_pool -V 500m vg"
@@ -386,6 +434,18 @@ fn lvm_commands() {
     assert!(pos("vgcreate") < pos("lvcreate --name lv_root"));
     assert!(pos("lvcreate --name lv_pool") < pos("lvcreate --name lv_thin"));
     assert!(p.uses_lvm());
+    let programs = p.required_programs();
+    for (prog, pkg) in [
+        ("lvcreate", "lvm2"),
+        ("mkfs.xfs", "xfsprogs"),
+        ("mkfs.vfat", "dosfstools"),
+        ("sgdisk", "gdisk"),
+    ] {
+        assert!(
+            programs.contains(&(prog.to_owned(), pkg)),
+            "{prog} missing from {programs:?}"
+        );
+    }
     assert_eq!(
         p.fstab(),
         "LABEL=img-rootfs / xfs rw,relatime 0 1\nLABEL=MKFS_ESP /boot/efi vfat defaults 0 2\nLABEL=fs_var /var xfs rw,relatime 0 2\n"
@@ -431,4 +491,49 @@ fn sizes_and_percents_in_configs() {
     let (bs, bn) = place("b");
     let c_start = (bs + bn).div_ceil(2048) * 2048;
     assert_eq!(place("c"), (c_start, 100 * 2048 - c_start));
+}
+
+#[test]
+fn fully_nested_tree() {
+    // The partitioning nested in the local_loop takes image0 as its base.
+    let nested = "\
+- local_loop:
+    name: image0
+    partitioning:
+      label: mbr
+      partitions:
+        - name: root
+          flags: [boot, primary]
+          size: 100%
+          mkfs:
+            mount:
+              mount_point: /
+              fstab:
+                options: defaults
+                fsck-passno: 1
+";
+    let p = planned(nested, Some(64 * MIB));
+    let flat = planned(MBR, Some(64 * MIB));
+    assert_eq!(names(p.nodes()), names(flat.nodes()));
+    assert_eq!(p.node("partitioning_image0").unwrap().base, ["image0"]);
+    assert_eq!(p.fstab(), flat.fstab());
+}
+
+#[test]
+fn unknown_keys_are_tolerated() {
+    // DIB ignores keys it does not know; so does kiln (with a warning).
+    let p = planned(
+        &MBR.replace("    label: mbr\n", "    label: mbr\n    comment: hello\n"),
+        None,
+    );
+    assert!(p.has_partition_table());
+}
+
+#[test]
+fn plans_and_created_images_cross_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<kiln_blockdev::Plan>();
+    send_sync::<kiln_blockdev::Error>();
+    send::<kiln_blockdev::Created>();
 }

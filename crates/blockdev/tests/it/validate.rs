@@ -14,7 +14,10 @@ fn err_sized(text: &str, size: Option<u64>) -> Error {
         Err(e) => {
             let msg = e.to_string();
             assert!(!msg.contains('\n'), "message is not one line: {msg}");
-            assert!(msg.starts_with("DIB_BLOCK_DEVICE_CONFIG"), "no source in: {msg}");
+            assert!(
+                msg.starts_with("DIB_BLOCK_DEVICE_CONFIG"),
+                "no source in: {msg}"
+            );
             e
         }
     }
@@ -69,27 +72,43 @@ fn not_a_list() {
 
 #[test]
 fn unknown_plugin() {
-    let e = err(&format!("- local_loop: {{name: image0}}\n- partitionning: {{base: image0}}\n{TAIL}"));
+    let e = err(&format!(
+        "- local_loop: {{name: image0}}\n- partitionning: {{base: image0}}\n{TAIL}"
+    ));
     assert!(matches!(e, Error::UnknownPlugin { .. }), "{e:?}");
     assert_eq!(line(&e), Some(2));
     let msg = e.to_string();
-    assert!(msg.starts_with("DIB_BLOCK_DEVICE_CONFIG:2: unknown block-device plugin `partitionning`"), "{msg}");
+    assert!(
+        msg.starts_with("DIB_BLOCK_DEVICE_CONFIG:2: unknown block-device plugin `partitionning`"),
+        "{msg}"
+    );
     assert!(msg.contains("did you mean `partitioning`"), "{msg}");
-    assert!(msg.contains("local_loop, partitioning, lvm, mkfs, mount, fstab"), "{msg}");
+    assert!(
+        msg.contains("local_loop, partitioning, lvm, mkfs, mount, fstab"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn multi_key_node() {
     let e = err("- local_loop: {name: image0}\n  mkfs: {type: ext4}\n");
-    assert!(matches!(e, Error::MultiKeyNode { ref keys, .. } if keys == &["local_loop", "mkfs"]), "{e:?}");
+    assert!(
+        matches!(e, Error::MultiKeyNode { ref keys, .. } if keys == &["local_loop", "mkfs"]),
+        "{e:?}"
+    );
     assert_eq!(line(&e), Some(1));
     assert!(e.to_string().contains("exactly one plugin key"));
 }
 
 #[test]
 fn duplicate_node_name() {
-    let e = err(&format!("- local_loop: {{name: image0}}\n- local_loop: {{name: image0}}\n{TAIL}"));
-    assert!(matches!(e, Error::DuplicateName { ref name, first_line: Some(1), .. } if name == "image0"), "{e:?}");
+    let e = err(&format!(
+        "- local_loop: {{name: image0}}\n- local_loop: {{name: image0}}\n{TAIL}"
+    ));
+    assert!(
+        matches!(e, Error::DuplicateName { ref name, first_line: Some(1), .. } if name == "image0"),
+        "{e:?}"
+    );
     assert_eq!(line(&e), Some(2));
     // A partition may not share a name with another node either.
     let e = err(&MBR.replace("name: root", "name: image0"));
@@ -98,9 +117,16 @@ fn duplicate_node_name() {
 
 #[test]
 fn edge_to_missing_node() {
-    let e = err(&TAIL.replace("base: image0", "base: imagee0").replace("- mkfs", "- local_loop: {name: image0}\n- mkfs"));
+    let e = err(&TAIL
+        .replace("base: image0", "base: imagee0")
+        .replace("- mkfs", "- local_loop: {name: image0}\n- mkfs"));
     match &e {
-        Error::MissingBase { node, base, suggestion, .. } => {
+        Error::MissingBase {
+            node,
+            base,
+            suggestion,
+            ..
+        } => {
             assert_eq!(node, "mkfs_root");
             assert_eq!(base, "imagee0");
             assert_eq!(suggestion.as_deref(), Some("image0"));
@@ -108,59 +134,127 @@ fn edge_to_missing_node() {
         other => panic!("{other:?}"),
     }
     assert_eq!(line(&e), Some(3));
-    assert!(e.to_string().contains("set `base` to the name of an existing node"));
+    assert!(e
+        .to_string()
+        .contains("set `base` to the name of an existing node"));
 }
 
 #[test]
 fn base_of_the_wrong_kind() {
-    let text = format!("- local_loop: {{name: image0}}\n{TAIL}- mount: {{base: image0, mount_point: /x}}\n");
+    let text = format!(
+        "- local_loop: {{name: image0}}\n{TAIL}- mount: {{base: image0, mount_point: /x}}\n"
+    );
     let e = err(&text);
     assert!(matches!(e, Error::WrongBase { .. }), "{e:?}");
-    assert!(e.to_string().contains("a mount node must sit on a mkfs node"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("a mount node must sit on a mkfs node"),
+        "{e}"
+    );
 }
 
 #[test]
 fn missing_required_keys() {
     let e = err(&MBR.replace("    label: mbr\n", ""));
-    assert!(matches!(e, Error::MissingKey { ref key, .. } if key == "label"), "{e:?}");
+    assert!(
+        matches!(e, Error::MissingKey { ref key, .. } if key == "label"),
+        "{e:?}"
+    );
     assert!(e.to_string().contains("add `label:`"), "{e}");
     let e = err(&MBR.replace("        size: 100%\n", ""));
-    assert!(matches!(e, Error::MissingKey { ref key, .. } if key == "size"), "{e:?}");
+    assert!(
+        matches!(e, Error::MissingKey { ref key, .. } if key == "size"),
+        "{e:?}"
+    );
     let e = err(&MBR.replace("            mount_point: /\n", ""));
-    assert!(matches!(e, Error::MissingKey { ref key, .. } if key == "mount_point"), "{e:?}");
+    assert!(
+        matches!(e, Error::MissingKey { ref key, .. } if key == "mount_point"),
+        "{e:?}"
+    );
     let e = err("- local_loop: {size: 1GiB}\n");
-    assert!(matches!(e, Error::MissingKey { ref key, .. } if key == "name"), "{e:?}");
+    assert!(
+        matches!(e, Error::MissingKey { ref key, .. } if key == "name"),
+        "{e:?}"
+    );
     let e = err("- local_loop: {name: image0}\n- mkfs: {base: image0, name: data}\n");
-    assert!(matches!(e, Error::MissingKey { ref key, .. } if key == "type"), "{e:?}");
+    assert!(
+        matches!(e, Error::MissingKey { ref key, .. } if key == "type"),
+        "{e:?}"
+    );
     let e = err("- local_loop: {name: image0}\n- mkfs: {type: ext4}\n");
-    assert!(matches!(e, Error::MissingKey { ref key, .. } if key == "base"), "{e:?}");
+    assert!(
+        matches!(e, Error::MissingKey { ref key, .. } if key == "base"),
+        "{e:?}"
+    );
 }
 
 #[test]
 fn invalid_values() {
     let e = err(&MBR.replace("label: mbr", "label: dos"));
-    assert!(matches!(e, Error::InvalidValue { ref key, .. } if key == "label"), "{e:?}");
+    assert!(
+        matches!(e, Error::InvalidValue { ref key, .. } if key == "label"),
+        "{e:?}"
+    );
     let e = err(&MBR.replace("size: 100%", "size: 10 parsecs"));
-    assert!(matches!(e, Error::InvalidValue { ref key, .. } if key == "size"), "{e:?}");
+    assert!(
+        matches!(e, Error::InvalidValue { ref key, .. } if key == "size"),
+        "{e:?}"
+    );
     assert!(e.to_string().contains("unknown unit"), "{e}");
     let e = err(&MBR.replace("flags: [boot, primary]", "flags: [boot, primary, active]"));
-    assert!(matches!(e, Error::InvalidValue { ref key, .. } if key == "flags"), "{e:?}");
-    let e = err(&MBR.replace("flags: [boot, primary]", "flags: [primary]\n        type: 131"));
-    assert!(e.to_string().contains("quoted hex string"), "{e}");
+    assert!(
+        matches!(e, Error::InvalidValue { ref key, .. } if key == "flags"),
+        "{e:?}"
+    );
+    let e = err(&MBR.replace(
+        "flags: [boot, primary]",
+        "flags: [primary]\n        type: 0x131",
+    ));
+    assert!(e.to_string().contains("one hex byte"), "{e}");
+    // Unquoted, the type still means what it says.
+    let p = plan(
+        &MBR.replace(
+            "flags: [boot, primary]",
+            "flags: [primary]\n        type: 0x8e",
+        ),
+        "x",
+        &params(None),
+    )
+    .unwrap();
+    assert!(
+        matches!(&p.node("root").unwrap().kind, kiln_blockdev::NodeKind::Partition { ptype, .. } if ptype == "0x8e")
+    );
     let e = err(&GPT.replace("'EF02'", "'EFI'"));
-    assert!(matches!(e, Error::InvalidValue { ref key, .. } if key == "type"), "{e:?}");
+    assert!(
+        matches!(e, Error::InvalidValue { ref key, .. } if key == "type"),
+        "{e:?}"
+    );
     let e = err("- local_loop: {name: image0, size: 50%}\n");
-    assert!(e.to_string().contains("only allowed for partition sizes"), "{e}");
+    assert!(
+        e.to_string().contains("only allowed for partition sizes"),
+        "{e}"
+    );
     let e = err(&MBR.replace("mount_point: /", "mount_point: relative/path"));
-    assert!(matches!(e, Error::InvalidValue { ref key, .. } if key == "mount_point"), "{e:?}");
+    assert!(
+        matches!(e, Error::InvalidValue { ref key, .. } if key == "mount_point"),
+        "{e:?}"
+    );
 }
 
 #[test]
 fn duplicate_label() {
-    let text = EFI.replace("          type: vfat\n", "          type: ext4\n          label: cloudimg-rootfs\n");
+    let text = EFI.replace(
+        "          type: vfat\n",
+        "          type: ext4\n          label: cloudimg-rootfs\n",
+    );
     let e = err(&text);
     match &e {
-        Error::DuplicateLabel { label, first, second, .. } => {
+        Error::DuplicateLabel {
+            label,
+            first,
+            second,
+            ..
+        } => {
             assert_eq!(label, "cloudimg-rootfs");
             assert_eq!((first.as_str(), second.as_str()), ("mkfs_ESP", "mkfs_root"));
         }
@@ -182,26 +276,39 @@ fn label_too_long() {
         );
         let e = err(&text);
         match &e {
-            Error::LabelTooLong { max: m, fstype: t, .. } => {
+            Error::LabelTooLong {
+                max: m, fstype: t, ..
+            } => {
                 assert_eq!((*m, t.as_str()), (max, fstype));
             }
             other => panic!("{other:?}"),
         }
         assert_eq!(line(&e), Some(7));
-        assert!(e.to_string().contains(&format!("allows at most {max}")), "{e}");
+        assert!(
+            e.to_string().contains(&format!("allows at most {max}")),
+            "{e}"
+        );
     }
     // A vfat label defaults to the node name, uppercased; a long node name is too long.
     let e = err(&EFI.replace("name: ESP", "name: EFI-SYSTEM"));
-    assert!(matches!(e, Error::LabelTooLong { ref label, .. } if label == "MKFS_EFI-SYSTEM"), "{e:?}");
+    assert!(
+        matches!(e, Error::LabelTooLong { ref label, .. } if label == "MKFS_EFI-SYSTEM"),
+        "{e:?}"
+    );
 }
 
 #[test]
 fn duplicate_mount_point() {
     let e = err(&EFI.replace("mount_point: /boot/efi", "mount_point: /"));
-    assert!(matches!(e, Error::DuplicateMountPoint { ref mount_point, .. } if mount_point == "/"), "{e:?}");
+    assert!(
+        matches!(e, Error::DuplicateMountPoint { ref mount_point, .. } if mount_point == "/"),
+        "{e:?}"
+    );
     assert!(e.to_string().contains("can be mounted only once"));
     // `/boot/` and `/boot` are the same mount point.
-    let e = err(&EFI.replace("mount_point: /boot/efi", "mount_point: /boot/").replace("mount_point: /\n", "mount_point: /boot\n"));
+    let e = err(&EFI
+        .replace("mount_point: /boot/efi", "mount_point: /boot/")
+        .replace("mount_point: /\n", "mount_point: /boot\n"));
     assert!(matches!(e, Error::DuplicateMountPoint { .. }), "{e:?}");
 }
 
@@ -210,7 +317,12 @@ fn partitions_that_do_not_fit() {
     // 550 MiB + 8 MiB + the 1 MiB lead-in do not fit in 512 MiB.
     let e = err_sized(EFI, Some(512 * MIB));
     match &e {
-        Error::PartitionsDoNotFit { table, image, detail, .. } => {
+        Error::PartitionsDoNotFit {
+            table,
+            image,
+            detail,
+            ..
+        } => {
             assert_eq!(table, "partitioning_image0");
             assert_eq!(image, "image0");
             assert!(detail.contains("`ESP`"), "{detail}");
@@ -221,14 +333,24 @@ fn partitions_that_do_not_fit() {
     // Exactly full with GPT: the backup table at the end leaves no room for a 63 MiB
     // partition after the 1 MiB lead-in in a 64 MiB image.
     let text = GPT.replace("size: 8MiB", "size: 63MiB");
-    assert!(matches!(err_sized(&text, Some(64 * MIB)), Error::PartitionsDoNotFit { .. }));
+    assert!(matches!(
+        err_sized(&text, Some(64 * MIB)),
+        Error::PartitionsDoNotFit { .. }
+    ));
     // With MBR the same fits exactly, and a logical partition needs another MiB for its EBR.
     let mbr = MBR.replace("size: 100%", "size: 63MiB");
     plan(&mbr, "x", &params(Some(64 * MIB))).unwrap();
-    let logical = MBR.replace("size: 100%", "size: 62MiB").replace("[boot, primary]", "[boot]");
+    let logical = MBR
+        .replace("size: 100%", "size: 62MiB")
+        .replace("[boot, primary]", "[boot]");
     plan(&logical, "x", &params(Some(64 * MIB))).unwrap();
-    let logical = MBR.replace("size: 100%", "size: 63MiB").replace("[boot, primary]", "[boot]");
-    assert!(matches!(err_sized(&logical, Some(64 * MIB)), Error::PartitionsDoNotFit { .. }));
+    let logical = MBR
+        .replace("size: 100%", "size: 63MiB")
+        .replace("[boot, primary]", "[boot]");
+    assert!(matches!(
+        err_sized(&logical, Some(64 * MIB)),
+        Error::PartitionsDoNotFit { .. }
+    ));
     // Without a size nothing can be checked yet.
     plan(&text, "x", &params(None)).unwrap();
 }
@@ -257,14 +379,19 @@ fn bad_mbr_layouts() {
 ";
     let e = err(text);
     assert!(matches!(e, Error::BadMbrLayout { .. }), "{e:?}");
-    assert!(e.to_string().contains("list the primary partitions first"), "{e}");
+    assert!(
+        e.to_string().contains("list the primary partitions first"),
+        "{e}"
+    );
 }
 
 #[test]
 fn no_image0() {
     let e = err(&MBR.replace("image0", "disk"));
     assert!(matches!(e, Error::NoImage0 { .. }), "{e:?}");
-    assert!(e.to_string().contains("name the image's local_loop node `image0`"));
+    assert!(e
+        .to_string()
+        .contains("name the image's local_loop node `image0`"));
 }
 
 #[test]
@@ -292,11 +419,17 @@ fn cycles() {
 - mkfs: {name: mkfs_root, base: image0, mount: {mount_point: /}}
 ";
     let e = plan(lvm, "x", &params(None)).unwrap_err();
-    assert!(matches!(e, Error::WrongBase { .. } | Error::Cycle { .. }), "{e:?}");
+    assert!(
+        matches!(e, Error::WrongBase { .. } | Error::Cycle { .. }),
+        "{e:?}"
+    );
 }
 
 #[test]
 fn file_source_in_messages() {
     let e = plan("- bogus: {}\n", "/etc/kiln/layout.yaml", &params(None)).unwrap_err();
-    assert!(e.to_string().starts_with("/etc/kiln/layout.yaml:1: "), "{e}");
+    assert!(
+        e.to_string().starts_with("/etc/kiln/layout.yaml:1: "),
+        "{e}"
+    );
 }

@@ -29,7 +29,11 @@ impl BuildCmd {
 
 /// `disk-image-create`: DIB's command, same options as `kiln build`.
 #[derive(Debug, Parser)]
-#[command(name = "disk-image-create", version, about = "Build an image from diskimage-builder elements (kiln)")]
+#[command(
+    name = "disk-image-create",
+    version,
+    about = "Build an image from diskimage-builder elements (kiln)"
+)]
 struct DiskImageCreate {
     #[command(flatten)]
     args: BuildArgs,
@@ -37,12 +41,16 @@ struct DiskImageCreate {
 
 /// Entry point when invoked as `disk-image-create`.
 pub fn disk_image_create(argv: Vec<OsString>) -> anyhow::Result<i32> {
-    let raw: Vec<String> = argv.iter().skip(1).map(|a| a.to_string_lossy().into_owned()).collect();
+    let raw: Vec<String> = argv
+        .iter()
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
     let cmd = DiskImageCreate::parse_from(argv);
     run_build(&cmd.args, raw)
 }
 
-fn run_build(args: &BuildArgs, argv: Vec<String>) -> anyhow::Result<i32> {
+fn run_build(args: &BuildArgs, typed: Vec<String>) -> anyhow::Result<i32> {
     crate::logging::init(args.verbose);
     for t in args.types.iter().flat_map(|t| t.split(',')) {
         if matches!(t, "docker" | "aci") {
@@ -57,19 +65,24 @@ fn run_build(args: &BuildArgs, argv: Vec<String>) -> anyhow::Result<i32> {
     }
     if !nix::unistd::geteuid().is_root() {
         return Err(UsageError(
-            "kiln build needs root (loop devices, mounts, chroot): run it as root or with sudo".into(),
+            "kiln build needs root (loop devices, mounts, chroot): run it as root or with sudo"
+                .into(),
         )
         .into());
     }
     // Our own mount namespace first, before any thread exists: every mount dies with the build.
     kiln_sandbox::unshare_mounts().context("setting up the build's mount namespace")?;
     kiln_build::runner::install_signal_handlers()?;
-    let req = args.request(argv);
+    let req = args.request(typed);
     let plan = BuildPlan::new(&req)?;
     let out_dir = PathBuf::from(format!("{}.d", plan.image_name.display()));
     fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
-    let log_path = args.logfile.clone().unwrap_or_else(|| out_dir.join("build.log"));
-    let log = fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+    let log_path = args
+        .logfile
+        .clone()
+        .unwrap_or_else(|| out_dir.join("build.log"));
+    let log =
+        fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
     let quiet = req.var("DIB_QUIET").is_some_and(|v| v == "1");
     let console = Console::new(Some(log), args.verbose, quiet);
     console.say(&format!(

@@ -50,7 +50,10 @@ fn kvm_usable() -> bool {
         .open("/dev/kvm")
         .is_ok();
     let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    opens && cpu.lines().any(|l| l.starts_with("flags") && (l.contains(" vmx") || l.contains(" svm")))
+    opens
+        && cpu
+            .lines()
+            .any(|l| l.starts_with("flags") && (l.contains(" vmx") || l.contains(" svm")))
 }
 
 fn make_seed(dir: &Path) -> anyhow::Result<PathBuf> {
@@ -85,8 +88,14 @@ fn make_seed(dir: &Path) -> anyhow::Result<PathBuf> {
 
 fn find_ovmf() -> Option<(PathBuf, PathBuf)> {
     let pairs = [
-        ("/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd"),
-        ("/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/OVMF/OVMF_VARS.fd"),
+        (
+            "/usr/share/OVMF/OVMF_CODE_4M.fd",
+            "/usr/share/OVMF/OVMF_VARS_4M.fd",
+        ),
+        (
+            "/usr/share/OVMF/OVMF_CODE.fd",
+            "/usr/share/OVMF/OVMF_VARS.fd",
+        ),
         ("/usr/share/ovmf/OVMF.fd", ""),
     ];
     pairs.iter().find_map(|(c, v)| {
@@ -113,9 +122,16 @@ impl TestCmd {
         });
         let qemu = format!("qemu-system-{}", self.arch);
         let mut cmd = Command::new(&qemu);
-        cmd.args(["-nodefaults", "-nographic", "-serial", "stdio", "-monitor", "none"])
-            .args(["-m", &self.memory.to_string(), "-smp", "2"])
-            .args(["-accel", &accel]);
+        cmd.args([
+            "-nodefaults",
+            "-nographic",
+            "-serial",
+            "stdio",
+            "-monitor",
+            "none",
+        ])
+        .args(["-m", &self.memory.to_string(), "-smp", "2"])
+        .args(["-accel", &accel]);
         if accel == "tcg" {
             cmd.args(["-cpu", "max"]);
         } else {
@@ -128,9 +144,16 @@ impl TestCmd {
             "file={},if=virtio,snapshot=on,cache=unsafe",
             self.image.display()
         ));
-        cmd.arg("-drive")
-            .arg(format!("file={},if=virtio,format=raw,readonly=on", seed.display()));
-        cmd.args(["-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0"]);
+        cmd.arg("-drive").arg(format!(
+            "file={},if=virtio,format=raw,readonly=on",
+            seed.display()
+        ));
+        cmd.args([
+            "-netdev",
+            "user,id=n0",
+            "-device",
+            "virtio-net-pci,netdev=n0",
+        ]);
         if self.uefi {
             let (code, vars) = find_ovmf().ok_or_else(|| {
                 UsageError("--uefi needs OVMF firmware: apt-get install ovmf".into())
@@ -142,13 +165,22 @@ impl TestCmd {
             if !vars.as_os_str().is_empty() {
                 let v = tmp.path().join("vars.fd");
                 std::fs::copy(&vars, &v)?;
-                cmd.arg("-drive").arg(format!("if=pflash,format=raw,file={}", v.display()));
+                cmd.arg("-drive")
+                    .arg(format!("if=pflash,format=raw,file={}", v.display()));
             }
         }
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        eprintln!("kiln test: booting {} ({accel}{})", self.image.display(), if self.uefi { ", UEFI" } else { "" });
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        eprintln!(
+            "kiln test: booting {} ({accel}{})",
+            self.image.display(),
+            if self.uefi { ", UEFI" } else { "" }
+        );
         let start = Instant::now();
-        let mut child = cmd.spawn().with_context(|| format!("starting {qemu} (install qemu-system-x86)"))?;
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("starting {qemu} (install qemu-system-x86)"))?;
         let log = Arc::new(Mutex::new(Vec::<u8>::new()));
         let mut out = child.stdout.take().expect("piped");
         let log_w = Arc::clone(&log);
@@ -171,7 +203,10 @@ impl TestCmd {
         });
         let deadline = start + Duration::from_secs(self.timeout);
         let found = loop {
-            let text = log.lock().map(|g| String::from_utf8_lossy(&g).into_owned()).unwrap_or_default();
+            let text = log
+                .lock()
+                .map(|g| String::from_utf8_lossy(&g).into_owned())
+                .unwrap_or_default();
             let hit = match &self.expect {
                 Some(m) => text.contains(m.as_str()),
                 None => text.lines().any(|l| l.trim_end().ends_with("login:")),
@@ -192,7 +227,10 @@ impl TestCmd {
         let _ = child.wait();
         let _ = reader.join();
         let stderr = err_reader.join().unwrap_or_default();
-        let text = log.lock().map(|g| String::from_utf8_lossy(&g).into_owned()).unwrap_or_default();
+        let text = log
+            .lock()
+            .map(|g| String::from_utf8_lossy(&g).into_owned())
+            .unwrap_or_default();
         if let Some(p) = &self.console_log {
             std::fs::write(p, &text)?;
         }
