@@ -145,7 +145,7 @@ fn preflight(plan: &BuildPlan) -> Result<(), Error> {
     }
     if plan.needs_disk() {
         // Validate the layout before anything is built.
-        let params = blockdev_params(plan, Path::new("/nonexistent"), None);
+        let params = blockdev_params(plan, Path::new("/nonexistent"), Path::new("/nonexistent"), None);
         kiln_blockdev::plan(
             &plan.block_device.1,
             &plan.block_device.0.describe(),
@@ -155,11 +155,16 @@ fn preflight(plan: &BuildPlan) -> Result<(), Error> {
     Ok(())
 }
 
-fn blockdev_params(plan: &BuildPlan, build_dir: &Path, size: Option<u64>) -> kiln_blockdev::Params {
+fn blockdev_params(
+    plan: &BuildPlan,
+    build_dir: &Path,
+    image_dir: &Path,
+    size: Option<u64>,
+) -> kiln_blockdev::Params {
     let req = &plan.request;
     kiln_blockdev::Params {
         image_size: size.or(Some(1 << 30)),
-        image_dir: build_dir.to_path_buf(),
+        image_dir: image_dir.to_path_buf(),
         mount_base: build_dir.join("mnt"),
         build_dir: build_dir.to_path_buf(),
         root_label: req
@@ -250,7 +255,7 @@ impl Ctx<'_> {
 
         // Block-device params known before the build (labels, mount points).
         if plan.needs_disk() {
-            let params = blockdev_params(plan, &image_dir, None);
+            let params = blockdev_params(plan, &build_dir, &image_dir, None);
             let bp = kiln_blockdev::plan(
                 &plan.block_device.1,
                 &plan.block_device.0.describe(),
@@ -394,7 +399,7 @@ impl Ctx<'_> {
         if let Some(n) = self.env.get("MAX_ONLINE_RESIZE").filter(|v| !v.is_empty()) {
             mkfs_opts = format!("-E resize={n} {mkfs_opts}");
         }
-        let mut params = blockdev_params(plan, &image_dir, Some(size_kib * 1024));
+        let mut params = blockdev_params(plan, &build_dir, &image_dir, Some(size_kib * 1024));
         params.root_fs_opts = Some(mkfs_opts.trim().to_string());
         let bp = kiln_blockdev::plan(
             &plan.block_device.1,

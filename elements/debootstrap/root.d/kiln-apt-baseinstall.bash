@@ -44,7 +44,8 @@ _kiln_mount() {
 }
 
 kiln_in_target() {
-    chroot "$TARGET_ROOT" /usr/bin/env -u TMPDIR -u VIRTUAL_ENV HOME=/root LC_ALL=C \
+    chroot "$TARGET_ROOT" /usr/bin/env -u TMPDIR -u VIRTUAL_ENV -u PYTHONPATH -u PYTHONHOME \
+        HOME=/root LC_ALL=C \
         DEBIAN_FRONTEND=noninteractive \
         PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "$@"
 }
@@ -109,6 +110,8 @@ kiln_apt_baseinstall() {
     _kiln_mount proc -t proc proc
     _kiln_mount sys -t sysfs -o ro sysfs
     _kiln_mount dev --bind /dev
+    # Keep the devpts mount below from propagating to the build host's /dev/pts.
+    mount --make-private "$TARGET_ROOT/dev" 2>/dev/null || true
     _kiln_mount dev/pts -t devpts -o newinstance,ptmxmode=0666,mode=0620 devpts \
         || echo "kiln: warning: could not mount devpts in the image; apt may warn about it" >&2
 
