@@ -28,6 +28,9 @@ enum Command {
     BlockDevice(commands::block_device::BlockDeviceCmd),
     /// Boot a disk image in qemu and wait for a login prompt.
     Test(commands::test::TestCmd),
+    /// Check element repositories against the DIB element contract.
+    #[command(subcommand)]
+    Elements(commands::elements::ElementsCmd),
 }
 
 /// Parses `argv` (dispatching on the program name) and runs the command; returns the exit code.
@@ -50,6 +53,7 @@ pub fn run(argv: Vec<OsString>) -> anyhow::Result<i32> {
             Command::ElementInfo(c) => c.run(),
             Command::BlockDevice(c) => c.run(),
             Command::Test(c) => c.run(),
+            Command::Elements(c) => c.run(),
         },
     }
 }

@@ -25,6 +25,7 @@ mod phase;
 mod resolve;
 
 pub mod builtin;
+pub mod lint;
 pub mod package_installs;
 pub mod pkg_map;
 

@@ -3,6 +3,7 @@
 pub mod block_device;
 pub mod build;
 pub mod element_info;
+pub mod elements;
 pub mod plan;
 pub mod test;
 
