@@ -6,5 +6,6 @@
 mod cli;
 mod e2e;
 mod errors;
+mod lint;
 mod plan;
 mod support;

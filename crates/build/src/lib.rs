@@ -8,6 +8,7 @@
 // they carry (the last lines of a failed hook) is worth more than a smaller Result.
 #![allow(clippy::result_large_err)]
 
+pub mod cache;
 pub mod env;
 pub mod packages;
 pub mod pipeline;

@@ -15,6 +15,7 @@ use kiln_element::Phase;
 use kiln_output::OutputType;
 use serde_json::json;
 
+use crate::cache;
 use crate::env;
 use crate::plan::BuildPlan;
 use crate::runner::{self, check_interrupt, Console, Place, StepTiming};
@@ -42,6 +43,7 @@ struct Ctx<'a> {
     hook_elements: BTreeMap<Phase, BTreeMap<String, String>>,
     timings: Vec<StepTiming>,
     breaks: Vec<String>,
+    out_key: Option<String>,
 }
 
 /// Runs the build. On failure everything set up is torn down before the error returns.
@@ -94,6 +96,7 @@ pub fn run(plan: &BuildPlan, console: &Console) -> Result<BuildReport, Error> {
         hook_elements,
         timings: Vec::new(),
         breaks,
+        out_key: None,
     };
     let result = ctx.build();
     let problems = ctx.ws.teardown();
@@ -145,7 +148,12 @@ fn preflight(plan: &BuildPlan) -> Result<(), Error> {
     }
     if plan.needs_disk() {
         // Validate the layout before anything is built.
-        let params = blockdev_params(plan, Path::new("/nonexistent"), Path::new("/nonexistent"), None);
+        let params = blockdev_params(
+            plan,
+            Path::new("/nonexistent"),
+            Path::new("/nonexistent"),
+            None,
+        );
         kiln_blockdev::plan(
             &plan.block_device.1,
             &plan.block_device.0.describe(),
@@ -213,129 +221,318 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     }
 }
 
+/// The hook tree laid out, the environment exported to hooks, and the environment as
+/// environment.d leaves it (DISTRO_NAME, DIB_RELEASE, …), with the package lists written.
+pub struct Prepared {
+    /// Variables exported to hooks.
+    pub env: BTreeMap<String, String>,
+    /// The environment after sourcing environment.d.
+    pub evaluated: BTreeMap<String, String>,
+    /// Digest of every entry of the hook tree (before any hook ran).
+    pub files: BTreeMap<String, String>,
+}
+
+/// Lays out the hook tree under `build_dir/hooks` and kiln's helpers under `build_dir/lib`,
+/// computes the hooks' environment and evaluates environment.d, and writes the package lists.
+pub fn prepare(plan: &BuildPlan, build_dir: &Path, image_dir: &Path) -> Result<Prepared, Error> {
+    let hooks = build_dir.join("hooks");
+    let lib = build_dir.join("lib");
+    plan.hooks.materialise(&hooks)?;
+    write_exec(&hooks.join("dib-run-parts"), DIB_RUN_PARTS)?;
+    fs::create_dir_all(&lib).map_err(io(&lib))?;
+    write_exec(&lib.join("dib-run-parts"), DIB_RUN_PARTS)?;
+    write_exec(&lib.join("die"), DIE)?;
+    fs::create_dir_all(hooks.join("environment.d")).map_err(io(&hooks))?;
+    let install_type = plan
+        .request
+        .install_type
+        .clone()
+        .or_else(|| {
+            plan.request
+                .var("DIB_DEFAULT_INSTALLTYPE")
+                .map(String::from)
+        })
+        .unwrap_or_else(|| "source".into());
+    fs::write(
+        hooks.join("environment.d/11-dib-install-type.bash"),
+        format!(
+            "export DIB_DEFAULT_INSTALLTYPE=${{DIB_DEFAULT_INSTALLTYPE:-\"{install_type}\"}}\n"
+        ),
+    )
+    .map_err(io(&hooks))?;
+    fs::create_dir_all(&plan.cache_root).map_err(io(&plan.cache_root))?;
+    let mut env = env::base_env(plan, build_dir, image_dir, &lib);
+    // Block-device values known before the build (labels, mount points).
+    if plan.needs_disk() {
+        let params = blockdev_params(plan, build_dir, image_dir, None);
+        let bp = kiln_blockdev::plan(
+            &plan.block_device.1,
+            &plan.block_device.0.describe(),
+            &params,
+        )?;
+        env.insert("DIB_ROOT_LABEL".into(), bp.root_label().to_string());
+        env.insert("DIB_ROOT_FSTYPE".into(), bp.root_fstype().to_string());
+        env.insert(
+            "DIB_BOOT_LABEL".into(),
+            bp.boot_label().unwrap_or_default().to_string(),
+        );
+        env.insert("DIB_MOUNTPOINTS".into(), bp.mount_points().join("|"));
+    } else {
+        let label = plan
+            .request
+            .root_label
+            .clone()
+            .or_else(|| plan.request.var("ROOT_LABEL").map(String::from))
+            .unwrap_or_else(|| "cloudimg-rootfs".into());
+        env.insert("DIB_ROOT_LABEL".into(), label);
+        let fs_type = env.get("FS_TYPE").cloned().unwrap_or_else(|| "ext4".into());
+        env.insert("DIB_ROOT_FSTYPE".into(), fs_type);
+        env.insert("DIB_BOOT_LABEL".into(), String::new());
+        env.insert("DIB_MOUNTPOINTS".into(), "/".into());
+    }
+    // Learn what environment.d says, the way dib-run-parts sources it.
+    let marker = hooks.join(".kiln");
+    fs::create_dir_all(&marker).map_err(io(&marker))?;
+    let out = std::process::Command::new("bash")
+        .arg(hooks.join("dib-run-parts"))
+        .arg("--print-env")
+        .arg(&marker)
+        .env_clear()
+        .envs(&env)
+        .output()
+        .map_err(io(&hooks))?;
+    if !out.status.success() {
+        return Err(Error::Step {
+            step: "environment.d".into(),
+            message: format!(
+                "sourcing environment.d failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        });
+    }
+    let evaluated = env::parse_env0(&out.stdout);
+    crate::packages::write_lists(plan, &evaluated, &hooks)?;
+    let files = cache::hook_tree_files(&hooks);
+    Ok(Prepared {
+        env,
+        evaluated,
+        files,
+    })
+}
+
+const DIE: &str = "#!/bin/bash\n# kiln: DIB's lib/die. Sourced, it defines die(); run, it prints its arguments and fails.\nfunction die {\n    echo \"ERROR: $*\" >&2\n    exit 1\n}\nif [ \"${BASH_SOURCE[0]}\" = \"$0\" ]; then\n    die \"$@\"\nfi\n";
+
+/// One cacheable step and its key.
+#[derive(Debug, Clone)]
+pub struct CacheStep {
+    /// Step name (phase name or `packages`).
+    pub name: String,
+    /// The phase, or None for the `-p` packages.
+    pub phase: Option<Phase>,
+    /// Its inputs.
+    pub inputs: cache::Inputs,
+    /// Its key.
+    pub key: String,
+}
+
+/// The cacheable steps of `plan` in order, with their keys chained.
+pub fn cache_steps(plan: &BuildPlan, prepared: &Prepared, lib: &Path) -> Vec<CacheStep> {
+    let env = cache::key_env(&prepared.evaluated, lib);
+    let offline = prepared
+        .env
+        .get("DIB_OFFLINE")
+        .is_some_and(|v| !v.is_empty());
+    let release_digest = if offline {
+        None
+    } else {
+        match (
+            prepared.evaluated.get("DIB_DISTRIBUTION_MIRROR"),
+            prepared.evaluated.get("DIB_RELEASE"),
+        ) {
+            (Some(m), Some(r)) if !m.is_empty() && !r.is_empty() => cache::release_digest(m, r),
+            _ => None,
+        }
+    };
+    let packages: Vec<String> = plan
+        .request
+        .packages
+        .iter()
+        .flat_map(|p| p.split(','))
+        .filter(|p| !p.is_empty())
+        .map(String::from)
+        .collect();
+    let mut order: Vec<(String, Option<Phase>)> = vec![
+        ("root".into(), Some(Phase::Root)),
+        ("extra-data".into(), Some(Phase::ExtraData)),
+        ("pre-install".into(), Some(Phase::PreInstall)),
+        ("install".into(), Some(Phase::Install)),
+    ];
+    if !packages.is_empty() {
+        order.push(("packages".into(), None));
+    }
+    order.push(("post-install".into(), Some(Phase::PostInstall)));
+    order.push(("post-root".into(), Some(Phase::PostRoot)));
+    let mut parent: Option<String> = None;
+    let mut steps = Vec::new();
+    for (name, phase) in order {
+        let dir = phase.map(Phase::dir_name);
+        let inputs = cache::Inputs {
+            phase: name.clone(),
+            parent: parent.clone(),
+            arch: plan.arch.clone(),
+            release_digest: release_digest.clone(),
+            version: format!(
+                "{}+{}",
+                env!("CARGO_PKG_VERSION"),
+                short_digest(DIB_RUN_PARTS)
+            ),
+            env: env.clone(),
+            files: cache::visible_to(&prepared.files, dir.as_deref()),
+            extra: if phase.is_none() {
+                packages.clone()
+            } else {
+                Vec::new()
+            },
+        };
+        let key = inputs.key();
+        parent = Some(key.clone());
+        steps.push(CacheStep {
+            name,
+            phase,
+            inputs,
+            key,
+        });
+    }
+    steps
+}
+
+fn short_digest(s: &str) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(s.as_bytes()))[..12].to_string()
+}
+
+/// The key of a whole request's outputs: the last layer, every hook, the block-device layout,
+/// the outputs and every option that shapes them.
+pub fn output_key(plan: &BuildPlan, prepared: &Prepared, last: Option<&str>) -> String {
+    use sha2::Digest as _;
+    let req = &plan.request;
+    let v = serde_json::json!({
+        "last": last,
+        "files": prepared.files,
+        "block_device": if plan.needs_disk() { Some(&plan.block_device.1) } else { None },
+        "outputs": plan.outputs.iter().map(|t| t.extension().to_string()).collect::<Vec<_>>(),
+        "name": plan.image_name.file_name().map(|n| n.to_string_lossy().into_owned()),
+        "env": prepared.env.iter().filter(|(k, _)| k.starts_with("DIB_") || k.starts_with("IMAGE_") || matches!(k.as_str(), "FS_TYPE" | "ROOT_LABEL" | "MAX_ONLINE_RESIZE" | "COMPRESS_IMAGE" | "SOURCE_DATE_EPOCH" | "QEMU_IMG_OPTIONS")).filter(|(k, _)| !matches!(k.as_str(), "DIB_ARGS" | "DIB_ENV" | "IMAGE_NAME")).collect::<BTreeMap<_, _>>(),
+        "opts": [req.mkfs_options.clone(), req.qemu_img_options.clone(), req.image_size.clone(), req.image_extra_size.clone(), req.journal_size.clone()],
+        "uncompressed": req.uncompressed,
+    });
+    hex::encode(sha2::Sha256::digest(
+        serde_json::to_vec(&v).unwrap_or_default(),
+    ))
+}
+
+/// Where the snapshotting stands during a build.
+struct Snapshotter<'a> {
+    layers: &'a cache::PhaseCache,
+    steps: &'a [CacheStep],
+    tree_index: cache::Index,
+    hooks_index: cache::Index,
+}
+
 impl Ctx<'_> {
     fn build(&mut self) -> Result<Vec<PathBuf>, Error> {
         let plan = self.plan;
         let build_dir = self.ws.build_dir.clone();
+        let image_dir = self.ws.image_dir.clone();
         let hooks = build_dir.join("hooks");
         let lib = build_dir.join("lib");
         let mnt = self.ws.mnt();
-        // The merged hook tree, DIB's layout, plus kiln's dib-run-parts and install-type env.
-        plan.hooks.materialise(&hooks)?;
-        write_exec(&hooks.join("dib-run-parts"), DIB_RUN_PARTS)?;
-        fs::create_dir_all(&lib).map_err(io(&lib))?;
-        write_exec(&lib.join("dib-run-parts"), DIB_RUN_PARTS)?;
-        write_exec(
-            &lib.join("die"),
-            "#!/bin/bash\n# kiln: die MESSAGE — print and exit 1 (DIB's lib/die).\nfunction die {\n    echo \"ERROR: $*\" >&2\n    exit 1\n}\n",
-        )?;
-        fs::create_dir_all(hooks.join("environment.d")).map_err(io(&hooks))?;
-        let install_type = plan
-            .request
-            .install_type
-            .clone()
-            .or_else(|| {
-                plan.request
-                    .var("DIB_DEFAULT_INSTALLTYPE")
-                    .map(String::from)
-            })
-            .unwrap_or_else(|| "source".into());
-        fs::write(
-            hooks.join("environment.d/11-dib-install-type.bash"),
-            format!(
-                "export DIB_DEFAULT_INSTALLTYPE=${{DIB_DEFAULT_INSTALLTYPE:-\"{install_type}\"}}\n"
-            ),
-        )
-        .map_err(io(&hooks))?;
         fs::create_dir_all(&mnt).map_err(io(&mnt))?;
-        let image_dir = self.ws.image_dir.clone();
-        self.env = env::base_env(plan, &build_dir, &image_dir, &lib);
-        let cache = plan.cache_root.clone();
-        fs::create_dir_all(&cache).map_err(io(&cache))?;
-
-        // Block-device params known before the build (labels, mount points).
-        if plan.needs_disk() {
-            let params = blockdev_params(plan, &build_dir, &image_dir, None);
-            let bp = kiln_blockdev::plan(
-                &plan.block_device.1,
-                &plan.block_device.0.describe(),
-                &params,
-            )?;
-            self.env
-                .insert("DIB_ROOT_LABEL".into(), bp.root_label().to_string());
-            self.env
-                .insert("DIB_ROOT_FSTYPE".into(), bp.root_fstype().to_string());
-            self.env.insert(
-                "DIB_BOOT_LABEL".into(),
-                bp.boot_label().unwrap_or_default().to_string(),
-            );
-            self.env
-                .insert("DIB_MOUNTPOINTS".into(), bp.mount_points().join("|"));
-        } else {
-            let label = plan
-                .request
-                .root_label
-                .clone()
-                .or_else(|| plan.request.var("ROOT_LABEL").map(String::from))
-                .unwrap_or_else(|| "cloudimg-rootfs".into());
-            self.env.insert("DIB_ROOT_LABEL".into(), label);
-            self.env.insert(
-                "DIB_ROOT_FSTYPE".into(),
-                self.env
-                    .get("FS_TYPE")
-                    .cloned()
-                    .unwrap_or_else(|| "ext4".into()),
-            );
-            self.env.insert("DIB_BOOT_LABEL".into(), String::new());
-            self.env.insert("DIB_MOUNTPOINTS".into(), "/".into());
-        }
-
-        // Learn what environment.d says (DISTRO_NAME, DIB_RELEASE, …) and write package lists.
         let t = Instant::now();
-        let evaluated = self.evaluate_env(&hooks)?;
-        crate::packages::write_lists(plan, &evaluated, &hooks)?;
-        self.timing("plan-packages", t, Vec::new());
+        let prepared = prepare(plan, &build_dir, &image_dir)?;
+        self.env = prepared.env.clone();
+        self.timing("prepare", t, Vec::new());
+
+        // The phase cache: keys for every step, then the longest prefix already stored.
+        let no_cache = plan.request.no_cache;
+        let t = Instant::now();
+        let steps = cache_steps(plan, &prepared, &lib);
+        let out_key = output_key(plan, &prepared, steps.last().map(|s| s.key.as_str()));
+        let outputs_cache = cache::OutputCache::new(&plan.cache_root);
+        if !no_cache {
+            if let Some(entry) = outputs_cache.get(&out_key) {
+                let outs = self.outputs_from_cache(&entry)?;
+                self.console.say(&format!(
+                    "cache: output hit {} (nothing changed)",
+                    &out_key[..16]
+                ));
+                self.timing("output-cache", t, Vec::new());
+                return Ok(outs);
+            }
+        }
+        let layers = cache::PhaseCache::new(&plan.cache_root);
+        let mut hits = 0;
+        if !no_cache {
+            while hits < steps.len() && layers.get(&steps[hits].key).is_some() {
+                hits += 1;
+            }
+        }
+        for (i, s) in steps.iter().enumerate() {
+            let state = if i < hits { "hit" } else { "miss" };
+            self.console
+                .say(&format!("cache: {} {state} {}", s.name, &s.key[..16]));
+        }
+        let mut tree_index = cache::Index::new();
+        let mut hooks_index = cache::index(&hooks);
+        if hits > 0 {
+            let keys: Vec<String> = steps[..hits].iter().map(|s| s.key.clone()).collect();
+            layers.restore(&keys, &mnt, &hooks)?;
+            tree_index = self.view_index(&mnt)?;
+            hooks_index = cache::index(&hooks);
+            self.timing("cache-restore", t, Vec::new());
+        }
+        let mut snap = Snapshotter {
+            layers: &layers,
+            steps: &steps,
+            tree_index,
+            hooks_index,
+        };
 
         // root.d on the host with TARGET_ROOT.
-        self.run_phase(Phase::Root, &Place::Host, Some(&mnt))?;
-        if !runner::has_content(&mnt) {
-            return Err(Error::Step {
-                step: "root.d".into(),
-                message: "Failed to deploy the root element: the target is still empty after root.d (is an operating-system element's root.d missing?)".into(),
-            });
+        if hits == 0 {
+            self.run_phase(Phase::Root, &Place::Host, Some(&mnt))?;
+            if !runner::has_content(&mnt) {
+                return Err(Error::Step {
+                    step: "root.d".into(),
+                    message: "Failed to deploy the root element: the target is still empty after root.d (is an operating-system element's root.d missing?)".into(),
+                });
+            }
+            self.snapshot(&mut snap, 0)?;
         }
         Self::resolv_conf_in(&mnt)?;
         fs::create_dir_all(mnt.join("tmp")).map_err(io(&mnt))?;
         kiln_sandbox::mount_chroot_fs(&mnt)?;
-        self.run_phase(Phase::ExtraData, &Place::Host, None)?;
-        for p in [Phase::PreInstall, Phase::Install] {
-            self.run_phase(p, &Place::Chroot(mnt.clone()), None)?;
+        for (i, s) in steps.iter().enumerate().skip(1) {
+            if i < hits {
+                continue;
+            }
+            match s.phase {
+                Some(p) => {
+                    let place = if p.in_chroot() {
+                        Place::Chroot(mnt.clone())
+                    } else {
+                        Place::Host
+                    };
+                    self.run_phase(p, &place, None)?;
+                }
+                None => self.install_extra_packages(&mnt)?,
+            }
+            self.snapshot(&mut snap, i)?;
         }
-        if !plan.request.packages.is_empty() {
-            let t = Instant::now();
-            let mut argv = vec!["install-packages".to_string()];
-            argv.extend(
-                plan.request
-                    .packages
-                    .iter()
-                    .flat_map(|p| p.split(','))
-                    .filter(|p| !p.is_empty())
-                    .map(String::from),
-            );
-            runner::run_simple(
-                self.console,
-                "packages",
-                &Place::Chroot(mnt.clone()),
-                &argv,
-                &self.env,
-            )?;
-            self.timing("extra-packages", t, Vec::new());
-        }
-        self.run_phase(Phase::PostInstall, &Place::Chroot(mnt.clone()), None)?;
-        self.run_phase(Phase::PostRoot, &Place::Host, None)?;
         let _ = fs::remove_dir_all(mnt.join("lost+found"));
         check_interrupt()?;
         self.ws.umount_chroot()?;
+        self.out_key = Some(out_key);
 
         let mut outputs = Vec::new();
         if plan.needs_disk() {
@@ -350,7 +547,121 @@ impl Ctx<'_> {
             Self::tidy(&mnt)?;
             self.tree_outputs(&mnt, &mut outputs)?;
         }
+        self.store_outputs(&outputs);
         Ok(outputs)
+    }
+
+    /// Indexes the tree through a non-recursive bind mount, so nothing mounted inside it counts.
+    fn view_index(&self, mnt: &Path) -> Result<cache::Index, Error> {
+        let view = self.ws.build_dir.join("view");
+        fs::create_dir_all(&view).map_err(io(&view))?;
+        kiln_sandbox::bind(mnt, &view, true)?;
+        let idx = cache::index(&view);
+        kiln_sandbox::umount(&view)?;
+        Ok(idx)
+    }
+
+    /// Stores the change step `i` made, as a layer keyed by its inputs.
+    fn snapshot(&mut self, snap: &mut Snapshotter<'_>, i: usize) -> Result<(), Error> {
+        let t = Instant::now();
+        let mnt = self.ws.mnt();
+        let hooks = self.ws.build_dir.join("hooks");
+        let view = self.ws.build_dir.join("view");
+        fs::create_dir_all(&view).map_err(io(&view))?;
+        kiln_sandbox::bind(&mnt, &view, true)?;
+        let result = (|| {
+            let tree_now = cache::index(&view);
+            let hooks_now = cache::index(&hooks);
+            let (changed, deleted) = cache::diff(&snap.tree_index, &tree_now);
+            let (hchanged, hdeleted) = cache::diff(&snap.hooks_index, &hooks_now);
+            let kib = tree_now.values().map(cache::EntryMeta::kib).sum();
+            snap.layers.store(
+                &snap.steps[i].inputs,
+                &cache::Delta {
+                    root: &view,
+                    changed: &changed,
+                    deleted: &deleted,
+                },
+                &cache::Delta {
+                    root: &hooks,
+                    changed: &hchanged,
+                    deleted: &hdeleted,
+                },
+                kib,
+            )?;
+            snap.tree_index = tree_now;
+            snap.hooks_index = hooks_now;
+            Ok::<(), Error>(())
+        })();
+        let _ = kiln_sandbox::umount(&view);
+        result?;
+        self.timing(&format!("snapshot-{}", snap.steps[i].name), t, Vec::new());
+        Ok(())
+    }
+
+    fn install_extra_packages(&mut self, mnt: &Path) -> Result<(), Error> {
+        let t = Instant::now();
+        let mut argv = vec!["install-packages".to_string()];
+        argv.extend(
+            self.plan
+                .request
+                .packages
+                .iter()
+                .flat_map(|p| p.split(','))
+                .filter(|p| !p.is_empty())
+                .map(String::from),
+        );
+        runner::run_simple(
+            self.console,
+            "packages",
+            &Place::Chroot(mnt.to_path_buf()),
+            &argv,
+            &self.env,
+        )?;
+        self.timing("packages", t, Vec::new());
+        Ok(())
+    }
+
+    /// Copies a cached request's outputs into place (and its NAME.d manifests).
+    fn outputs_from_cache(&mut self, entry: &Path) -> Result<Vec<PathBuf>, Error> {
+        let sums = self.checksums();
+        let overwrite = self.overwrite();
+        let stamp = timestamp();
+        let mut outs = Vec::new();
+        for ty in kiln_output::production_order(&self.plan.outputs) {
+            let dest = kiln_output::output_path(&self.plan.image_name, &ty);
+            let name = dest.file_name().unwrap_or_default();
+            let src = entry.join("files").join(name);
+            cache::copy_file(&src, &kiln_output::pending_path(&dest))?;
+            kiln_output::finish(&dest, overwrite, sums, &stamp)?;
+            self.console
+                .say(&format!("wrote {} (from the cache)", dest.display()));
+            outs.push(dest);
+        }
+        let name_d = PathBuf::from(format!("{}.d", self.plan.image_name.display()));
+        if entry.join("name.d").is_dir() {
+            let _ = std::process::Command::new("cp")
+                .arg("-a")
+                .arg(entry.join("name.d/."))
+                .arg(&name_d)
+                .status();
+        }
+        Ok(outs)
+    }
+
+    fn store_outputs(&mut self, outputs: &[PathBuf]) {
+        let Some(key) = self.out_key.clone() else {
+            return;
+        };
+        let t = Instant::now();
+        let name_d = PathBuf::from(format!("{}.d", self.plan.image_name.display()));
+        let cache = cache::OutputCache::new(&self.plan.cache_root);
+        match cache.store(&key, outputs, &name_d) {
+            Ok(()) => self.timing("output-cache-store", t, Vec::new()),
+            Err(e) => self
+                .console
+                .say(&format!("warning: could not cache the outputs: {e}")),
+        }
     }
 
     fn build_disk(&mut self, outputs: &mut Vec<PathBuf>) -> Result<(), Error> {
@@ -600,29 +911,6 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    fn evaluate_env(&mut self, hooks: &Path) -> Result<BTreeMap<String, String>, Error> {
-        let marker = hooks.join(".kiln");
-        fs::create_dir_all(&marker).map_err(io(&marker))?;
-        let out = std::process::Command::new("bash")
-            .arg(hooks.join("dib-run-parts"))
-            .arg("--print-env")
-            .arg(&marker)
-            .env_clear()
-            .envs(&self.env)
-            .output()
-            .map_err(io(hooks))?;
-        if !out.status.success() {
-            return Err(Error::Step {
-                step: "environment.d".into(),
-                message: format!(
-                    "sourcing environment.d failed:\n{}",
-                    String::from_utf8_lossy(&out.stderr)
-                ),
-            });
-        }
-        Ok(env::parse_env0(&out.stdout))
-    }
-
     fn phase_env(&self, target_root: Option<&Path>) -> BTreeMap<String, String> {
         let mut e = self.env.clone();
         if let Some(t) = target_root {
@@ -834,4 +1122,114 @@ fn timestamp() -> String {
         |_| "old".into(),
         |o| String::from_utf8_lossy(&o.stdout).trim().to_string(),
     )
+}
+
+/// Per step, whether the phase cache holds it, and if not, why not (`kiln plan --explain-cache`).
+/// Lays the hook tree out in a temp dir and sources environment.d to compute the keys; runs
+/// no hook.
+pub fn explain_cache(plan: &BuildPlan) -> Result<serde_json::Value, Error> {
+    let tmp = tempfile::tempdir().map_err(io(Path::new("/tmp")))?;
+    let build_dir = tmp.path().join("build");
+    let image_dir = tmp.path().join("image");
+    fs::create_dir_all(&build_dir).map_err(io(&build_dir))?;
+    fs::create_dir_all(&image_dir).map_err(io(&image_dir))?;
+    let prepared = prepare(plan, &build_dir, &image_dir)?;
+    let steps = cache_steps(plan, &prepared, &build_dir.join("lib"));
+    let layers = cache::PhaseCache::new(&plan.cache_root);
+    let stored = layers.all();
+    let mut out = Vec::new();
+    let mut chain_ok = true;
+    for s in &steps {
+        let hit = chain_ok && layers.get(&s.key).is_some();
+        let mut reasons = Vec::new();
+        if !hit {
+            if !chain_ok {
+                reasons.push("an earlier step missed, so this one runs again".to_string());
+            }
+            // The closest stored layer of the same step tells what changed.
+            let best = stored
+                .iter()
+                .filter(|l| l.inputs.phase == s.name)
+                .map(|l| (input_changes(&l.inputs, &s.inputs), l))
+                .min_by_key(|(c, _)| c.len());
+            match best {
+                Some((changes, _)) if chain_ok => reasons.extend(changes),
+                None if chain_ok => reasons.push("never built with these elements".to_string()),
+                _ => {}
+            }
+        }
+        chain_ok = hit;
+        out.push(serde_json::json!({
+            "step": s.name,
+            "key": s.key,
+            "status": if hit { "hit" } else { "miss" },
+            "reasons": reasons,
+        }));
+    }
+    let out_key = output_key(plan, &prepared, steps.last().map(|s| s.key.as_str()));
+    let out_hit = cache::OutputCache::new(&plan.cache_root)
+        .get(&out_key)
+        .is_some();
+    Ok(serde_json::json!({
+        "steps": out,
+        "outputs": {"key": out_key, "status": if out_hit { "hit" } else { "miss" }},
+    }))
+}
+
+/// What differs between the inputs of a stored layer and the current ones, in words.
+fn input_changes(old: &cache::Inputs, new: &cache::Inputs) -> Vec<String> {
+    let mut v = Vec::new();
+    if old.parent != new.parent {
+        v.push("the previous step's result changed".to_string());
+    }
+    if old.arch != new.arch {
+        v.push(format!("architecture {} -> {}", old.arch, new.arch));
+    }
+    if old.release_digest != new.release_digest {
+        v.push("the mirror's Release file changed (a mirror update)".to_string());
+    }
+    if old.version != new.version {
+        v.push(format!("kiln version {} -> {}", old.version, new.version));
+    }
+    if old.extra != new.extra {
+        v.push(format!("packages {:?} -> {:?}", old.extra, new.extra));
+    }
+    for (k, val) in &new.env {
+        match old.env.get(k) {
+            None => v.push(format!("variable {k} added")),
+            Some(o) if o != val => {
+                if k == "IMAGE_ELEMENT" {
+                    v.push(format!("elements changed: '{o}' -> '{val}'"));
+                } else {
+                    v.push(format!("variable {k} changed"));
+                }
+            }
+            _ => {}
+        }
+    }
+    for k in old.env.keys() {
+        if !new.env.contains_key(k) {
+            v.push(format!("variable {k} removed"));
+        }
+    }
+    for (f, d) in &new.files {
+        match old.files.get(f) {
+            None => v.push(format!("hook tree: {f} added")),
+            Some(o) if o != d => {
+                let mode_only = o.split_once(':').map(|x| x.1) == d.split_once(':').map(|x| x.1);
+                if mode_only {
+                    v.push(format!("hook tree: {f} mode changed"));
+                } else {
+                    v.push(format!("hook tree: {f} changed"));
+                }
+            }
+            _ => {}
+        }
+    }
+    for f in old.files.keys() {
+        if !new.files.contains_key(f) {
+            v.push(format!("hook tree: {f} removed"));
+        }
+    }
+    v
 }

@@ -31,6 +31,9 @@ enum Command {
     /// Check element repositories against the DIB element contract.
     #[command(subcommand)]
     Elements(commands::elements::ElementsCmd),
+    /// List and trim kiln's cache.
+    #[command(subcommand)]
+    Cache(commands::cache::CacheCmd),
 }
 
 /// Parses `argv` (dispatching on the program name) and runs the command; returns the exit code.
@@ -53,6 +56,7 @@ pub fn run(argv: Vec<OsString>) -> anyhow::Result<i32> {
             Command::ElementInfo(c) => c.run(),
             Command::BlockDevice(c) => c.run(),
             Command::Test(c) => c.run(),
+            Command::Cache(c) => c.run(),
             Command::Elements(c) => c.run(),
         },
     }

@@ -5,7 +5,9 @@
 //! execute bit never runs, an `environment.d` file with a space in its name is never sourced,
 //! a `#` line in `element-deps` is read as an element name. Others are about things that fail
 //! later, far from their cause: an unknown dependency, a hook name that another element also
-//! uses, a malformed `package-installs.yaml` or `pkg-map`.
+//! uses, a malformed `package-installs.yaml` or `pkg-map`. Name clashes are looked for in
+//! every directory DIB merges (`bin/` and the like too, not only the phase directories),
+//! because a clash in any of them fails the build the same way.
 //!
 //! The rules here only read files. The two checks that need more, sourcing `environment.d`
 //! files in bash and planning `block-device-*.yaml` layouts with kiln-blockdev, are left to
@@ -64,7 +66,11 @@ pub struct Finding {
 
 impl Finding {
     /// An error finding.
-    pub fn error(path: impl Into<PathBuf>, line: Option<usize>, message: impl Into<String>) -> Self {
+    pub fn error(
+        path: impl Into<PathBuf>,
+        line: Option<usize>,
+        message: impl Into<String>,
+    ) -> Self {
         Finding {
             path: path.into(),
             line,
@@ -475,7 +481,10 @@ impl<'a> PathSet<'a> {
             }
             by_name.insert(element.name.as_str(), *element);
             for provided in &element.provides {
-                providers.entry(provided.as_str()).or_default().push(*element);
+                providers
+                    .entry(provided.as_str())
+                    .or_default()
+                    .push(*element);
             }
         }
         PathSet { by_name, providers }
@@ -693,8 +702,7 @@ fn check_duplicates(
     for (dir_name, entries) in &contents[index].dirs {
         for (name, (path, is_dir)) in entries {
             for (other_index, other) in everyone.iter().enumerate() {
-                if other.name == me.name || me.provides.iter().any(|p| other.provides.contains(p))
-                {
+                if other.name == me.name || me.provides.iter().any(|p| other.provides.contains(p)) {
                     continue;
                 }
                 let Some((other_path, other_is_dir)) = contents[other_index]
@@ -878,7 +886,11 @@ mod tests {
             .file("environment.d/.hidden", "")
             .mkdir("environment.d/subdir");
         let mut rec = Recorder(Vec::new());
-        let found = lint(&targets(&[fx.path("main")]).unwrap(), &Library::default(), &mut rec);
+        let found = lint(
+            &targets(&[fx.path("main")]).unwrap(),
+            &Library::default(),
+            &mut rec,
+        );
         let names: Vec<String> = rec
             .0
             .iter()
@@ -904,7 +916,11 @@ mod tests {
             fn environment_file(&mut self, file: &EnvFile<'_>) -> Vec<Finding> {
                 let name = |p: &PathBuf| {
                     let parts: Vec<_> = p.iter().rev().take(3).collect();
-                    format!("{}/{}", parts[2].to_string_lossy(), parts[0].to_string_lossy())
+                    format!(
+                        "{}/{}",
+                        parts[2].to_string_lossy(),
+                        parts[0].to_string_lossy()
+                    )
                 };
                 self.0.push((
                     name(&file.path.to_path_buf()),
@@ -940,7 +956,9 @@ mod tests {
         let mut seen = Seen::default();
         let targets = targets(&[fx.path("main")]).unwrap();
         lint(&targets, &fx.library_of(&["lib"]), &mut seen);
-        let chain = ["top", "mid", "only-provider", "low"].map(String::from).to_vec();
+        let chain = ["top", "mid", "only-provider", "low"]
+            .map(String::from)
+            .to_vec();
         assert_eq!(
             seen.0,
             [
@@ -948,9 +966,14 @@ mod tests {
                 (
                     "top/20-top".to_string(),
                     chain,
-                    ["top/05-top", "mid/10-mid.bash", "only-provider/11-virtual", "low/15-low"]
-                        .map(String::from)
-                        .to_vec()
+                    [
+                        "top/05-top",
+                        "mid/10-mid.bash",
+                        "only-provider/11-virtual",
+                        "low/15-low"
+                    ]
+                    .map(String::from)
+                    .to_vec()
                 ),
             ]
         );
@@ -1017,7 +1040,13 @@ mod tests {
             .exec("bin/tool", "");
         fx.element_in("main", "a").provides(&["thing"]);
         let found = render(&fx, &lint_main(&fx, &["lib"]));
-        let lib = relative(&fx, &fs::canonicalize(fx.path("lib")).unwrap().display().to_string());
+        let lib = relative(
+            &fx,
+            &fs::canonicalize(fx.path("lib"))
+                .unwrap()
+                .display()
+                .to_string(),
+        );
         assert_eq!(
             found,
             [
@@ -1043,8 +1072,16 @@ mod tests {
             .file("pkg-map", "{\n  \"default\": {\n    \"a\": 1\n  }\n}\n");
         let found = render(&fx, &lint_main(&fx, &[]));
         assert_eq!(found.len(), 5, "{found:#?}");
-        assert!(found[0].starts_with("main/bad-map/pkg-map:3: error: invalid JSON"), "{}", found[0]);
-        assert!(found[1].starts_with("main/bad-yaml/package-installs.yaml:"), "{}", found[1]);
+        assert!(
+            found[0].starts_with("main/bad-map/pkg-map:3: error: invalid JSON"),
+            "{}",
+            found[0]
+        );
+        assert!(
+            found[1].starts_with("main/bad-yaml/package-installs.yaml:"),
+            "{}",
+            found[1]
+        );
         assert!(found[1].contains(": error: invalid YAML"), "{}", found[1]);
         assert!(has(&found, "main/semantic/package-installs.yaml:2: error: package 'both' gives both 'arch' and 'not-arch'"));
         assert!(has(&found, "main/semantic/package-installs.yaml:5: warning: package 'late' uses phase 'finalise.d'"));
@@ -1071,8 +1108,15 @@ mod tests {
             .file("block-device-arm64.yaml", "")
             .file("block-device-notes.txt", "");
         let mut bd = Bd(Vec::new());
-        lint(&targets(&[fx.path("main")]).unwrap(), &Library::default(), &mut bd);
-        assert_eq!(bd.0, ["block-device-arm64.yaml", "block-device-default.yaml"]);
+        lint(
+            &targets(&[fx.path("main")]).unwrap(),
+            &Library::default(),
+            &mut bd,
+        );
+        assert_eq!(
+            bd.0,
+            ["block-device-arm64.yaml", "block-device-default.yaml"]
+        );
     }
 
     #[test]
@@ -1116,7 +1160,7 @@ mod tests {
 
         // "." names the element by its real directory name.
         let dot = fx.path("main/with-phase/.");
-        let found = targets(&[dot.clone()]).unwrap();
+        let found = targets(std::slice::from_ref(&dot)).unwrap();
         assert_eq!(found[0].name, "with-phase");
         assert_eq!(found[0].path, dot);
 
@@ -1159,7 +1203,12 @@ mod tests {
         let shown: Vec<String> = v.iter().map(ToString::to_string).collect();
         assert_eq!(
             shown,
-            ["a: warning: w", "a:2: error: e", "a:2: warning: w", "b:1: warning: w"]
+            [
+                "a: warning: w",
+                "a:2: error: e",
+                "a:2: warning: w",
+                "b:1: warning: w"
+            ]
         );
     }
 }

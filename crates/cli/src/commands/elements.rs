@@ -41,10 +41,11 @@ pub enum ElementsCmd {
     /// sorted, then a summary. Exit code: 0 when there is no error (warnings allowed), 1 when
     /// there are errors, 2 when a PATH is not a directory.
     ///
-    /// Sourcing runs code: every environment.d file is sourced by bash, as the current user,
-    /// with an empty environment apart from a few DIB variables (ARCH=amd64,
-    /// DISTRO_NAME=debian, DIB_RELEASE=bookworm, ...), in an empty temporary directory, and
-    /// killed after 5 seconds. Nothing else isolates it: a file that writes outside its
+    /// Sourcing runs code: every environment.d file is sourced by bash with `set -eu -o
+    /// pipefail`, after the environment.d files of its element and its dependencies that DIB
+    /// sources before it, as the current user, with an empty environment apart from a few DIB
+    /// variables (ARCH=amd64, DISTRO_NAME=debian, DIB_RELEASE=bookworm, ...), in an empty
+    /// temporary directory, and killed after 5 seconds. Nothing else isolates it: a file that writes outside its
     /// directory or uses the network does so. Use --no-source for elements you do not trust;
     /// their environment.d files are then only parsed (bash -n).
     Check(CheckArgs),
@@ -189,10 +190,11 @@ impl ShellChecker {
         })
     }
 
-    /// Runs `bash ARGS` with only `vars` in its environment, in a fresh empty directory, in
-    /// its own process group, with stdout and stderr collected together (as `stderr`; env
-    /// files often explain a failure on stdout), which is killed after [`SOURCE_TIMEOUT`] and when bash exits
-    /// (so that nothing it started in the background outlives the check).
+    /// Runs `bash ARGS` with only `vars` in its environment, in a fresh empty directory, with
+    /// stdout and stderr collected together (as `stderr`; env files often explain a failure
+    /// on stdout). It runs in its own process group, which is killed after
+    /// [`SOURCE_TIMEOUT`] and as soon as bash exits, so that nothing it started in the
+    /// background outlives the check.
     fn bash(&mut self, args: &[&str], vars: &[(&str, String)]) -> std::io::Result<Run> {
         self.runs += 1;
         let cwd = self.tmp.path().join(format!("run-{}", self.runs));
@@ -427,9 +429,10 @@ fn source_failure(path: &Path, abs: &str, status: ExitStatus, stderr: &str) -> V
             )
         }];
     }
-    let code = status
-        .code()
-        .map_or_else(|| "is killed".to_string(), |c| format!("fails with status {c}"));
+    let code = status.code().map_or_else(
+        || "is killed".to_string(),
+        |c| format!("fails with status {c}"),
+    );
     let detail = match bash_message(stderr, abs) {
         Some((_, message)) => format!(": {message}"),
         None => match last_line(stderr) {
@@ -524,5 +527,6 @@ mod tests {
             Some(("/x/f", 12, "FOO"))
         );
         assert_eq!(unbound_variable("/x/f: line 12: other"), None);
+        assert!(SOURCE_SCRIPT.contains(&format!("echo \"{SOURCE_MARK}\" >&2")));
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod block_device;
 pub mod build;
+pub mod cache;
 pub mod element_info;
 pub mod elements;
 pub mod plan;

@@ -26,6 +26,10 @@ pub struct PlanCmd {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// Say, per cacheable phase, whether kiln's phase cache holds it and if not what changed.
+    /// This sources environment.d (in a temp dir) to compute the keys; it runs no hook.
+    #[arg(long)]
+    explain_cache: bool,
 }
 
 impl PlanCmd {
@@ -42,6 +46,30 @@ impl PlanCmd {
             ..BuildRequest::default()
         };
         let plan = BuildPlan::new(&req)?;
+        if self.explain_cache {
+            let v = kiln_build::pipeline::explain_cache(&plan)?;
+            if self.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                for s in v["steps"].as_array().into_iter().flatten() {
+                    println!(
+                        "{:<13} {:<4} {}",
+                        s["step"].as_str().unwrap_or(""),
+                        s["status"].as_str().unwrap_or(""),
+                        &s["key"].as_str().unwrap_or("")[..16]
+                    );
+                    for r in s["reasons"].as_array().into_iter().flatten() {
+                        println!("    {}", r.as_str().unwrap_or(""));
+                    }
+                }
+                println!(
+                    "{:<13} {}",
+                    "outputs",
+                    v["outputs"]["status"].as_str().unwrap_or("")
+                );
+            }
+            return Ok(0);
+        }
         if self.json {
             println!("{}", serde_json::to_string_pretty(&plan.to_json())?);
         } else {
