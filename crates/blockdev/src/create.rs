@@ -296,9 +296,26 @@ impl Plan {
                         });
                     }
                     tracing::info!(
-                        "the kernel cannot mount {fstype}: {t} stays a plain directory whose \
-                         contents are copied into {device} at teardown"
+                        "the kernel cannot mount {fstype}: {t} is a tmpfs whose contents are \
+                         copied into {device} at teardown"
                     );
+                    // A tmpfs whose source is the partition device: tools that insist the
+                    // directory is a mount point of that device (grub-install's EFI checks read
+                    // the device from mountinfo and probe it themselves) are satisfied, and the
+                    // files land outside the parent filesystem.
+                    runner.run(&argv(&[
+                        "mount",
+                        "-t",
+                        "tmpfs",
+                        "-o",
+                        "mode=0755",
+                        &device,
+                        &t,
+                    ]))?;
+                    st.undo.push(Undo::Unmount {
+                        target: target.clone(),
+                        fstype: "tmpfs".to_owned(),
+                    });
                     st.undo.push(Undo::CopyIntoFat {
                         dir: target.clone(),
                         device: device.clone(),
@@ -380,7 +397,7 @@ fn teardown(mut undo: Vec<Undo>, runner: &mut dyn Runner) -> Result<(), Teardown
                 if let Err(e) = runner.run(&argv(&["sync"])) {
                     tracing::warn!("sync failed: {e}");
                 }
-                if !is_fat(&fstype) {
+                if !is_fat(&fstype) && fstype != "tmpfs" {
                     if let Err(e) = runner.run(&argv(&["fstrim", "--verbose", &t])) {
                         tracing::debug!("fstrim {t} failed (ignored): {e}");
                     }
@@ -566,13 +583,9 @@ impl Drop for Created {
 }
 
 impl Created {
-    /// Host paths of the filesystems mounted for the image (not the offline ones), so callers
-    /// can tell them from other mounts below the mount base.
+    /// Host paths of everything mounted for the image (the staging tmpfs of offline
+    /// filesystems included), so callers can tell them from other mounts below the mount base.
     pub fn mounted_paths(&self) -> Vec<PathBuf> {
-        self.mounts()
-            .iter()
-            .filter(|m| !m.offline)
-            .map(|m| m.target.clone())
-            .collect()
+        self.mounts().iter().map(|m| m.target.clone()).collect()
     }
 }

@@ -30,7 +30,7 @@ pub fn base_env(
     let types = req.output_types();
     set("IMAGE_TYPE", types.first().cloned().unwrap_or_default());
     set("IMAGE_TYPES", types.join(" "));
-    set("ELEMENTS_PATH", plan.elements_path_var());
+    set("ELEMENTS_PATH", plan.exported_elements_path.clone());
     set("IMAGE_ELEMENT", plan.set.image_element());
     set("IMAGE_ELEMENT_YAML", plan.set.image_element_yaml());
     set(
@@ -69,7 +69,7 @@ pub fn base_env(
     set(
         "DIB_PYTHON_EXEC",
         req.var("DIB_PYTHON_EXEC")
-            .map_or_else(find_python, String::from),
+            .map_or_else(|| find_python(&plan.elements_path), String::from),
     );
     set(
         "DIB_MIN_TMPFS",
@@ -129,6 +129,11 @@ pub fn base_env(
     if req.no_cache {
         set("KILN_NO_CACHE", "1".into());
     }
+    if req.var("DIB_DEBIAN_SECURITY_MIRROR").is_none() {
+        if let Some(m) = host_debian_security_mirror() {
+            set("DIB_DEBIAN_SECURITY_MIRROR", m);
+        }
+    }
     set("DIB_ARGS", req.args.join(" "));
     set("DIB_ENV", dib_env(&req.env));
     // PATH: kiln's helpers first, then the caller's, then the sbin dirs DIB appends.
@@ -168,14 +173,69 @@ pub fn shell_quote(v: &str) -> String {
     format!("'{}'", v.replace('\'', "'\\''"))
 }
 
-fn find_python() -> String {
+/// DIB_PYTHON_EXEC: a Python that can import `diskimage_builder` and `yaml` (DIB's
+/// package-installs squash needs both). The venv that holds a DIB element tree on
+/// ELEMENTS_PATH comes first, then every `python3` on PATH; failing those, the first `python3`.
+fn find_python(elements_path: &[std::path::PathBuf]) -> String {
+    let mut candidates: Vec<std::path::PathBuf> = elements_path
+        .iter()
+        .filter(|e| e.ends_with("diskimage_builder/elements"))
+        .filter_map(|e| e.ancestors().nth(5).map(|venv| venv.join("bin/python3")))
+        .collect();
     for dir in std::env::var("PATH").unwrap_or_default().split(':') {
-        let p = Path::new(dir).join("python3");
-        if p.is_file() {
+        candidates.push(Path::new(dir).join("python3"));
+    }
+    candidates.push("/usr/bin/python3".into());
+    for p in candidates.iter().filter(|p| p.is_file()) {
+        let ok = std::process::Command::new(p)
+            .args(["-c", "import diskimage_builder, yaml"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
             return p.display().to_string();
         }
     }
-    "/usr/bin/python3".into()
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .map_or_else(|| "/usr/bin/python3".into(), |p| p.display().to_string())
+}
+
+/// On a Debian build host, the security suite's URI from the host's own apt sources (DIB's
+/// default security host may be unreachable where only the host's mirror is).
+fn host_debian_security_mirror() -> Option<String> {
+    let os = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
+    if !os.lines().any(|l| l.trim() == "ID=debian") {
+        return None;
+    }
+    let mut texts: Vec<String> = std::fs::read_dir("/etc/apt/sources.list.d")
+        .map(|rd| {
+            let mut v: Vec<_> = rd.flatten().map(|e| e.path()).collect();
+            v.sort();
+            v.into_iter()
+                .filter_map(|p| std::fs::read_to_string(p).ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    texts.extend(std::fs::read_to_string("/etc/apt/sources.list").ok());
+    for t in &texts {
+        for l in t.lines() {
+            let l = l.trim();
+            let uri = if let Some(rest) = l.strip_prefix("URIs:") {
+                rest.split_whitespace().next()
+            } else if l.starts_with("deb ") {
+                l.split_whitespace().find(|w| w.contains("://"))
+            } else {
+                None
+            };
+            if let Some(u) = uri.filter(|u| u.contains("security")) {
+                return Some(u.to_string());
+            }
+        }
+    }
+    None
 }
 
 /// Parses `env -0` output into a map.

@@ -65,6 +65,8 @@ pub struct BuildPlan {
     pub block_device: (BlockDeviceSource, String),
     /// kiln's cache root (`DIB_IMAGE_CACHE`).
     pub cache_root: PathBuf,
+    /// The ELEMENTS_PATH exported to hooks (see [`exported_elements_path`]).
+    pub exported_elements_path: String,
 }
 
 /// kiln's cache root: `--image-cache`, else `DIB_IMAGE_CACHE`, else `$XDG_CACHE_HOME/kiln`,
@@ -123,6 +125,8 @@ impl BuildPlan {
         }
         validate_packages(req, &library, &set, &hooks, &arch)?;
         let block_device = choose_block_device(req, &set, &arch)?;
+        let exported_elements_path =
+            exported_elements_path(&elements_path, &builtin, &library, &cache_root)?;
         Ok(Self {
             request: req.clone(),
             arch,
@@ -134,6 +138,7 @@ impl BuildPlan {
             outputs,
             block_device,
             cache_root,
+            exported_elements_path,
         })
     }
 
@@ -274,6 +279,75 @@ impl BuildPlan {
         }
         s
     }
+}
+
+/// The ELEMENTS_PATH hooks see: the user's entries, then kiln's built-in library. When an
+/// earlier entry overrides built-in elements, the built-in entry is replaced by a view holding
+/// only the elements nothing overrides (symlinks, content-addressed in the cache), because
+/// DIB's package-installs squash reads every copy of an element on the path and would
+/// otherwise merge the shadowed built-in copies in.
+fn exported_elements_path(
+    entries: &[PathBuf],
+    builtin: &Path,
+    library: &Library,
+    cache_root: &Path,
+) -> Result<String, Error> {
+    let user: Vec<String> = entries[..entries.len().saturating_sub(1)]
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    let mut builtin_names: Vec<String> = std::fs::read_dir(builtin)
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.path().is_dir())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    builtin_names.sort();
+    let kept: Vec<&String> = builtin_names
+        .iter()
+        .filter(|n| library.get(n).is_some_and(|e| e.entry == builtin))
+        .collect();
+    let last = if kept.len() == builtin_names.len() {
+        builtin.to_path_buf()
+    } else {
+        use sha2::Digest as _;
+        let mut h = sha2::Sha256::new();
+        h.update(builtin.as_os_str().as_encoded_bytes());
+        for k in &kept {
+            h.update(k.as_bytes());
+            h.update(b"\0");
+        }
+        let view = cache_root
+            .join("element-views")
+            .join(&hex::encode(h.finalize())[..16]);
+        if !view.is_dir() {
+            let tmp = cache_root
+                .join("element-views")
+                .join(format!(".tmp-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&tmp);
+            std::fs::create_dir_all(&tmp).map_err(|source| Error::Io {
+                path: tmp.clone(),
+                source,
+            })?;
+            for k in &kept {
+                std::os::unix::fs::symlink(builtin.join(k), tmp.join(k)).map_err(|source| {
+                    Error::Io {
+                        path: tmp.join(k),
+                        source,
+                    }
+                })?;
+            }
+            if std::fs::rename(&tmp, &view).is_err() {
+                let _ = std::fs::remove_dir_all(&tmp);
+            }
+        }
+        view
+    };
+    let mut all = user;
+    all.push(last.display().to_string());
+    Ok(all.join(":"))
 }
 
 /// The human text of why an element is in the build.

@@ -119,6 +119,10 @@ fn vfat_is_filled_offline_when_the_kernel_cannot_mount_it() {
         !log.iter().any(|l| l.starts_with("mount /dev/loop0p1")),
         "{log:#?}"
     );
+    assert!(
+        log.contains(&"mount -t tmpfs -o mode=0755 /dev/loop0p1 /mnt/boot/efi".to_owned()),
+        "{log:#?}"
+    );
     let esp = created
         .mounts()
         .iter()
@@ -134,6 +138,8 @@ fn vfat_is_filled_offline_when_the_kernel_cannot_mount_it() {
             "mcopy -s -o -i /dev/loop0p1 /mnt/boot/efi/EFI /mnt/boot/efi/startup.nsh ::/",
             "sync",
             "find /mnt/boot/efi -mindepth 1 -delete",
+            "sync",
+            "umount /mnt/boot/efi",
             "sync",
             "fstrim --verbose /mnt",
             "umount /mnt",
