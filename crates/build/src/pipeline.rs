@@ -416,19 +416,33 @@ fn short_digest(s: &str) -> String {
 pub fn output_key(plan: &BuildPlan, prepared: &Prepared, last: Option<&str>) -> String {
     use sha2::Digest as _;
     let req = &plan.request;
+    // What hooks see (as the phase keys do), plus the knobs that shape the disk and outputs.
+    let lib = PathBuf::from(prepared.env.get("_LIB").cloned().unwrap_or_default());
+    let mut env = cache::key_env(&prepared.evaluated, &lib);
+    for k in [
+        "DIB_IMAGE_SIZE",
+        "DIB_IMAGE_EXTRA_SIZE",
+        "DIB_JOURNAL_SIZE",
+        "MAX_ONLINE_RESIZE",
+        "COMPRESS_IMAGE",
+        "QEMU_IMG_OPTIONS",
+        "IMAGE_TYPES",
+    ] {
+        if let Some(v) = prepared.env.get(k) {
+            env.insert(k.to_string(), v.clone());
+        }
+    }
     let v = serde_json::json!({
         "last": last,
         "files": prepared.files,
         "block_device": if plan.needs_disk() { Some(&plan.block_device.1) } else { None },
         "outputs": plan.outputs.iter().map(|t| t.extension().to_string()).collect::<Vec<_>>(),
         "name": plan.image_name.file_name().map(|n| n.to_string_lossy().into_owned()),
-        "env": prepared.env.iter().filter(|(k, _)| k.starts_with("DIB_") || k.starts_with("IMAGE_") || matches!(k.as_str(), "FS_TYPE" | "ROOT_LABEL" | "MAX_ONLINE_RESIZE" | "COMPRESS_IMAGE" | "SOURCE_DATE_EPOCH" | "QEMU_IMG_OPTIONS")).filter(|(k, _)| !matches!(k.as_str(), "DIB_ARGS" | "DIB_ENV" | "IMAGE_NAME")).collect::<BTreeMap<_, _>>(),
+        "env": env,
         "opts": [req.mkfs_options.clone(), req.qemu_img_options.clone(), req.image_size.clone(), req.image_extra_size.clone(), req.journal_size.clone()],
         "uncompressed": req.uncompressed,
     });
-    hex::encode(sha2::Sha256::digest(
-        serde_json::to_vec(&v).unwrap_or_default(),
-    ))
+    hex::encode(sha2::Sha256::digest(serde_json::to_vec(&v).unwrap_or_default()))
 }
 
 /// Where the snapshotting stands during a build.
@@ -509,7 +523,10 @@ impl Ctx<'_> {
             }
             self.snapshot(&mut snap, 0)?;
         }
-        Self::resolv_conf_in(&mnt)?;
+        // Layers after root were taken with the build's resolv.conf in place already.
+        if hits <= 1 {
+            Self::resolv_conf_in(&mnt)?;
+        }
         fs::create_dir_all(mnt.join("tmp")).map_err(io(&mnt))?;
         kiln_sandbox::mount_chroot_fs(&mnt)?;
         for (i, s) in steps.iter().enumerate().skip(1) {
