@@ -814,3 +814,104 @@ fn restored_snapshot_equals_a_fresh_build() {
     );
     assert_no_leftovers(&dir);
 }
+
+static DIB_TREE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+
+/// DIB's own element tree, from `pip install diskimage-builder` into a venv made for this run.
+fn dib_elements() -> Result<PathBuf, String> {
+    DIB_TREE
+        .get_or_init(|| {
+            let venv = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dib-venv");
+            let py = venv.join("bin/python3");
+            if !py.exists() {
+                let st = Command::new("python3").args(["-m", "venv"]).arg(&venv).status();
+                if !st.is_ok_and(|s| s.success()) {
+                    return Err("python3 -m venv failed (install python3-venv)".into());
+                }
+            }
+            let st = Command::new(venv.join("bin/pip"))
+                .args(["install", "-q", "diskimage-builder"])
+                .status();
+            if !st.is_ok_and(|s| s.success()) {
+                return Err("pip install diskimage-builder failed".into());
+            }
+            let out = Command::new(&py)
+                .args(["-c", "import os, diskimage_builder as d; print(os.path.join(os.path.dirname(d.__file__), 'elements'))"])
+                .output()
+                .map_err(|e| e.to_string())?;
+            Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+        })
+        .clone()
+}
+
+/// A build with DIB's element tree first on ELEMENTS_PATH; checks DIB's own hooks did the work.
+fn dib_build(dir: &Path, args: &[&str]) -> Outcome {
+    let tree = dib_elements().unwrap();
+    let o = build(dir, Some(&tree), args, &[]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    // 99-squash-package-install exists only in DIB's package-installs element.
+    assert!(o.log.contains("99-squash-package-install"), "DIB's elements did not run");
+    assert_no_leftovers(dir);
+    o
+}
+
+#[test]
+fn dib_tree_vm_with_tar_qcow2_raw_boots() {
+    if !capable("dib_tree_vm_with_tar_qcow2_raw_boots") {
+        return;
+    }
+    let _ = dib_elements().unwrap();
+    let g = lock();
+    let dir = work("dib-vm");
+    dib_build(&dir, &["debian-minimal", "vm", "-t", "tar,qcow2,raw", "-o", "x"]);
+    for f in ["x.tar", "x.qcow2", "x.raw"] {
+        assert!(dir.join(f).exists(), "{f} missing");
+    }
+    drop(g);
+    let _g = lock();
+    boot(&dir.join("x.qcow2"), false);
+}
+
+#[test]
+fn dib_tree_vm_cloud_init_boots_via_disk_image_create() {
+    if !capable("dib_tree_vm_cloud_init_boots_via_disk_image_create") {
+        return;
+    }
+    let tree = dib_elements().unwrap();
+    let g = lock();
+    let dir = work("dib-ci");
+    let link = dir.join("disk-image-create");
+    std::os::unix::fs::symlink(kiln_bin(), &link).unwrap();
+    let tmp = dir.join("tmp");
+    fs::create_dir_all(&tmp).unwrap();
+    let out = Command::new(&link)
+        .current_dir(&dir)
+        .args(["debian-minimal", "vm", "cloud-init", "-o", "xc"])
+        .env("ELEMENTS_PATH", &tree)
+        .env("DIB_IMAGE_CACHE", cache())
+        .env("DIB_RELEASE", "bookworm")
+        .env("TMPDIR", &tmp)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let log = fs::read_to_string(dir.join("xc.d/build.log")).unwrap();
+    assert!(log.contains("99-squash-package-install"));
+    assert_no_leftovers(&dir);
+    drop(g);
+    let _g = lock();
+    boot(&dir.join("xc.qcow2"), false);
+}
+
+#[test]
+fn dib_tree_efi_boots_uefi() {
+    if !capable("dib_tree_efi_boots_uefi") {
+        return;
+    }
+    let _ = dib_elements().unwrap();
+    let g = lock();
+    let dir = work("dib-efi");
+    dib_build(&dir, &["debian-minimal", "vm", "block-device-efi", "-o", "xe"]);
+    drop(g);
+    let _g = lock();
+    boot(&dir.join("xe.qcow2"), true);
+}
