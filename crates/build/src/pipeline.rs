@@ -762,6 +762,8 @@ impl Ctx<'_> {
         // One copy of the tree into the image filesystem.
         let t = Instant::now();
         copy_tree(&built, &mnt)?;
+        // As DIB does: the tree now lives in the image; free the memory it held.
+        let _ = fs::remove_dir_all(&built);
         self.timing("copy-into-image", t, Vec::new());
         check_interrupt()?;
 
