@@ -850,7 +850,10 @@ fn dib_build(dir: &Path, args: &[&str]) -> Outcome {
     let o = build(dir, Some(&tree), args, &[]);
     assert_eq!(o.code, 0, "{}", o.stderr);
     // 99-squash-package-install exists only in DIB's package-installs element.
-    assert!(o.log.contains("99-squash-package-install"), "DIB's elements did not run");
+    assert!(
+        o.log.contains("99-squash-package-install"),
+        "DIB's elements did not run"
+    );
     assert_no_leftovers(dir);
     o
 }
@@ -863,7 +866,10 @@ fn dib_tree_vm_with_tar_qcow2_raw_boots() {
     let _ = dib_elements().unwrap();
     let g = lock();
     let dir = work("dib-vm");
-    dib_build(&dir, &["debian-minimal", "vm", "-t", "tar,qcow2,raw", "-o", "x"]);
+    dib_build(
+        &dir,
+        &["debian-minimal", "vm", "-t", "tar,qcow2,raw", "-o", "x"],
+    );
     for f in ["x.tar", "x.qcow2", "x.raw"] {
         assert!(dir.join(f).exists(), "{f} missing");
     }
@@ -893,7 +899,11 @@ fn dib_tree_vm_cloud_init_boots_via_disk_image_create() {
         .env("TMPDIR", &tmp)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let log = fs::read_to_string(dir.join("xc.d/build.log")).unwrap();
     assert!(log.contains("99-squash-package-install"));
     assert_no_leftovers(&dir);
@@ -910,7 +920,10 @@ fn dib_tree_efi_boots_uefi() {
     let _ = dib_elements().unwrap();
     let g = lock();
     let dir = work("dib-efi");
-    dib_build(&dir, &["debian-minimal", "vm", "block-device-efi", "-o", "xe"]);
+    dib_build(
+        &dir,
+        &["debian-minimal", "vm", "block-device-efi", "-o", "xe"],
+    );
     drop(g);
     let _g = lock();
     boot(&dir.join("xe.qcow2"), true);

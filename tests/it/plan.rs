@@ -1,5 +1,7 @@
 //! `kiln plan`: resolution, hook order, environment, block-device choice and outputs.
 
+use std::fmt::Write as _;
+
 use crate::support::{filter, kiln, run, Tree};
 
 fn fixture() -> Tree {
@@ -210,4 +212,104 @@ fn vm_auto_adds_block_device_by_arch() {
     };
     assert!(names("amd64").contains(&"block-device-mbr".to_string()));
     assert!(names("arm64").contains(&"block-device-efi".to_string()));
+}
+
+/// ubuntu-minimal: no Ubuntu mirror is reachable here, so its plan and the apt sources its
+/// root.d would write are checked without building.
+#[test]
+fn ubuntu_minimal_plan_and_generated_sources() {
+    let cache = tempfile::tempdir().unwrap();
+    let mut c = kiln(&[], cache.path());
+    c.env_remove("ELEMENTS_PATH")
+        .args(["plan", "ubuntu-minimal", "-t", "tar", "--json"]);
+    let (code, out, err) = run(c);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let names: Vec<&str> = v["elements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    for n in [
+        "ubuntu-minimal",
+        "ubuntu-common",
+        "debootstrap",
+        "dpkg",
+        "base",
+    ] {
+        assert!(names.contains(&n), "{n} missing from {names:?}");
+    }
+    assert!(!names.contains(&"debian-minimal"));
+    let paths: std::collections::HashMap<&str, &str> = v["elements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["name"].as_str().unwrap(), e["path"].as_str().unwrap()))
+        .collect();
+    // Source environment.d in plan order, then let debootstrap's helper write the sources.
+    let mut script = String::from("set -eu\ndie() { echo \"die: $*\" >&2; exit 1; }\n");
+    for e in v["environment"].as_array().unwrap() {
+        let el = paths[e["element"].as_str().unwrap()];
+        let _ = writeln!(
+            script,
+            "source '{el}/environment.d/{}'",
+            e["name"].as_str().unwrap()
+        );
+    }
+    let _ = writeln!(
+        script,
+        "source '{}/root.d/kiln-apt-baseinstall.bash'\n_kiln_write_sources\n\
+         echo \"DISTRO_NAME=$DISTRO_NAME DIB_RELEASE=$DIB_RELEASE DIB_INIT_SYSTEM=$DIB_INIT_SYSTEM\"",
+        paths["debootstrap"]
+    );
+    let target = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("ARCH", "amd64")
+        .env("TARGET_ROOT", target.path())
+        .env(
+            "DIB_DISTRIBUTION_MIRROR",
+            "http://mirror.example.invalid/ubuntu",
+        )
+        .output()
+        .unwrap();
+    let so = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{so}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        so.contains("DISTRO_NAME=ubuntu DIB_RELEASE=noble DIB_INIT_SYSTEM=systemd"),
+        "{so}"
+    );
+    let read = |n: &str| {
+        std::fs::read_to_string(target.path().join("etc/apt/sources.list.d").join(n))
+            .unwrap_or_default()
+    };
+    let m = "http://mirror.example.invalid/ubuntu";
+    assert_eq!(
+        read("default.list"),
+        format!("deb {m} noble main universe\n")
+    );
+    assert_eq!(
+        read("updates.list"),
+        format!("deb {m} noble-updates main universe\n")
+    );
+    assert_eq!(
+        read("security.list"),
+        format!("deb {m} noble-security main universe\n")
+    );
+    assert_eq!(
+        read("backports.list"),
+        format!("deb {m} noble-backports main universe\n")
+    );
+    assert_eq!(
+        std::fs::read_to_string(target.path().join("etc/apt/sources.list")).unwrap(),
+        ""
+    );
 }

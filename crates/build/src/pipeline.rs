@@ -442,7 +442,9 @@ pub fn output_key(plan: &BuildPlan, prepared: &Prepared, last: Option<&str>) -> 
         "opts": [req.mkfs_options.clone(), req.qemu_img_options.clone(), req.image_size.clone(), req.image_extra_size.clone(), req.journal_size.clone()],
         "uncompressed": req.uncompressed,
     });
-    hex::encode(sha2::Sha256::digest(serde_json::to_vec(&v).unwrap_or_default()))
+    hex::encode(sha2::Sha256::digest(
+        serde_json::to_vec(&v).unwrap_or_default(),
+    ))
 }
 
 /// Where the snapshotting stands during a build.
