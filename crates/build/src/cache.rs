@@ -29,7 +29,7 @@ use std::process::Command;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::Error;
+use crate::{io, Error};
 
 /// Variables that never enter a key: per-build paths, the output naming (which only the
 /// manifests and outputs see, and those steps are not cached), and session noise.
@@ -321,13 +321,6 @@ pub struct LayerMeta {
 pub struct PhaseCache {
     /// `<cache root>/phases`.
     pub dir: PathBuf,
-}
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    }
 }
 
 fn now() -> u64 {

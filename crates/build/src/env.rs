@@ -157,20 +157,9 @@ pub fn base_env(
 pub fn dib_env(env: &BTreeMap<String, String>) -> String {
     let mut s = String::new();
     for (k, v) in env.iter().filter(|(k, _)| k.starts_with("DIB_")) {
-        let _ = writeln!(s, "declare -x {k}={}", shell_quote(v));
+        let _ = writeln!(s, "declare -x {k}={}", kiln_element::shell_word(v));
     }
     s
-}
-
-/// Quotes a string for bash (`'...'` with embedded quotes escaped).
-pub fn shell_quote(v: &str) -> String {
-    if !v.is_empty()
-        && v.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./:=@%+,".contains(c))
-    {
-        return v.to_string();
-    }
-    format!("'{}'", v.replace('\'', "'\\''"))
 }
 
 /// DIB_PYTHON_EXEC: a Python that can import `diskimage_builder` and `yaml` (DIB's
@@ -256,10 +245,11 @@ mod tests {
 
     #[test]
     fn quoting() {
-        assert_eq!(shell_quote("plain"), "plain");
-        assert_eq!(shell_quote("a b"), "'a b'");
-        assert_eq!(shell_quote("it's"), "'it'\\''s'");
-        assert_eq!(shell_quote(""), "''");
+        use kiln_element::shell_word;
+        assert_eq!(shell_word("plain"), "plain");
+        assert_eq!(shell_word("a b"), "'a b'");
+        assert_eq!(shell_word("it's"), "'it'\\''s'");
+        assert_eq!(shell_word(""), "''");
     }
 
     #[test]

@@ -84,6 +84,14 @@ pub enum Error {
     },
 }
 
+/// Maps an I/O error on `path` to [`Error::Io`]; for `map_err(io(path))`.
+pub(crate) fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
 impl Error {
     /// The process exit code for this error: 2 for bad input, 1 for a failed build, 128+N
     /// for a signal.

@@ -20,7 +20,7 @@ use crate::env;
 use crate::plan::BuildPlan;
 use crate::runner::{self, check_interrupt, Console, Place, StepTiming};
 use crate::workspace::Workspace;
-use crate::Error;
+use crate::{io, Error};
 
 const DIB_RUN_PARTS: &str = include_str!("assets/dib-run-parts");
 
@@ -214,13 +214,6 @@ fn print_timings(console: &Console, report: &BuildReport) {
     console.say(&format!("  {:<22} {:>8.1} s", "total", report.seconds));
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
 /// The hook tree laid out, the environment exported to hooks, and the environment as
 /// environment.d leaves it (DISTRO_NAME, DIB_RELEASE, …), with the package lists written.
 pub struct Prepared {
@@ -353,14 +346,7 @@ pub fn cache_steps(plan: &BuildPlan, prepared: &Prepared, lib: &Path) -> Vec<Cac
             _ => None,
         }
     };
-    let packages: Vec<String> = plan
-        .request
-        .packages
-        .iter()
-        .flat_map(|p| p.split(','))
-        .filter(|p| !p.is_empty())
-        .map(String::from)
-        .collect();
+    let packages = plan.request.package_list();
     let mut order: Vec<(String, Option<Phase>)> = vec![
         ("root".into(), Some(Phase::Root)),
         ("extra-data".into(), Some(Phase::ExtraData)),
@@ -621,15 +607,7 @@ impl Ctx<'_> {
     fn install_extra_packages(&mut self, mnt: &Path) -> Result<(), Error> {
         let t = Instant::now();
         let mut argv = vec!["install-packages".to_string()];
-        argv.extend(
-            self.plan
-                .request
-                .packages
-                .iter()
-                .flat_map(|p| p.split(','))
-                .filter(|p| !p.is_empty())
-                .map(String::from),
-        );
+        argv.extend(self.plan.request.package_list());
         runner::run_simple(
             self.console,
             "packages",

@@ -147,15 +147,6 @@ impl BuildPlan {
         self.outputs.iter().any(kiln_output::OutputType::needs_disk)
     }
 
-    /// The ELEMENTS_PATH value exported to hooks.
-    pub fn elements_path_var(&self) -> String {
-        self.elements_path
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect::<Vec<_>>()
-            .join(":")
-    }
-
     /// The plan as JSON (`kiln plan --json`).
     pub fn to_json(&self) -> Value {
         let elements: Vec<Value> = self

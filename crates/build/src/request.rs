@@ -89,6 +89,16 @@ impl BuildRequest {
         t
     }
 
+    /// The `-p` packages, comma lists split.
+    pub fn package_list(&self) -> Vec<String> {
+        self.packages
+            .iter()
+            .flat_map(|p| p.split(','))
+            .filter(|p| !p.is_empty())
+            .map(String::from)
+            .collect()
+    }
+
     /// The image name with a single type's suffix stripped (`-o x.qcow2 -t qcow2` → `x`).
     pub fn image_name(&self) -> PathBuf {
         let name = if self.image_name.as_os_str().is_empty() {

@@ -42,5 +42,6 @@ pub use package_installs::PackageInstalls;
 pub use phase::Phase;
 pub use pkg_map::PkgMap;
 pub use resolve::{
-    resolve, resolve_exact, shell_quote, ElementSet, Reason, ResolveRequest, ResolvedElement,
+    resolve, resolve_exact, shell_quote, shell_word, ElementSet, Reason, ResolveRequest,
+    ResolvedElement,
 };

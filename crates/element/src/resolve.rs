@@ -412,7 +412,7 @@ pub fn shell_quote(s: &str) -> String {
 }
 
 /// `s` unchanged when the shell would read it as one literal word, else single-quoted.
-fn shell_word(s: &str) -> String {
+pub fn shell_word(s: &str) -> String {
     let plain = !s.is_empty()
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || "_-./+:@%,=".contains(c));
