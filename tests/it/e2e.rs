@@ -74,13 +74,47 @@ fn cache() -> PathBuf {
     )
 }
 
-fn work(name: &str) -> PathBuf {
+/// A test's working directory: removed when the test passes (images are large and the whole
+/// suite must fit on a CI disk), kept for a look when it fails.
+struct Work(PathBuf);
+
+impl Work {
+    /// Keeps the directory for the rest of the run.
+    fn keep(self) -> PathBuf {
+        let p = self.0.clone();
+        std::mem::forget(self);
+        p
+    }
+}
+
+impl std::ops::Deref for Work {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for Work {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Work {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+fn work(name: &str) -> Work {
     let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join("e2e")
         .join(name);
     let _ = fs::remove_dir_all(&d);
     fs::create_dir_all(&d).unwrap();
-    d
+    Work(d)
 }
 
 struct Outcome {
@@ -162,7 +196,7 @@ fn debian_rootfs() -> Result<PathBuf, String> {
     ROOTFS
         .get_or_init(|| {
             let _g = lock();
-            let dir = work("rootfs");
+            let dir = work("rootfs").keep();
             let o = build(
                 &dir,
                 None,

@@ -53,6 +53,8 @@ const KEY_ENV_DENY: &[&str] = &[
     "MAX_ONLINE_RESIZE",
     "KILN_NO_CACHE",
     "KILN_LOG",
+    "KILN_QCOW2_LEVEL",
+    "KILN_CACHE_MAX_SIZE",
     "TERM",
     "COLUMNS",
     "LINES",
@@ -405,7 +407,7 @@ impl PhaseCache {
             .map_err(io(&self.dir))?;
         write_delta(tmp.path(), "layer", tree)?;
         write_delta(tmp.path(), "hooks", hooks)?;
-        let bytes = fs::metadata(tmp.path().join("layer.tar")).map_or(0, |m| m.len());
+        let bytes = du_bytes(tmp.path());
         let meta = LayerMeta {
             key: key.clone(),
             inputs: inputs.clone(),
@@ -444,6 +446,10 @@ impl PhaseCache {
     }
 }
 
+/// How layers are compressed: zstd's fastest level on every core. A cold debian-minimal chain
+/// shrinks from about 1.1 GB to about 0.4 GB, and restoring it costs well under a second more.
+const ZSTD_WRITE: &str = "zstd -1 -T0 -q";
+
 fn write_delta(dir: &Path, name: &str, delta: &Delta<'_>) -> Result<(), Error> {
     let list = dir.join(format!("{name}.list"));
     let mut f = fs::File::create(&list).map_err(io(&list))?;
@@ -457,7 +463,8 @@ fn write_delta(dir: &Path, name: &str, delta: &Delta<'_>) -> Result<(), Error> {
         Command::new("tar")
             .arg("--create")
             .arg("--file")
-            .arg(dir.join(format!("{name}.tar")))
+            .arg(dir.join(format!("{name}.tar.zst")))
+            .arg(format!("--use-compress-program={ZSTD_WRITE}"))
             .args([
                 "--null",
                 "--no-recursion",
@@ -498,20 +505,27 @@ fn apply_delta(dir: &Path, name: &str, root: &Path) -> Result<(), Error> {
             Err(_) => {}
         }
     }
+    // Layers are zstd-compressed tars; a plain tar (an older cache) still restores.
+    let zst = dir.join(format!("{name}.tar.zst"));
+    let mut tar = Command::new("tar");
+    tar.arg("--extract");
+    if zst.exists() {
+        tar.arg("--file")
+            .arg(&zst)
+            .arg("--use-compress-program=zstd -d");
+    } else {
+        tar.arg("--file").arg(dir.join(format!("{name}.tar")));
+    }
     run_tool(
-        Command::new("tar")
-            .arg("--extract")
-            .arg("--file")
-            .arg(dir.join(format!("{name}.tar")))
-            .args([
-                "--numeric-owner",
-                "--same-permissions",
-                "--same-owner",
-                "--xattrs",
-                "--xattrs-include=*",
-            ])
-            .arg("-C")
-            .arg(root),
+        tar.args([
+            "--numeric-owner",
+            "--same-permissions",
+            "--same-owner",
+            "--xattrs",
+            "--xattrs-include=*",
+        ])
+        .arg("-C")
+        .arg(root),
         "restore layer",
     )
 }
@@ -589,6 +603,128 @@ impl OutputCache {
         }
         Ok(())
     }
+}
+
+/// One entry of the cache: a phase layer or a request's outputs.
+#[derive(Debug, Clone)]
+pub struct CacheEntry {
+    /// Its directory.
+    pub path: PathBuf,
+    /// `layer` or `outputs`.
+    pub kind: &'static str,
+    /// The phase of a layer, the file names of outputs.
+    pub label: String,
+    /// Bytes on disk.
+    pub bytes: u64,
+    /// Last use, seconds since the epoch.
+    pub used: u64,
+}
+
+fn used_time(p: &Path) -> u64 {
+    for f in ["used", "complete"] {
+        if let Ok(Ok(v)) = fs::read_to_string(p.join(f)).map(|t| t.trim().parse::<u64>()) {
+            return v;
+        }
+    }
+    fs::metadata(p.join("meta.json"))
+        .or_else(|_| fs::metadata(p))
+        .ok()
+        .and_then(|m| m.modified().ok())
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Every entry of the cache under `root`, least recently used first.
+pub fn entries(root: &Path) -> Vec<CacheEntry> {
+    let mut v = Vec::new();
+    for (kind, sub) in [("layer", "phases"), ("outputs", "outputs")] {
+        let Ok(rd) = fs::read_dir(root.join(sub)) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if e.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            let label = if kind == "layer" {
+                fs::read_to_string(p.join("meta.json"))
+                    .ok()
+                    .and_then(|t| serde_json::from_str::<LayerMeta>(&t).ok())
+                    .map(|m| m.inputs.phase)
+                    .unwrap_or_default()
+            } else {
+                fs::read_dir(p.join("files"))
+                    .map(|rd| {
+                        let mut names: Vec<String> = rd
+                            .flatten()
+                            .map(|f| f.file_name().to_string_lossy().into_owned())
+                            .collect();
+                        names.sort();
+                        names.join(",")
+                    })
+                    .unwrap_or_default()
+            };
+            v.push(CacheEntry {
+                bytes: du_bytes(&p),
+                used: used_time(&p),
+                path: p,
+                kind,
+                label,
+            });
+        }
+    }
+    v.sort_by(|a, b| a.used.cmp(&b.used).then(a.path.cmp(&b.path)));
+    v
+}
+
+/// Deletes the least recently used entries until the cache is at most `max` bytes. Returns how
+/// many were removed and the size left. A layer whose parent is gone is never restored (a
+/// chain is used only from its first layer on), so removing any entry is safe.
+pub fn gc(root: &Path, max: u64) -> std::io::Result<(usize, u64)> {
+    let es = entries(root);
+    let mut total: u64 = es.iter().map(|e| e.bytes).sum();
+    let mut removed = 0;
+    for e in &es {
+        if total <= max {
+            break;
+        }
+        fs::remove_dir_all(&e.path)?;
+        total = total.saturating_sub(e.bytes);
+        removed += 1;
+    }
+    Ok((removed, total))
+}
+
+/// The size limit kiln keeps its cache under after every build: `KILN_CACHE_MAX_SIZE` (units as
+/// in DIB; `0`, `none` or `unlimited` for no limit), 20 GiB by default.
+pub fn max_size(env: &BTreeMap<String, String>) -> Option<u64> {
+    const DEFAULT: u64 = 20 << 30;
+    let Some(v) = env.get("KILN_CACHE_MAX_SIZE").map(|v| v.trim()) else {
+        return Some(DEFAULT);
+    };
+    match v.to_ascii_lowercase().as_str() {
+        "" => Some(DEFAULT),
+        "0" | "none" | "unlimited" => None,
+        _ => match kiln_blockdev::parse_size(v) {
+            Ok(n) => Some(n),
+            Err(e) => {
+                tracing::warn!("KILN_CACHE_MAX_SIZE={v}: {e}; keeping the cache under 20 GiB");
+                Some(DEFAULT)
+            }
+        },
+    }
+}
+
+/// A size for people: `1.5 GiB`.
+pub fn human(b: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i + 1 < units.len() {
+        v /= 1024.0;
+        i += 1;
+    }
+    format!("{v:.1} {}", units[i])
 }
 
 /// Copies a file, reflinking where the filesystem can.

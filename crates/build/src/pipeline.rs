@@ -427,6 +427,7 @@ pub fn output_key(plan: &BuildPlan, prepared: &Prepared, last: Option<&str>) -> 
         "env": env,
         "opts": [req.mkfs_options.clone(), req.qemu_img_options.clone(), req.image_size.clone(), req.image_extra_size.clone(), req.journal_size.clone()],
         "uncompressed": req.uncompressed,
+        "qcow2_level": req.qcow2_level().ok().flatten(),
     });
     hex::encode(sha2::Sha256::digest(
         serde_json::to_vec(&v).unwrap_or_default(),
@@ -553,7 +554,25 @@ impl Ctx<'_> {
             self.tree_outputs(&mnt, &mut outputs)?;
         }
         self.store_outputs(&outputs);
+        self.trim_cache();
         Ok(outputs)
+    }
+
+    /// Keeps the cache under its size limit (least recently used entries go first).
+    fn trim_cache(&mut self) {
+        let Some(max) = cache::max_size(&self.plan.request.env) else {
+            return;
+        };
+        match cache::gc(&self.plan.cache_root, max) {
+            Ok((0, _)) => {}
+            Ok((n, left)) => self.console.say(&format!(
+                "cache: removed {n} least recently used entries; {} left (KILN_CACHE_MAX_SIZE)",
+                cache::human(left)
+            )),
+            Err(e) => self
+                .console
+                .say(&format!("warning: could not trim the cache: {e}")),
+        }
     }
 
     /// Indexes the tree through a non-recursive bind mount, so nothing mounted inside it counts.
@@ -769,6 +788,7 @@ impl Ctx<'_> {
                 .qemu_img_options
                 .clone()
                 .or_else(|| req.var("QEMU_IMG_OPTIONS").map(String::from)),
+            qcow2_level: req.qcow2_level()?,
         };
         let sums = self.checksums();
         let overwrite = self.overwrite();

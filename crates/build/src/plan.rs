@@ -123,6 +123,7 @@ impl BuildPlan {
         for t in req.output_types() {
             outputs.push(kiln_output::OutputType::parse(&t)?);
         }
+        req.qcow2_level()?;
         validate_packages(req, &library, &set, &hooks, &arch)?;
         let block_device = choose_block_device(req, &set, &arch)?;
         let exported_elements_path =

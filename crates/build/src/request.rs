@@ -72,6 +72,22 @@ impl BuildRequest {
             .filter(|v| !v.is_empty())
     }
 
+    /// How qcow2 is compressed: `KILN_QCOW2_LEVEL` (zlib level 1-9, default 3) for kiln's own
+    /// parallel writer, or `qemu-img` to leave it to `qemu-img convert -c` as DIB does.
+    /// `None` means qemu-img.
+    pub fn qcow2_level(&self) -> Result<Option<u32>, crate::Error> {
+        match self.var("KILN_QCOW2_LEVEL") {
+            None => Ok(Some(kiln_output::qcow2::DEFAULT_LEVEL)),
+            Some("qemu-img") => Ok(None),
+            Some(v) => match v.parse::<u32>() {
+                Ok(n) if (1..=9).contains(&n) => Ok(Some(n)),
+                _ => Err(crate::Error::Usage(format!(
+                    "KILN_QCOW2_LEVEL={v}: use a zlib level from 1 (fastest) to 9 (smallest), or qemu-img"
+                ))),
+            },
+        }
+    }
+
     /// The output types, defaulting to qcow2 as DIB does.
     pub fn output_types(&self) -> Vec<String> {
         let mut t: Vec<String> = self
