@@ -159,11 +159,20 @@ fn build(dir: &Path, elements_path: Option<&Path>, args: &[&str], env: &[(&str, 
 /// Nothing of a build may remain: no temp dirs, no processes rooted inside, no loop devices, no
 /// mounts.
 fn assert_no_leftovers(dir: &Path) {
+    if let Some(problem) = leftovers(dir) {
+        panic!("{problem}");
+    }
+}
+
+/// The first thing a build left behind, if any.
+fn leftovers(dir: &Path) -> Option<String> {
     let tmp = dir.join("tmp");
     let left: Vec<_> = fs::read_dir(&tmp)
         .map(|rd| rd.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
-    assert!(left.is_empty(), "temp dirs left behind: {left:?}");
+    if !left.is_empty() {
+        return Some(format!("temp dirs left behind: {left:?}"));
+    }
     let procs: Vec<i32> = fs::read_dir("/proc")
         .unwrap()
         .flatten()
@@ -173,22 +182,23 @@ fn assert_no_leftovers(dir: &Path) {
             root.starts_with(&tmp).then_some(pid)
         })
         .collect();
-    assert!(procs.is_empty(), "processes left in the build: {procs:?}");
+    if !procs.is_empty() {
+        return Some(format!("processes left in the build: {procs:?}"));
+    }
     let loops = Command::new("losetup").arg("-a").output().unwrap();
     let loops = String::from_utf8_lossy(&loops.stdout);
-    assert!(
-        !loops.contains(&tmp.display().to_string()),
-        "loop devices left: {loops}"
-    );
+    if loops.contains(&tmp.display().to_string()) {
+        return Some(format!("loop devices left: {loops}"));
+    }
     let mounts = Command::new("findmnt")
         .args(["-rn", "-o", "TARGET"])
         .output()
         .unwrap();
     let mounts = String::from_utf8_lossy(&mounts.stdout);
-    assert!(
-        !mounts.contains(&tmp.display().to_string()),
-        "mounts left: {mounts}"
-    );
+    if mounts.contains(&tmp.display().to_string()) {
+        return Some(format!("mounts left: {mounts}"));
+    }
+    None
 }
 
 /// The bookworm root filesystem tarball, built once per run.
@@ -317,6 +327,13 @@ fn fixture_elements(rootfs: &Path) -> Tree {
             "install",
             "60-slow",
             "if [ \"${KILN_TEST_SLOW:-}\" = 1 ]; then echo kiln-test-sleeping; sleep 600; fi",
+        )
+        .hook(
+            "finalise",
+            "60-slow",
+            "if [ \"${KILN_TEST_SLOW:-}\" = finalise ]; then\n\
+             setsid sleep 900 </dev/null >/dev/null 2>&1 &\n\
+             echo kiln-test-sleeping; sleep 600; fi",
         );
     t
 }
@@ -573,6 +590,59 @@ fn disk_finalise_failure_leaves_no_loop_device() {
     assert_eq!(o.code, 1, "{}", o.stderr);
     assert!(o.stderr.contains("finalise.d failed"), "{}", o.stderr);
     assert!(!dir.join("d.raw").exists());
+    assert_no_leftovers(&dir);
+}
+
+#[test]
+fn sigkill_during_disk_finalise_leaves_nothing_behind() {
+    if !capable("sigkill_during_disk_finalise_leaves_nothing_behind") {
+        return;
+    }
+    let rootfs = debian_rootfs().unwrap();
+    let t = fixture_elements(&rootfs);
+    let _g = lock();
+    let dir = work("sigkill");
+    let tmp = dir.join("tmp");
+    fs::create_dir_all(&tmp).unwrap();
+    let mbr = "- local_loop:\n    name: image0\n- partitioning:\n    base: image0\n    label: mbr\n    partitions:\n      - name: root\n        flags: [boot, primary]\n        size: 100%\n        mkfs:\n          type: ext4\n          mount:\n            mount_point: /\n";
+    let mut child = Command::new(kiln_bin())
+        .current_dir(&dir)
+        .args(["build", "-n", "test-rootfs", "fail-at", "-t", "raw", "-o", "k"])
+        .env("ELEMENTS_PATH", t.path())
+        .env("DIB_IMAGE_CACHE", cache())
+        .env("TMPDIR", &tmp)
+        .env("KILN_TEST_SLOW", "finalise")
+        .env("DIB_BLOCK_DEVICE_CONFIG", mbr)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let log = dir.join("k.d/build.log");
+    let start = Instant::now();
+    while !fs::read_to_string(&log).is_ok_and(|l| l.contains("kiln-test-sleeping")) {
+        assert!(
+            start.elapsed() < Duration::from_secs(180),
+            "finalise.d never started"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // A loop device is attached and a daemon runs in the chroot when kiln is killed outright.
+    let loops = Command::new("losetup").arg("-a").output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&loops.stdout).contains(&tmp.display().to_string()),
+        "no loop device while finalise runs"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let _ = child.wait();
+    // The watchdog cleans up after the killed build within seconds.
+    let t0 = Instant::now();
+    while leftovers(&dir).is_some() && t0.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(250));
+    }
     assert_no_leftovers(&dir);
 }
 

@@ -45,6 +45,8 @@ impl Workspace {
                 return Err(e);
             }
         };
+        kiln_sandbox::watchdog::note_dir(&build_dir);
+        kiln_sandbox::watchdog::note_dir(&image_dir);
         let mut ws = Self {
             build_dir,
             image_dir,

@@ -34,6 +34,9 @@ enum Command {
     /// List and trim kiln's cache.
     #[command(subcommand)]
     Cache(commands::cache::CacheCmd),
+    /// Internal: the helper `kiln build` starts to clean up if it is killed.
+    #[command(name = "__watchdog", hide = true)]
+    Watchdog,
 }
 
 /// Parses `argv` (dispatching on the program name) and runs the command; returns the exit code.
@@ -58,6 +61,7 @@ pub fn run(argv: Vec<OsString>) -> anyhow::Result<i32> {
             Command::Test(c) => c.run(),
             Command::Cache(c) => c.run(),
             Command::Elements(c) => c.run(),
+            Command::Watchdog => Ok(kiln_sandbox::watchdog::serve()),
         },
     }
 }

@@ -17,6 +17,8 @@ use nix::sched::{unshare, CloneFlags};
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 
+pub mod watchdog;
+
 /// Errors of the sandbox layer; each names what it was working on.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -70,8 +70,20 @@ fn run_build(args: &BuildArgs, typed: Vec<String>) -> anyhow::Result<i32> {
         )
         .into());
     }
-    // Our own mount namespace first, before any thread exists: every mount dies with the build.
+    // The watchdog cleans up if this process is killed outright; it stays in the host's mount
+    // namespace. Then our own mount namespace, before any thread exists: every mount dies with
+    // the build.
+    if let Ok(exe) = std::env::current_exe() {
+        kiln_sandbox::watchdog::start(&exe, &["__watchdog"]);
+    }
+    let result = guarded_build(args, typed);
+    kiln_sandbox::watchdog::done();
+    result
+}
+
+fn guarded_build(args: &BuildArgs, typed: Vec<String>) -> anyhow::Result<i32> {
     kiln_sandbox::unshare_mounts().context("setting up the build's mount namespace")?;
+    kiln_sandbox::watchdog::note_namespace();
     kiln_build::runner::install_signal_handlers()?;
     let req = args.request(typed);
     let plan = BuildPlan::new(&req)?;
