@@ -607,7 +607,16 @@ fn sigkill_during_disk_finalise_leaves_nothing_behind() {
     let mbr = "- local_loop:\n    name: image0\n- partitioning:\n    base: image0\n    label: mbr\n    partitions:\n      - name: root\n        flags: [boot, primary]\n        size: 100%\n        mkfs:\n          type: ext4\n          mount:\n            mount_point: /\n";
     let mut child = Command::new(kiln_bin())
         .current_dir(&dir)
-        .args(["build", "-n", "test-rootfs", "fail-at", "-t", "raw", "-o", "k"])
+        .args([
+            "build",
+            "-n",
+            "test-rootfs",
+            "fail-at",
+            "-t",
+            "raw",
+            "-o",
+            "k",
+        ])
         .env("ELEMENTS_PATH", t.path())
         .env("DIB_IMAGE_CACHE", cache())
         .env("TMPDIR", &tmp)

@@ -435,7 +435,20 @@ impl<'a> Builder<'a> {
                 match k.get("type") {
                     None => "8300".to_owned(),
                     Some(y) => {
-                        let t = y.scalar_text().unwrap_or_default().to_ascii_uppercase();
+                        // sgdisk codes as DIB's layouts write them: 'EF00', '8300', and with
+                        // a 0x prefix ('0x4100' in DIB's ppc64el layout).
+                        let mut t = y
+                            .scalar_text()
+                            .unwrap_or_default()
+                            .trim()
+                            .to_ascii_uppercase();
+                        if let Some(hex) = t.strip_prefix("0X") {
+                            if (1..=4).contains(&hex.len())
+                                && hex.chars().all(|c| c.is_ascii_hexdigit())
+                            {
+                                t = format!("{hex:0>4}");
+                            }
+                        }
                         let code = t.len() == 4 && t.chars().all(|c| c.is_ascii_hexdigit());
                         let guid = t.len() == 36
                             && t.chars().enumerate().all(|(i, c)| {

@@ -537,3 +537,17 @@ fn plans_and_created_images_cross_threads() {
     send_sync::<kiln_blockdev::Error>();
     send::<kiln_blockdev::Created>();
 }
+
+#[test]
+fn gpt_type_codes_with_a_0x_prefix_as_in_dibs_ppc64el_layout() {
+    let yaml = EFI
+        .replace("type: 'EF02'", "type: '0x4100'")
+        .replace("type: '8300'", "type: 0x8300");
+    let p = planned(&yaml, Some(2048 * MIB));
+    for (name, want) in [("BSP", "4100"), ("root", "8300"), ("ESP", "EF00")] {
+        match &p.node(name).unwrap().kind {
+            NodeKind::Partition { ptype, .. } => assert_eq!(ptype, want, "{name}"),
+            other => panic!("{other:?}"),
+        }
+    }
+}
