@@ -145,3 +145,29 @@ fn block_device_plan_rejects_bad_config() {
         &["frobnicate", &cfg.display().to_string()],
     );
 }
+
+#[test]
+fn lvm_without_device_mapper_is_refused_before_building() {
+    let has_dm = std::fs::read_to_string("/proc/misc").is_ok_and(|m| m.contains("device-mapper"));
+    if has_dm || !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED: this host has device-mapper (or we are not root)");
+        return;
+    }
+    let t = Tree::new();
+    t.os().file(
+        "block-device-default.yaml",
+        "- local_loop:\n    name: image0\n    size: 3GiB\n- partitioning:\n    base: image0\n    label: mbr\n    partitions:\n      - name: root\n        size: 100%\n- lvm:\n    name: lvm\n    base: [root]\n    pvs:\n      - name: pv\n        base: root\n    vgs:\n      - name: vg\n        base: [pv]\n    lvs:\n      - name: lv_root\n        base: vg\n        size: 1GiB\n- mkfs:\n    name: fs_root\n    base: lv_root\n    type: ext4\n    mount:\n      mount_point: /\n",
+    );
+    let cache = tempfile::tempdir().unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let mut c = kiln(&[t.path()], cache.path());
+    c.current_dir(d.path())
+        .args(["build", "test-os", "-n", "-t", "raw"]);
+    let started = std::time::Instant::now();
+    let (code, _, err) = run(c);
+    assert_input_error(code, &err, &["device-mapper", "lvm"]);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "it built first"
+    );
+}

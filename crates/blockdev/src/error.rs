@@ -338,7 +338,7 @@ pub enum Error {
 
     /// LVM was asked for on a kernel without device-mapper.
     #[error(
-        "LVM needs device-mapper, which this kernel lacks (no /dev/mapper/control); use a \
+        "LVM needs device-mapper, which this kernel lacks (no device-mapper in /proc/misc); use a \
          block-device layout without lvm on this host"
     )]
     NoDeviceMapper,

@@ -132,7 +132,14 @@ pub trait Runner {
 
     /// Whether device-mapper is available (`/dev/mapper/control` exists).
     fn has_device_mapper(&mut self) -> bool {
-        Path::new("/dev/mapper/control").exists()
+        // /dev/mapper/control can exist (a static /dev) on a kernel without device-mapper; the
+        // kernel's own list of misc devices tells.
+        match std::fs::read_to_string("/proc/misc") {
+            Ok(misc) => misc
+                .lines()
+                .any(|l| l.split_whitespace().nth(1) == Some("device-mapper")),
+            Err(_) => Path::new("/dev/mapper/control").exists(),
+        }
     }
 
     /// Waits between retries.

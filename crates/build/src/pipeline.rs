@@ -154,11 +154,22 @@ fn preflight(plan: &BuildPlan) -> Result<(), Error> {
             Path::new("/nonexistent"),
             None,
         );
-        kiln_blockdev::plan(
+        let bp = kiln_blockdev::plan(
             &plan.block_device.1,
             &plan.block_device.0.describe(),
             &params,
         )?;
+        // LVM on a kernel without device-mapper: say so now, not after the phases ran.
+        if bp.uses_lvm()
+            && !kiln_blockdev::Runner::has_device_mapper(&mut kiln_blockdev::SystemRunner)
+        {
+            // Like a missing host tool: the request cannot be built here (exit 2).
+            return Err(Error::Usage(format!(
+                "{}: {}",
+                plan.block_device.0.describe(),
+                kiln_blockdev::Error::NoDeviceMapper
+            )));
+        }
     }
     Ok(())
 }
