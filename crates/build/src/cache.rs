@@ -896,4 +896,39 @@ mod tests {
         assert_eq!(m.nlink(), 2);
         assert_eq!(fs::read_to_string(out_hooks.join("h")).unwrap(), "hook");
     }
+
+    #[test]
+    fn gc_removes_least_recently_used_first() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        for (sub, name, used) in [
+            ("phases", "old", 100u64),
+            ("phases", "new", 300),
+            ("outputs", "mid", 200),
+        ] {
+            let e = root.join(sub).join(name);
+            fs::create_dir_all(&e).unwrap();
+            fs::write(e.join("blob"), vec![1u8; 64 * 1024]).unwrap();
+            let stamp = if sub == "phases" { "used" } else { "complete" };
+            fs::write(e.join(stamp), used.to_string()).unwrap();
+        }
+        let es = entries(root);
+        let order: Vec<_> = es
+            .iter()
+            .map(|e| e.path.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(order, ["old", "mid", "new"]);
+        let one = es[0].bytes;
+        let (removed, left) = gc(root, one * 2).unwrap();
+        assert_eq!(removed, 1);
+        assert!(left <= one * 2);
+        assert!(!root.join("phases/old").exists());
+        assert!(root.join("outputs/mid").exists() && root.join("phases/new").exists());
+        let mut env = BTreeMap::new();
+        assert_eq!(max_size(&env), Some(20 << 30));
+        env.insert("KILN_CACHE_MAX_SIZE".to_string(), "none".to_string());
+        assert_eq!(max_size(&env), None);
+        env.insert("KILN_CACHE_MAX_SIZE".to_string(), "5GiB".to_string());
+        assert_eq!(max_size(&env), Some(5 << 30));
+    }
 }
