@@ -313,3 +313,34 @@ fn ubuntu_minimal_plan_and_generated_sources() {
         ""
     );
 }
+
+/// Output naming and types are not inputs of the cached phases: `-o` and `-t` (and what
+/// environment.d derives from them, such as DIB_MANIFEST_SAVE_DIR) leave every phase key as it
+/// is, while a real input (DIB_RELEASE) changes them all.
+#[test]
+fn phase_keys_ignore_output_name_and_type() {
+    let cache = tempfile::tempdir().unwrap();
+    let keys = |extra: &[&str], release: &str| -> Vec<String> {
+        let mut c = kiln(&[], cache.path());
+        c.args(["plan", "debian-minimal", "vm", "--explain-cache", "--json"])
+            .args(extra)
+            .env("DIB_OFFLINE", "1")
+            .env("DIB_RELEASE", release)
+            .env("DIB_DISTRIBUTION_MIRROR", "http://mirror.invalid/debian")
+            .env_remove("ELEMENTS_PATH");
+        let (code, out, err) = run(c);
+        assert_eq!(code, 0, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| format!("{}={}", s["step"], s["key"]))
+            .collect()
+    };
+    let a = keys(&["-o", "one"], "bookworm");
+    assert!(a.len() >= 6, "{a:?}");
+    assert_eq!(a, keys(&["-o", "dir/two", "-t", "tar,raw"], "bookworm"));
+    let c = keys(&["-o", "one"], "trixie");
+    assert!(a.iter().zip(&c).all(|(x, y)| x != y), "{a:?}\n{c:?}");
+}

@@ -43,6 +43,9 @@ const KEY_ENV_DENY: &[&str] = &[
     "DIB_ARGS",
     "DIB_ENV",
     "IMAGE_NAME",
+    // Derived from IMAGE_NAME by the manifests element (`NAME.d/`, on the host): only the
+    // finalise/cleanup copies read it, and those steps are not cached.
+    "DIB_MANIFEST_SAVE_DIR",
     "IMAGE_TYPE",
     "IMAGE_TYPES",
     "DIB_CHECKSUM",
