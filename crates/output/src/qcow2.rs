@@ -226,14 +226,14 @@ pub fn write(raw: &Path, dest: &Path, opts: &Options) -> Result<Stats, crate::Er
     let csize_shift = 62 - (cb - 8);
     let offset_mask = (1u64 << csize_shift) - 1;
 
-    let result: Result<(), crate::Error> = std::thread::scope(|scope| {
+    let result: Result<u64, crate::Error> = std::thread::scope(|scope| {
         // Reader → workers (bounded, so memory stays at a few clusters per thread).
         let (job_tx, job_rx) = sync_channel::<Job>(threads * 8);
         let job_rx = Arc::new(Mutex::new(job_rx));
         let (done_tx, done_rx) = channel::<(usize, u64, Packed)>();
         let src = &src;
         let clusters = &clusters;
-        let reader = scope.spawn(move || -> io::Result<()> {
+        let reader = scope.spawn(move || -> io::Result<u64> {
             let mut seq = 0;
             for &c in clusters {
                 let mut buf = vec![0u8; cs as usize];
@@ -248,7 +248,7 @@ pub fn write(raw: &Path, dest: &Path, opts: &Options) -> Result<Stats, crate::Er
                 }
                 seq += 1;
             }
-            Ok(())
+            Ok(seq as u64)
         });
         for _ in 0..threads {
             let rx: Arc<Mutex<Receiver<Job>>> = Arc::clone(&job_rx);
@@ -333,8 +333,8 @@ pub fn write(raw: &Path, dest: &Path, opts: &Options) -> Result<Stats, crate::Er
             }),
         }
     });
-    result?;
-    if next_is_short(&stats, &l2) {
+    // Every cluster sent out must have come back (a worker that died leaves a gap).
+    if result? != stats.data_clusters {
         return Err(crate::Error::Io {
             path: dest.to_path_buf(),
             source: io::Error::other("a compressing thread stopped early"),
@@ -411,11 +411,6 @@ pub fn write(raw: &Path, dest: &Path, opts: &Options) -> Result<Stats, crate::Er
     out.set_len(end).map_err(io_err(dest))?;
     stats.file_bytes = end;
     Ok(stats)
-}
-
-/// Every cluster sent out came back (a worker that died would leave a gap).
-fn next_is_short(stats: &Stats, l2: &BTreeMap<u64, u64>) -> bool {
-    stats.data_clusters != l2.len() as u64
 }
 
 fn header(
