@@ -362,7 +362,7 @@ fn lvm_needs_device_mapper() {
     assert!(matches!(e, Error::NoDeviceMapper));
     assert_eq!(
         e.to_string().split(';').next(),
-        Some("LVM needs device-mapper, which this kernel lacks (no /dev/mapper/control)")
+        Some("LVM needs device-mapper, which this kernel lacks (no device-mapper in /proc/misc)")
     );
     assert!(r.log().is_empty(), "nothing is created");
 }
