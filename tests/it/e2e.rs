@@ -464,7 +464,8 @@ fn arm64_rootfs_is_aarch64() {
 
 fn boot(image: &Path, uefi: bool) {
     let mut c = Command::new(kiln_bin());
-    c.arg("test").arg(image).args(["--timeout", "420"]);
+    // Generous: TCG boots take 1-2 minutes alone, several times that on a loaded machine.
+    c.arg("test").arg(image).args(["--timeout", "900"]);
     if uefi {
         c.arg("--uefi");
     }

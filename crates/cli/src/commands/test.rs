@@ -152,7 +152,8 @@ impl TestCmd {
             "-netdev",
             "user,id=n0",
             "-device",
-            "virtio-net-pci,netdev=n0",
+            // No option ROM: the firmware then offers no PXE boot to try before the disk.
+            "virtio-net-pci,netdev=n0,romfile=",
         ]);
         if self.uefi {
             let (code, vars) = find_ovmf().ok_or_else(|| {
