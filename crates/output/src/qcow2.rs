@@ -475,20 +475,24 @@ mod tests {
     fn pack_falls_back_to_raw_for_noise() {
         let mut c = Compress::new_with_window_bits(Compression::new(3), false, 12);
         let mut s = Vec::new();
-        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-        let noise: Vec<u8> = (0..65536)
+        let noise = noise(0x9e37_79b9_7f4a_7c15, 65536);
+        assert!(matches!(pack(&mut c, noise, &mut s), Packed::Raw(_)));
+        assert!(matches!(
+            pack(&mut c, vec![7u8; 65536], &mut s),
+            Packed::Compressed(b) if b.len() < 1000
+        ));
+    }
+
+    /// `len` bytes that do not compress (xorshift from `seed`).
+    fn noise(mut x: u64, len: usize) -> Vec<u8> {
+        (0..len)
             .map(|_| {
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
                 x as u8
             })
-            .collect();
-        assert!(matches!(pack(&mut c, noise, &mut s), Packed::Raw(_)));
-        assert!(matches!(
-            pack(&mut c, vec![7u8; 65536], &mut s),
-            Packed::Compressed(b) if b.len() < 1000
-        ));
+            .collect()
     }
 
     fn qemu_img(args: &[&str]) -> Option<std::process::Output> {
@@ -508,16 +512,8 @@ mod tests {
             .collect();
         f.write_all_at(&text, 3 << 20).unwrap();
         f.write_all_at(&vec![0u8; 1 << 20], 6 << 20).unwrap();
-        let mut x: u64 = 42;
-        let noise: Vec<u8> = (0..(3 << 20))
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
-        f.write_all_at(&noise, (9 << 20) + 777).unwrap();
+        f.write_all_at(&noise(42, 3 << 20), (9 << 20) + 777)
+            .unwrap();
         f.write_all_at(b"tail", len - 4).unwrap();
     }
 
