@@ -373,6 +373,50 @@ fn failing_hooks_tear_down_and_report() {
     }
 }
 
+/// Starts `kiln build -n test-rootfs fail-at -t TYPE -o NAME` in `dir` with KILN_TEST_SLOW=`slow`
+/// (and `env`), and waits until the slow hook says it is sleeping, at most `wait`.
+fn start_sleeping_build(
+    dir: &Path,
+    t: &Tree,
+    ty: &str,
+    name: &str,
+    slow: &str,
+    env: &[(&str, &str)],
+    wait: Duration,
+) -> std::process::Child {
+    let tmp = dir.join("tmp");
+    fs::create_dir_all(&tmp).unwrap();
+    let mut c = Command::new(kiln_bin());
+    c.current_dir(dir)
+        .args([
+            "build",
+            "-n",
+            "test-rootfs",
+            "fail-at",
+            "-t",
+            ty,
+            "-o",
+            name,
+        ])
+        .env("ELEMENTS_PATH", t.path())
+        .env("DIB_IMAGE_CACHE", cache())
+        .env("TMPDIR", &tmp)
+        .env("KILN_TEST_SLOW", slow)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let child = c.spawn().unwrap();
+    let log = dir.join(format!("{name}.d/build.log"));
+    let start = Instant::now();
+    while !fs::read_to_string(&log).is_ok_and(|l| l.contains("kiln-test-sleeping")) {
+        assert!(start.elapsed() < wait, "the slow hook never started");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    child
+}
+
 #[test]
 fn sigint_during_install_tears_down_and_exits_130() {
     if !capable("sigint_during_install_tears_down_and_exits_130") {
@@ -382,37 +426,7 @@ fn sigint_during_install_tears_down_and_exits_130() {
     let t = fixture_elements(&rootfs);
     let _g = lock();
     let dir = work("sigint");
-    let tmp = dir.join("tmp");
-    fs::create_dir_all(&tmp).unwrap();
-    let mut child = Command::new(kiln_bin())
-        .current_dir(&dir)
-        .args([
-            "build",
-            "-n",
-            "test-rootfs",
-            "fail-at",
-            "-t",
-            "tar",
-            "-o",
-            "s",
-        ])
-        .env("ELEMENTS_PATH", t.path())
-        .env("DIB_IMAGE_CACHE", cache())
-        .env("TMPDIR", &tmp)
-        .env("KILN_TEST_SLOW", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let log = dir.join("s.d/build.log");
-    let start = Instant::now();
-    while !fs::read_to_string(&log).is_ok_and(|l| l.contains("kiln-test-sleeping")) {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "install.d never started"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let mut child = start_sleeping_build(&dir, &t, "tar", "s", "1", &[], Duration::from_secs(120));
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),
         nix::sys::signal::Signal::SIGINT,
@@ -604,44 +618,25 @@ fn sigkill_during_disk_finalise_leaves_nothing_behind() {
     let _g = lock();
     let dir = work("sigkill");
     let tmp = dir.join("tmp");
-    fs::create_dir_all(&tmp).unwrap();
     let mbr = "- local_loop:\n    name: image0\n- partitioning:\n    base: image0\n    label: mbr\n    partitions:\n      - name: root\n        flags: [boot, primary]\n        size: 100%\n        mkfs:\n          type: ext4\n          mount:\n            mount_point: /\n";
-    let mut child = Command::new(kiln_bin())
-        .current_dir(&dir)
-        .args([
-            "build",
-            "-n",
-            "test-rootfs",
-            "fail-at",
-            "-t",
-            "raw",
-            "-o",
-            "k",
-        ])
-        .env("ELEMENTS_PATH", t.path())
-        .env("DIB_IMAGE_CACHE", cache())
-        .env("TMPDIR", &tmp)
-        .env("KILN_TEST_SLOW", "finalise")
-        .env("DIB_BLOCK_DEVICE_CONFIG", mbr)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let log = dir.join("k.d/build.log");
-    let start = Instant::now();
-    while !fs::read_to_string(&log).is_ok_and(|l| l.contains("kiln-test-sleeping")) {
-        assert!(
-            start.elapsed() < Duration::from_secs(180),
-            "finalise.d never started"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let mut child = start_sleeping_build(
+        &dir,
+        &t,
+        "raw",
+        "k",
+        "finalise",
+        &[("DIB_BLOCK_DEVICE_CONFIG", mbr)],
+        Duration::from_secs(180),
+    );
     // A loop device is attached and a daemon runs in the chroot when kiln is killed outright.
     let loops = Command::new("losetup").arg("-a").output().unwrap();
-    assert!(
-        String::from_utf8_lossy(&loops.stdout).contains(&tmp.display().to_string()),
-        "no loop device while finalise runs"
-    );
+    let loops = String::from_utf8_lossy(&loops.stdout).into_owned();
+    let device = loops
+        .lines()
+        .find(|l| l.contains(&tmp.display().to_string()))
+        .and_then(|l| l.split(':').next())
+        .expect("no loop device while finalise runs")
+        .to_string();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),
         nix::sys::signal::Signal::SIGKILL,
@@ -650,10 +645,18 @@ fn sigkill_during_disk_finalise_leaves_nothing_behind() {
     let _ = child.wait();
     // The watchdog cleans up after the killed build within seconds.
     let t0 = Instant::now();
-    while leftovers(&dir).is_some() && t0.elapsed() < Duration::from_secs(30) {
+    // Once the namespace is gone the kernel shows the backing file without the build's path,
+    // so look for the device itself too.
+    let attached = |dev: &str| {
+        let out = Command::new("losetup").arg(dev).output().unwrap();
+        out.status.success()
+    };
+    while (leftovers(&dir).is_some() || attached(&device)) && t0.elapsed() < Duration::from_secs(30)
+    {
         std::thread::sleep(Duration::from_millis(250));
     }
     assert_no_leftovers(&dir);
+    assert!(!attached(&device), "{device} is still attached");
 }
 
 /// Runs `kiln plan --explain-cache --json` and returns (step, status, reasons) per step.

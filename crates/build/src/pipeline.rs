@@ -758,6 +758,9 @@ impl Ctx<'_> {
         let t = Instant::now();
         let mut runner = kiln_blockdev::SystemRunner;
         let created = bp.create(&mut runner)?;
+        // Once the build's namespace is gone, the kernel no longer shows this loop device's
+        // backing file under the build directory; the watchdog needs its name.
+        kiln_sandbox::watchdog::note_loop(created.image_block_device());
         self.env.insert(
             "IMAGE_BLOCK_DEVICE".into(),
             created.image_block_device().to_string(),

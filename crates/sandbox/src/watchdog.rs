@@ -63,6 +63,11 @@ pub fn note_dir(dir: &Path) {
     tell(&format!("dir {}", dir.display()));
 }
 
+/// Tells the watchdog a loop device the build attached (detached if kiln dies).
+pub fn note_loop(device: &str) {
+    tell(&format!("loop {device}"));
+}
+
 /// Tells the watchdog the build ended through kiln's own teardown.
 pub fn done() {
     tell("done");
@@ -76,6 +81,7 @@ pub fn done() {
 pub fn serve() -> i32 {
     let mut ns = None;
     let mut dirs: Vec<PathBuf> = Vec::new();
+    let mut loops: Vec<String> = Vec::new();
     let mut finished = false;
     for line in std::io::stdin().lock().lines() {
         let Ok(line) = line else { break };
@@ -83,14 +89,16 @@ pub fn serve() -> i32 {
             ns = Some(v.to_string());
         } else if let Some(v) = line.strip_prefix("dir ") {
             dirs.push(PathBuf::from(v));
+        } else if let Some(v) = line.strip_prefix("loop ") {
+            loops.push(v.to_string());
         } else if line == "done" {
             finished = true;
         }
     }
-    if finished || (ns.is_none() && dirs.is_empty()) {
+    if finished || (ns.is_none() && dirs.is_empty() && loops.is_empty()) {
         return 0;
     }
-    let report = clean_up(ns.as_deref(), &dirs);
+    let report = clean_up(ns.as_deref(), &dirs, &loops);
     if !report.is_empty() {
         eprintln!(
             "kiln watchdog: the build was killed; cleaned up: {}",
@@ -123,8 +131,9 @@ fn leftover_processes(ns: Option<&str>, dirs: &[PathBuf]) -> Vec<i32> {
         .collect()
 }
 
-/// Loop devices (`/dev/loopN`) whose backing file lies in one of `dirs`.
-fn loops_backed_in(dirs: &[PathBuf]) -> Vec<String> {
+/// Loop devices (`/dev/loopN`) still attached that the build named, or whose backing file lies
+/// in one of `dirs` (a path the kernel can show only while the build's mounts exist).
+fn loops_backed_in(dirs: &[PathBuf], named: &[String]) -> Vec<String> {
     let Ok(rd) = fs::read_dir("/sys/block") else {
         return Vec::new();
     };
@@ -134,9 +143,9 @@ fn loops_backed_in(dirs: &[PathBuf]) -> Vec<String> {
             let name = e.file_name().to_str()?.to_string();
             let backing = fs::read_to_string(e.path().join("loop/backing_file")).ok()?;
             let backing = backing.trim().trim_end_matches(" (deleted)");
-            dirs.iter()
-                .any(|d| Path::new(backing).starts_with(d))
-                .then(|| format!("/dev/{name}"))
+            let dev = format!("/dev/{name}");
+            (named.contains(&dev) || dirs.iter().any(|d| Path::new(backing).starts_with(d)))
+                .then_some(dev)
         })
         .collect();
     v.sort();
@@ -144,7 +153,7 @@ fn loops_backed_in(dirs: &[PathBuf]) -> Vec<String> {
 }
 
 /// Undoes what a killed build left; returns what it did.
-pub fn clean_up(ns: Option<&str>, dirs: &[PathBuf]) -> Vec<String> {
+pub fn clean_up(ns: Option<&str>, dirs: &[PathBuf], named_loops: &[String]) -> Vec<String> {
     let mut report = Vec::new();
     let mut killed = std::collections::BTreeSet::new();
     for _ in 0..50 {
@@ -165,7 +174,7 @@ pub fn clean_up(ns: Option<&str>, dirs: &[PathBuf]) -> Vec<String> {
     // The namespace is gone with its last process; give the kernel a moment to release its
     // mounts before the loop devices under them are detached.
     for attempt in 0..20 {
-        let loops = loops_backed_in(dirs);
+        let loops = loops_backed_in(dirs, named_loops);
         if loops.is_empty() {
             break;
         }
