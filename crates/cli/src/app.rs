@@ -69,7 +69,7 @@ pub fn run(argv: Vec<OsString>) -> anyhow::Result<i32> {
 /// Maps an error to kiln's exit codes: 2 for bad input, 1 for a failed build, 128+N for signals.
 pub fn exit_code(err: &anyhow::Error) -> i32 {
     for cause in err.chain() {
-        if let Some(e) = cause.downcast_ref::<kiln_build::Error>() {
+        if let Some(e) = cause.downcast_ref::<kiln_pipeline::Error>() {
             return e.exit_code();
         }
         if cause.downcast_ref::<kiln_element::Error>().is_some() {

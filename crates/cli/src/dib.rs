@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use clap::{ArgAction, Args};
-use kiln_build::BuildRequest;
+use kiln_pipeline::BuildRequest;
 
 /// The options of a build.
 #[derive(Debug, Clone, Args)]

@@ -3,8 +3,8 @@
 /// Installs the subscriber. `verbose` 0 shows info and above from kiln, 1 adds debug, 2 trace.
 pub fn init(verbose: u8) {
     let default = match verbose {
-        0 => "warn,kiln_element=info,kiln_build=info,kiln_blockdev=info",
-        1 => "info,kiln_element=debug,kiln_build=debug,kiln_blockdev=debug,kiln_output=debug",
+        0 => "warn,kiln_element=info,kiln_pipeline=info,kiln_blockdev=info",
+        1 => "info,kiln_element=debug,kiln_pipeline=debug,kiln_blockdev=debug,kiln_output=debug",
         _ => "debug",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("KILN_LOG")

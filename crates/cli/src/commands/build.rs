@@ -6,8 +6,8 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Args, Parser};
-use kiln_build::runner::Console;
-use kiln_build::BuildPlan;
+use kiln_pipeline::runner::Console;
+use kiln_pipeline::BuildPlan;
 
 use super::UsageError;
 use crate::dib::BuildArgs;
@@ -84,7 +84,7 @@ fn run_build(args: &BuildArgs, typed: Vec<String>) -> anyhow::Result<i32> {
 fn guarded_build(args: &BuildArgs, typed: Vec<String>) -> anyhow::Result<i32> {
     kiln_sandbox::unshare_mounts().context("setting up the build's mount namespace")?;
     kiln_sandbox::watchdog::note_namespace();
-    kiln_build::runner::install_signal_handlers()?;
+    kiln_pipeline::runner::install_signal_handlers()?;
     let req = args.request(typed);
     let plan = BuildPlan::new(&req)?;
     let out_dir = PathBuf::from(format!("{}.d", plan.image_name.display()));
@@ -103,7 +103,7 @@ fn guarded_build(args: &BuildArgs, typed: Vec<String>) -> anyhow::Result<i32> {
         plan.image_name.display(),
         plan.set.image_element()
     ));
-    let report = kiln_build::pipeline::run(&plan, &console)?;
+    let report = kiln_pipeline::pipeline::run(&plan, &console)?;
     console.say(&format!(
         "Build completed successfully in {:.1} s: {}",
         report.seconds,

@@ -1,8 +1,8 @@
 //! `kiln cache`: list and trim kiln's cache (phase layers and cached outputs).
 
 use clap::Subcommand;
-use kiln_build::cache::{entries, gc, human};
-use kiln_build::BuildRequest;
+use kiln_pipeline::cache::{entries, gc, human};
+use kiln_pipeline::BuildRequest;
 
 /// Cache subcommands.
 #[derive(Debug, Subcommand)]
@@ -25,7 +25,7 @@ impl CacheCmd {
             env: std::env::vars().collect(),
             ..BuildRequest::default()
         };
-        let root = kiln_build::plan::cache_root(&req);
+        let root = kiln_pipeline::plan::cache_root(&req);
         match self {
             Self::Ls => {
                 let es = entries(&root);

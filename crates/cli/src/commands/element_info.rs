@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Parser;
-use kiln_build::BuildRequest;
+use kiln_pipeline::BuildRequest;
 use kiln_element::{Library, ResolveRequest};
 
 /// Print the expanded element set (space separated), or with --env the bash that exports it.
@@ -37,9 +37,9 @@ impl ElementInfoCmd {
             .clone()
             .or_else(|| req.var("ARCH").map(String::from))
             .unwrap_or_else(kiln_sandbox::host_arch);
-        let cache = kiln_build::plan::cache_root(&req);
+        let cache = kiln_pipeline::plan::cache_root(&req);
         let builtin: PathBuf = kiln_element::builtin::extract(&cache)?;
-        let lib = Library::discover(&kiln_build::plan::elements_path(&req, &builtin))?;
+        let lib = Library::discover(&kiln_pipeline::plan::elements_path(&req, &builtin))?;
         // element-info expands exactly what it is given: base and block-device are added by
         // disk-image-create before it calls element-info, not by element-info itself.
         let set = kiln_element::resolve_exact(

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
-use kiln_build::BuildRequest;
+use kiln_pipeline::BuildRequest;
 use kiln_element::lint::{self, Checker, EnvFile, Finding, Severity};
 use kiln_element::{Element, Library};
 
@@ -122,9 +122,9 @@ impl CheckArgs {
             env: std::env::vars().collect(),
             ..BuildRequest::default()
         };
-        let cache = kiln_build::plan::cache_root(&req);
+        let cache = kiln_pipeline::plan::cache_root(&req);
         let builtin = kiln_element::builtin::extract(&cache)?;
-        let library = Library::discover(&kiln_build::plan::elements_path(&req, &builtin))?;
+        let library = Library::discover(&kiln_pipeline::plan::elements_path(&req, &builtin))?;
 
         let mut checker = ShellChecker::new(!self.no_source)?;
         let findings = lint::lint(&targets, &library, &mut checker);

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use kiln_build::{BuildPlan, BuildRequest};
+use kiln_pipeline::{BuildPlan, BuildRequest};
 
 /// Resolve elements and print the build plan.
 #[derive(Debug, Args)]
@@ -47,7 +47,7 @@ impl PlanCmd {
         };
         let plan = BuildPlan::new(&req)?;
         if self.explain_cache {
-            let v = kiln_build::pipeline::explain_cache(&plan)?;
+            let v = kiln_pipeline::pipeline::explain_cache(&plan)?;
             if self.json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {

@@ -37,7 +37,7 @@ impl Workspace {
                     source,
                 })
         };
-        let build_dir = mk("kiln_build.")?;
+        let build_dir = mk("kiln_pipeline.")?;
         let image_dir = match mk("kiln_image.") {
             Ok(d) => d,
             Err(e) => {

@@ -1,4 +1,4 @@
-//! kiln-build: the build pipeline.
+//! kiln-pipeline: the build pipeline.
 //!
 //! A [`BuildRequest`] becomes a [`BuildPlan`] (pure: elements resolved, hooks merged, outputs and
 //! block-device layout chosen), and [`pipeline::run`] executes the plan in DIB's phase order and
