@@ -773,7 +773,8 @@ mod tests {
             extra: Vec::new(),
         };
         // Each input on its own changes the key.
-        let variants: Vec<(&str, Box<dyn Fn(&mut Inputs)>)> = vec![
+        type Change = Box<dyn Fn(&mut Inputs)>;
+        let variants: Vec<(&str, Change)> = vec![
             ("phase", Box::new(|i| i.phase = "post-install".into())),
             ("parent", Box::new(|i| i.parent = Some("q".into()))),
             ("no parent", Box::new(|i| i.parent = None)),
