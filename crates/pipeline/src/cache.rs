@@ -760,6 +760,8 @@ mod tests {
         assert_eq!(k["PATH"], "/usr/bin");
     }
 
+    type Change = Box<dyn Fn(&mut Inputs)>;
+
     #[test]
     fn inputs_key_changes_with_any_input() {
         let base = Inputs {
@@ -773,7 +775,6 @@ mod tests {
             extra: Vec::new(),
         };
         // Each input on its own changes the key.
-        type Change = Box<dyn Fn(&mut Inputs)>;
         let variants: Vec<(&str, Change)> = vec![
             ("phase", Box::new(|i| i.phase = "post-install".into())),
             ("parent", Box::new(|i| i.parent = Some("q".into()))),
