@@ -50,9 +50,10 @@ fn dib_tree_image_in_every_format_boots_via_disk_image_create() {
     if !capable("dib_tree_image_in_every_format_boots_via_disk_image_create") {
         return;
     }
-    let _t = Timer::start("dib_tree_image_in_every_format_boots_via_disk_image_create");
     let tree = dib_elements().unwrap();
     let h = heavy();
+    // Timed from here: the wait for the heavy lock is not this test's time.
+    let _t = Timer::start("dib_tree_image_in_every_format_boots_via_disk_image_create");
     let dir = work("dib");
     let link = dir.join("disk-image-create");
     std::os::unix::fs::symlink(crate::kiln_bin(), &link).unwrap();

@@ -66,9 +66,10 @@ fn failing_hooks_tear_down_and_report() {
     if !capable("failing_hooks_tear_down_and_report") {
         return;
     }
-    let _t = Timer::start("failing_hooks_tear_down_and_report");
     let t = fixture_elements(&rootfs_tar());
     let h = heavy();
+    // Timed from here: the wait for the heavy lock is not this test's time.
+    let _t = Timer::start("failing_hooks_tear_down_and_report");
     for phase in ["root", "install", "finalise", "cleanup"] {
         let dir = work(&format!("fail-{phase}"));
         let o = build(
@@ -153,9 +154,10 @@ fn sigint_and_sigterm_during_install_tear_down() {
     if !capable("sigint_and_sigterm_during_install_tear_down") {
         return;
     }
-    let _t = Timer::start("sigint_and_sigterm_during_install_tear_down");
     let t = fixture_elements(&rootfs_tar());
     let h = heavy();
+    // Timed from here: the wait for the heavy lock is not this test's time.
+    let _t = Timer::start("sigint_and_sigterm_during_install_tear_down");
     for (sig, code) in [(Signal::SIGINT, 130), (Signal::SIGTERM, 143)] {
         let dir = work(&format!("{sig}"));
         let child = start_sleeping_build(
@@ -189,9 +191,10 @@ fn sigint_during_disk_finalise_detaches_everything() {
     if !capable("sigint_during_disk_finalise_detaches_everything") {
         return;
     }
-    let _t = Timer::start("sigint_during_disk_finalise_detaches_everything");
     let t = fixture_elements(&rootfs_tar());
     let h = heavy();
+    // Timed from here: the wait for the heavy lock is not this test's time.
+    let _t = Timer::start("sigint_during_disk_finalise_detaches_everything");
     let dir = work("disk-sigint");
     let child = start_sleeping_disk_build(&dir, &t);
     assert!(
@@ -207,9 +210,10 @@ fn disk_finalise_failure_leaves_no_loop_device() {
     if !capable("disk_finalise_failure_leaves_no_loop_device") {
         return;
     }
-    let _t = Timer::start("disk_finalise_failure_leaves_no_loop_device");
     let t = fixture_elements(&rootfs_tar());
     let h = heavy();
+    // Timed from here: the wait for the heavy lock is not this test's time.
+    let _t = Timer::start("disk_finalise_failure_leaves_no_loop_device");
     let dir = work("disk-fail");
     let o = build(
         &dir,
@@ -231,9 +235,10 @@ fn sigkill_during_disk_finalise_leaves_nothing_behind() {
     if !capable("sigkill_during_disk_finalise_leaves_nothing_behind") {
         return;
     }
-    let _t = Timer::start("sigkill_during_disk_finalise_leaves_nothing_behind");
     let t = fixture_elements(&rootfs_tar());
     let h = heavy();
+    // Timed from here: the wait for the heavy lock is not this test's time.
+    let _t = Timer::start("sigkill_during_disk_finalise_leaves_nothing_behind");
     let dir = work("sigkill");
     let mut child = start_sleeping_disk_build(&dir, &t);
     // While finalise runs, a loop device is attached, the image is mounted in the build's
@@ -252,9 +257,10 @@ fn fallback_layout_without_tmpfs_has_label_size_and_fstab() {
     if !capable("fallback_layout_without_tmpfs_has_label_size_and_fstab") {
         return;
     }
-    let _t = Timer::start("fallback_layout_without_tmpfs_has_label_size_and_fstab");
     let t = fixture_elements(&rootfs_tar());
     let h = heavy();
+    // Timed from here: the wait for the heavy lock is not this test's time.
+    let _t = Timer::start("fallback_layout_without_tmpfs_has_label_size_and_fstab");
     let dir = work("fallback");
     let o = build(
         &dir,

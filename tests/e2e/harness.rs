@@ -195,11 +195,23 @@ pub fn build_command(
     args: &[&str],
     env: &[(&str, &str)],
 ) -> Command {
+    kiln_command("build", dir, elements_path, args, env)
+}
+
+/// `kiln SUBCOMMAND ARGS` with exactly the environment [`build_command`] gives a build, so that
+/// `kiln plan --explain-cache` sees what the build saw.
+pub fn kiln_command(
+    subcommand: &str,
+    dir: &Path,
+    elements_path: Option<&Path>,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Command {
     let tmp = dir.join("tmp");
     fs::create_dir_all(&tmp).unwrap();
     let mut c = Command::new(crate::kiln_bin());
     c.current_dir(dir)
-        .arg("build")
+        .arg(subcommand)
         .args(args)
         .env("DIB_IMAGE_CACHE", cache())
         .env("DIB_RELEASE", RELEASE)
