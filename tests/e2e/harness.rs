@@ -2,8 +2,8 @@
 //! boot checks.
 //!
 //! - **One build or boot at a time.** [`heavy`] takes an in-process mutex and an `flock` on a file
-//!   (`KILN_TEST_LOCK`, default in the target dir), so builds of concurrent test threads — and of
-//!   other processes using the same lock file — never overlap on a small machine.
+//!   (`KILN_TEST_LOCK`, default `/tmp/kiln-heavy.lock`), so builds of concurrent test threads —
+//!   and of other checkouts testing on the same machine — never overlap on a small machine.
 //! - **Budgets.** Every build runs under a time budget; past it kiln gets SIGTERM (it tears down
 //!   and exits 143), then SIGKILL, and the test fails with the end of the build log instead of
 //!   hanging until CI's own limit kills the whole run.
@@ -54,7 +54,9 @@ pub fn heavy() -> Heavy {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let path = std::env::var_os("KILN_TEST_LOCK").map_or_else(
-        || PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("kiln-heavy.lock"),
+        // One lock for the machine, not per checkout: two clones testing at once must not
+        // build at once either.
+        || PathBuf::from("/tmp/kiln-heavy.lock"),
         PathBuf::from,
     );
     let file = fs::OpenOptions::new()
