@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 
 use clap::Parser;
-use kiln_pipeline::BuildRequest;
 use kiln_element::{Library, ResolveRequest};
+use kiln_pipeline::BuildRequest;
 
 /// Print the expanded element set (space separated), or with --env the bash that exports it.
 #[derive(Debug, Parser)]
@@ -35,7 +35,10 @@ impl ElementInfoCmd {
         let arch = self
             .arch
             .clone()
-            .or_else(|| req.var("ARCH").map(String::from))
+            .or_else(|| {
+                req.var(kiln_pipeline::settings::ARCH.name)
+                    .map(String::from)
+            })
             .unwrap_or_else(kiln_sandbox::host_arch);
         let cache = kiln_pipeline::plan::cache_root(&req);
         let builtin: PathBuf = kiln_element::builtin::extract(&cache)?;
