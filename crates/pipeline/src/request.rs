@@ -84,7 +84,8 @@ impl BuildRequest {
             Some(v) => match v.parse::<u32>() {
                 Ok(n) if (1..=9).contains(&n) => Ok(Some(n)),
                 _ => Err(crate::Error::Usage(format!(
-                    "KILN_QCOW2_LEVEL={v}: use a zlib level from 1 (fastest) to 9 (smallest), or qemu-img"
+                    "{}={v}: use a zlib level from 1 (fastest) to 9 (smallest), or qemu-img",
+                    settings::KILN_QCOW2_LEVEL.name
                 ))),
             },
         }

@@ -162,6 +162,8 @@ settings! {
     // Distribution and mirrors.
     DISTRO_NAME = "DISTRO_NAME", Text, Unset, PhaseKey,
         "Set by the OS element's environment.d (debian, ubuntu, …); selects pkg-map entries.";
+    DIB_INIT_SYSTEM = "DIB_INIT_SYSTEM", Text, Unset, PhaseKey,
+        "Init system, set by the OS element's environment.d; `kiln elements check` assumes systemd.";
     DIB_RELEASE = "DIB_RELEASE", Text, Unset, PhaseKey,
         "Distribution release (usually set by the OS element's environment.d); selects the mirror's Release file.";
     DIB_DISTRIBUTION_MIRROR = "DIB_DISTRIBUTION_MIRROR", Text, Unset, PhaseKey,
