@@ -736,11 +736,8 @@ impl Ctx<'_> {
                 .env
                 .get(settings::DIB_IMAGE_EXTRA_SIZE.name)
                 .and_then(|v| v.parse().ok()),
-            journal_size_mb: self
-                .env
-                .get(settings::DIB_JOURNAL_SIZE.name)
-                .and_then(|v| v.parse().ok())
-                .or_else(|| settings::DIB_JOURNAL_SIZE.parse(&BTreeMap::new()))
+            journal_size_mb: settings::DIB_JOURNAL_SIZE
+                .parse(&self.env)
                 .unwrap_or_default(),
             root_fs_type: fs_type.clone(),
             efi: plan
@@ -1080,11 +1077,8 @@ impl Ctx<'_> {
         if !self.breaks.iter().any(|b| b == point) {
             return;
         }
-        let cmd = self
-            .plan
-            .request
-            .var(settings::BREAK_CMD.name)
-            .unwrap_or("bash")
+        let cmd = settings::BREAK_CMD
+            .get_or_default(&self.plan.request.env)
             .to_string();
         let outside = self
             .plan

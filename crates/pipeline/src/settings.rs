@@ -265,11 +265,11 @@ settings! {
     BREAK_CMD = "break_cmd", Text, Value("bash"), NotKey,
         "The command run at a break point.";
     BREAK_OUTSIDE_TARGET = "break_outside_target", Bool, Unset, NotKey,
-        "Set: run the break command on the host, not in the chroot.";
+        "Set and not 0: run the break command on the host, not in the chroot.";
     IMAGE_BLOCK_DEVICE = "IMAGE_BLOCK_DEVICE", Path, Computed("the image's loop device"), NotKey,
-        "Set by kiln for the block-device, pre-finalise and finalise phases (after the keys are computed).";
+        "Set by kiln once the image's devices exist (from block-device.d on, after the keys are computed).";
     IMAGE_BLOCK_DEVICES = "IMAGE_BLOCK_DEVICES", Text, Computed("the layout's devices"), NotKey,
-        "Set by kiln with IMAGE_BLOCK_DEVICE: every device of the layout, as `name:device` words.";
+        "Set by kiln with IMAGE_BLOCK_DEVICE: every device of the layout, as `[name]=device` words (a bash array body).";
     KILN_NO_CACHE = "KILN_NO_CACHE", Bool, Unset, NotKey,
         "Set by kiln to 1 with `--no-cache` (caches are ignored and rewritten).";
     KILN_CACHE_MAX_SIZE = "KILN_CACHE_MAX_SIZE", Size, Value("20GiB"), NotKey,
