@@ -1,10 +1,8 @@
-//! kiln's integration tests: one test binary.
-//!
-//! Tier 1 (no root, no network): plans, element-info, errors, help. Tier 2 and 3 (root, loop
-//! devices, the host's Debian mirror): real builds, teardown checks and boot tests, in `e2e`.
+//! kiln's integration tests without root or network (the first tiers of `scripts/test`): plans,
+//! element-info, errors, help, the element linter. Real builds and boots are the separate test
+//! binary `e2e` (tests/e2e).
 
 mod cli;
-mod e2e;
 mod errors;
 mod lint;
 mod plan;

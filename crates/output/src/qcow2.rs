@@ -520,7 +520,10 @@ mod tests {
     #[test]
     fn qemu_reads_what_we_write() {
         if qemu_img(&["--version"]).is_none() {
-            eprintln!("SKIPPED: qemu-img not installed");
+            kiln_testkit::skip(
+                "qcow2::qemu_reads_what_we_write",
+                "qemu-img is not installed",
+            );
             return;
         }
         let d = tempfile::tempdir().unwrap();

@@ -6,7 +6,7 @@
 //! hook tree it can see (every file of the merged tree except other phases' hook directories:
 //! names, modes, contents, link targets), the environment after environment.d (less per-build
 //! paths and session noise), the architecture, the digest of the mirror's `InRelease` file
-//! (unless offline) and kiln's version. A build whose leading phases are unchanged restores the
+//! (unless offline) and kiln's identity (version and binary digest). A build whose leading phases are unchanged restores the
 //! chain of layers and starts after it.
 //!
 //! A layer is a tar of the entries that changed (by ctime, size, mode, owner, inode) plus the
@@ -69,7 +69,7 @@ pub struct Inputs {
     pub arch: String,
     /// sha256 of the mirror's InRelease (None when offline or unknown).
     pub release_digest: Option<String>,
-    /// kiln's version.
+    /// kiln's identity: version and a digest of its binary.
     pub version: String,
     /// Environment (filtered).
     pub env: BTreeMap<String, String>,
@@ -715,6 +715,8 @@ mod tests {
         assert_eq!(k["PATH"], "/usr/bin");
     }
 
+    type Change = Box<dyn Fn(&mut Inputs)>;
+
     #[test]
     fn inputs_key_changes_with_any_input() {
         let base = Inputs {
@@ -727,12 +729,50 @@ mod tests {
             files: BTreeMap::new(),
             extra: Vec::new(),
         };
-        let mut other = base.clone();
-        other.files.insert("install.d/10-x".into(), "755:ab".into());
-        assert_ne!(base.key(), other.key());
-        let mut again = base.clone();
-        again.phase = "install".into();
-        assert_eq!(base.key(), again.key());
+        // Each input on its own changes the key.
+        let variants: Vec<(&str, Change)> = vec![
+            ("phase", Box::new(|i| i.phase = "post-install".into())),
+            ("parent", Box::new(|i| i.parent = Some("q".into()))),
+            ("no parent", Box::new(|i| i.parent = None)),
+            ("arch", Box::new(|i| i.arch = "arm64".into())),
+            ("release", Box::new(|i| i.release_digest = Some("d".into()))),
+            ("kiln", Box::new(|i| i.version = "2".into())),
+            (
+                "env",
+                Box::new(|i| {
+                    i.env.insert("DIB_X".into(), "1".into());
+                }),
+            ),
+            (
+                "file",
+                Box::new(|i| {
+                    i.files.insert("install.d/10-x".into(), "755:ab".into());
+                }),
+            ),
+            ("extra", Box::new(|i| i.extra.push("less".into()))),
+        ];
+        let mut seen = std::collections::BTreeSet::from([base.key()]);
+        for (what, change) in &variants {
+            let mut other = base.clone();
+            change(&mut other);
+            assert!(
+                seen.insert(other.key()),
+                "changing {what} left the key as another"
+            );
+        }
+        // A file's mode or content, and an env value, count, not just their names.
+        let mut a = base.clone();
+        a.files.insert("install.d/10-x".into(), "755:ab".into());
+        let mut b = a.clone();
+        b.files.insert("install.d/10-x".into(), "644:ab".into());
+        assert_ne!(a.key(), b.key());
+        let mut c = base.clone();
+        c.env.insert("DIB_X".into(), "1".into());
+        let mut d = base.clone();
+        d.env.insert("DIB_X".into(), "2".into());
+        assert_ne!(c.key(), d.key());
+        // Nothing else does: the same inputs give the same key.
+        assert_eq!(base.key(), base.clone().key());
     }
 
     #[test]

@@ -398,11 +398,7 @@ pub fn cache_steps(plan: &BuildPlan, prepared: &Prepared, lib: &Path) -> Vec<Cac
             parent: parent.clone(),
             arch: plan.arch.clone(),
             release_digest: release_digest.clone(),
-            version: format!(
-                "{}+{}",
-                env!("CARGO_PKG_VERSION"),
-                short_digest(DIB_RUN_PARTS)
-            ),
+            version: kiln_identity(),
             env: env.clone(),
             files: cache::visible_to(&prepared.files, dir.as_deref()),
             extra: if phase.is_none() {
@@ -421,6 +417,25 @@ pub fn cache_steps(plan: &BuildPlan, prepared: &Prepared, lib: &Path) -> Vec<Cac
         });
     }
     steps
+}
+
+/// kiln's own identity in every cache key: its version and a digest of the running binary, which
+/// embeds the built-in elements and assets. A kiln built from other code never reuses layers or
+/// images an older one made, even when the version string is the same.
+pub fn kiln_identity() -> String {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        use sha2::Digest as _;
+        let exe = std::fs::File::open("/proc/self/exe").and_then(|mut f| {
+            let mut h = sha2::Sha256::new();
+            std::io::copy(&mut f, &mut h)?;
+            Ok(hex::encode(h.finalize()))
+        });
+        // Without /proc (never on a Linux build host), fall back to the embedded assets only.
+        let bin = exe.map_or_else(|_| short_digest(DIB_RUN_PARTS), |d| d[..16].to_string());
+        format!("{}+{bin}", env!("CARGO_PKG_VERSION"))
+    })
+    .clone()
 }
 
 fn short_digest(s: &str) -> String {
@@ -1244,7 +1259,10 @@ fn input_changes(old: &cache::Inputs, new: &cache::Inputs) -> Vec<String> {
         v.push("the mirror's Release file changed (a mirror update)".to_string());
     }
     if old.version != new.version {
-        v.push(format!("kiln version {} -> {}", old.version, new.version));
+        v.push(format!(
+            "kiln itself changed ({} -> {})",
+            old.version, new.version
+        ));
     }
     if old.extra != new.extra {
         v.push(format!("packages {:?} -> {:?}", old.extra, new.extra));

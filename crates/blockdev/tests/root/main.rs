@@ -1,5 +1,10 @@
-//! Real images, made with the real runner. These need root and loop devices; without them
-//! they print a loud SKIPPED line and pass.
+//! Real images, made with the real runner: a test binary of its own (the root tier of
+//! `scripts/test`). These need root and loop devices; without them they skip visibly
+//! (`kiln_testkit::skip`), and under CI a skip fails.
+
+#[path = "../it/fixtures.rs"]
+#[allow(dead_code)]
+mod fixtures;
 
 use std::path::Path;
 use std::process::Command;
@@ -42,7 +47,7 @@ fn missing_capability() -> Option<String> {
 
 fn skip(test: &str) -> bool {
     if let Some(why) = missing_capability() {
-        eprintln!("\n*** SKIPPED {test}: {why}; this test creates real loop devices ***\n");
+        kiln_testkit::skip(test, &format!("{why}; this test creates real loop devices"));
         return true;
     }
     false

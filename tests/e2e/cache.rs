@@ -1,0 +1,352 @@
+//! The phase cache: hits and misses exactly where inputs changed, a restored chain equal to a
+//! fresh build, and `kiln cache` on the command line.
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use crate::failures::fixture_elements;
+use crate::harness::{assert_no_leftovers, build, capable, heavy, kiln_command, work, Timer};
+use crate::rootfs::rootfs_tar;
+
+/// Runs `kiln plan --explain-cache --json` and returns (step, status, reasons) per step.
+fn explain(
+    dir: &Path,
+    elements_path: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (Vec<(String, String, Vec<String>)>, String) {
+    let mut c = kiln_command("plan", dir, Some(elements_path), args, env);
+    c.args(["--explain-cache", "--json"]);
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let steps = v["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["step"].as_str().unwrap().to_string(),
+                s["status"].as_str().unwrap().to_string(),
+                s["reasons"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|r| r.as_str().unwrap().to_string())
+                    .collect(),
+            )
+        })
+        .collect();
+    (steps, v["outputs"]["status"].as_str().unwrap().to_string())
+}
+
+fn first_miss(steps: &[(String, String, Vec<String>)]) -> Option<(String, Vec<String>)> {
+    steps
+        .iter()
+        .find(|s| s.1 == "miss")
+        .map(|s| (s.0.clone(), s.2.clone()))
+}
+
+#[test]
+fn phase_cache_hits_and_misses_exactly_where_inputs_changed() {
+    if !capable("phase_cache_hits_and_misses_exactly_where_inputs_changed") {
+        return;
+    }
+    let t = fixture_elements(&rootfs_tar());
+    let el = t
+        .el("cachey")
+        .hook("install", "50-cachey", "echo one > /etc/cachey")
+        .hook("post-install", "50-cachey-post", "echo post >> /etc/cachey")
+        .hook("finalise", "50-cachey-final", "echo final >> /etc/cachey");
+    let args = ["-n", "test-rootfs", "cachey", "-t", "tar", "-o", "c"];
+    let env = [("KILN_TEST_VAR", "1")];
+    let h = heavy();
+    // Timed from here: the wait for the heavy lock is not this test's time.
+    let _t = Timer::start("phase_cache_hits_and_misses_exactly_where_inputs_changed");
+    let dir = work("cache");
+    let o = build(&dir, Some(t.path()), &args, &env);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    // Nothing changed: every step hits, and so do the outputs.
+    let (steps, outs) = explain(&dir, t.path(), &args[..3], &env);
+    assert!(steps.iter().all(|s| s.1 == "hit"), "{steps:?}");
+    let (_, outs_tar) = explain(&dir, t.path(), &args, &env);
+    assert_eq!(outs_tar, "hit");
+    let _ = outs;
+    let t0 = Instant::now();
+    let o = build(&dir, Some(t.path()), &args, &env);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.log.contains("output hit"), "{}", o.log);
+    eprintln!(
+        "rebuild with nothing changed: {:.2} s",
+        t0.elapsed().as_secs_f64()
+    );
+    // Hook content: misses from install on.
+    let hook = el.path.join("install.d/50-cachey");
+    let orig = fs::read_to_string(&hook).unwrap();
+    fs::write(&hook, orig.replace("one", "two")).unwrap();
+    let (steps, _) = explain(&dir, t.path(), &args, &env);
+    let (step, why) = first_miss(&steps).unwrap();
+    assert_eq!(step, "install", "{steps:?}");
+    assert!(
+        why.iter()
+            .any(|r| r.contains("install.d/50-cachey changed")),
+        "{why:?}"
+    );
+    assert!(steps
+        .iter()
+        .skip_while(|s| s.0 != "install")
+        .all(|s| s.1 == "miss"));
+    fs::write(&hook, &orig).unwrap();
+    // Hook mode: misses from post-install.
+    let post = el.path.join("post-install.d/50-cachey-post");
+    fs::set_permissions(&post, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let (steps, _) = explain(&dir, t.path(), &args, &env);
+    let (step, why) = first_miss(&steps).unwrap();
+    assert_eq!(step, "post-install", "{steps:?}");
+    assert!(why.iter().any(|r| r.contains("mode changed")), "{why:?}");
+    fs::set_permissions(&post, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    // A finalise hook is not an input of any cached phase: only the outputs miss.
+    let fin = el.path.join("finalise.d/50-cachey-final");
+    let forig = fs::read_to_string(&fin).unwrap();
+    fs::write(&fin, forig.replace("final", "finale")).unwrap();
+    let (steps, outs) = explain(&dir, t.path(), &args, &env);
+    assert!(steps.iter().all(|s| s.1 == "hit"), "{steps:?}");
+    assert_eq!(outs, "miss");
+    fs::write(&fin, &forig).unwrap();
+    // An environment variable: every phase can see it, so the first miss is root.
+    let (steps, _) = explain(&dir, t.path(), &args, &[("KILN_TEST_VAR", "2")]);
+    let (step, why) = first_miss(&steps).unwrap();
+    assert_eq!(step, "root");
+    assert!(why.iter().any(|r| r.contains("KILN_TEST_VAR")), "{why:?}");
+    // An element added: IMAGE_ELEMENT changes, visible to every phase.
+    t.el("newcomer").hook("post-root", "50-newcomer", "true");
+    let (steps, _) = explain(
+        &dir,
+        t.path(),
+        &["-n", "test-rootfs", "cachey", "newcomer", "-t", "tar"],
+        &env,
+    );
+    let (step, why) = first_miss(&steps).unwrap();
+    assert_eq!(step, "root");
+    assert!(
+        why.iter().any(|r| r.contains("elements changed")),
+        "{why:?}"
+    );
+    assert_no_leftovers(&dir, &h);
+}
+
+/// Type, mode, owner, size, content, link target, device, xattrs and link count of every entry.
+fn tree_manifest(root: &Path) -> Vec<String> {
+    let out = Command::new("find")
+        .arg(".")
+        .args(["-printf", "%p|%y|%m|%U|%G|%s|%n|%l|%D\\n"])
+        .current_dir(root)
+        .output()
+        .unwrap();
+    let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            // %D (device of the fs) is the same for all; drop it, keep the rest.
+            l.rsplit_once('|')
+                .map_or(l.to_string(), |(a, _)| a.to_string())
+        })
+        .collect();
+    let sums = Command::new("bash")
+        .arg("-c")
+        .arg("find . -type f -print0 | sort -z | xargs -0 sha256sum")
+        .current_dir(root)
+        .output()
+        .unwrap();
+    lines.extend(
+        String::from_utf8_lossy(&sums.stdout)
+            .lines()
+            .map(String::from),
+    );
+    let xattrs = Command::new("getfattr")
+        .args(["-R", "-d", "-h", "-m", "-", "--absolute-names", "."])
+        .current_dir(root)
+        .output()
+        .unwrap();
+    lines.extend(
+        String::from_utf8_lossy(&xattrs.stdout)
+            .lines()
+            .map(String::from),
+    );
+    let devs = Command::new("bash")
+        .arg("-c")
+        .arg("find . \\( -type b -o -type c \\) -exec stat -c '%n %t:%T' {} +")
+        .current_dir(root)
+        .output()
+        .unwrap();
+    lines.extend(
+        String::from_utf8_lossy(&devs.stdout)
+            .lines()
+            .map(String::from),
+    );
+    lines.sort();
+    lines
+}
+
+#[test]
+fn restored_snapshot_equals_a_fresh_build() {
+    if !capable("restored_snapshot_equals_a_fresh_build") {
+        return;
+    }
+    let t = fixture_elements(&rootfs_tar());
+    let shape = t
+        .el("treeshape")
+        .hook(
+            "install",
+            "50-treeshape",
+            "mkdir -p /srv/shape/sticky && chmod 1777 /srv/shape/sticky\n\
+             echo data > /srv/shape/owned && chown 1234:5678 /srv/shape/owned && chmod 4750 /srv/shape/owned\n\
+             ln /srv/shape/owned /srv/shape/hardlink\n\
+             ln -s owned /srv/shape/symlink\n\
+             mknod /srv/shape/null c 1 3 && mknod /srv/shape/loopish b 7 200\n\
+             mkfifo /srv/shape/fifo\n\
+             python3 -c 'import os; os.setxattr(\"/srv/shape/owned\", \"trusted.kiln\", b\"v1\")'\n\
+             rm -f /etc/issue.net",
+        )
+        .hook("post-install", "50-treeshape-post", "echo more >> /srv/shape/owned\nrm /srv/shape/fifo")
+        .hook("post-root", "50-treeshape-root", "echo run-one");
+    let args = ["-n", "test-rootfs", "treeshape", "-t", "tar", "-o", "shape"];
+    let h = heavy();
+    // Timed from here: the wait for the heavy lock is not this test's time.
+    let _t = Timer::start("restored_snapshot_equals_a_fresh_build");
+    let dir = work("shape");
+    let fresh = build(
+        &dir,
+        Some(t.path()),
+        &[
+            "--no-cache",
+            "-n",
+            "test-rootfs",
+            "treeshape",
+            "-t",
+            "tar",
+            "-o",
+            "fresh",
+        ],
+        &[],
+    );
+    assert_eq!(fresh.code, 0, "{}", fresh.stderr);
+    // Change only post-root: the chain up to post-install is restored from the cache.
+    let hook = shape.path.join("post-root.d/50-treeshape-root");
+    fs::write(&hook, "#!/bin/bash\necho run-two\n").unwrap();
+    let cached = build(&dir, Some(t.path()), &args, &[]);
+    assert_eq!(cached.code, 0, "{}", cached.stderr);
+    assert!(
+        cached.log.contains("cache: post-install hit"),
+        "{}",
+        cached.log
+    );
+    assert!(
+        cached.log.contains("cache: post-root miss"),
+        "{}",
+        cached.log
+    );
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    for (tar, d) in [("fresh.tar", a.path()), ("shape.tar", b.path())] {
+        let st = Command::new("tar")
+            .args(["--xattrs", "--xattrs-include=*", "--numeric-owner", "-xpf"])
+            .arg(dir.join(tar))
+            .arg("-C")
+            .arg(d)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    let ma = tree_manifest(a.path());
+    let mb = tree_manifest(b.path());
+    let only_a: Vec<_> = ma.iter().filter(|l| !mb.contains(l)).collect();
+    let only_b: Vec<_> = mb.iter().filter(|l| !ma.contains(l)).collect();
+    assert!(
+        only_a.is_empty() && only_b.is_empty(),
+        "fresh only: {only_a:#?}\ncached only: {only_b:#?}"
+    );
+    assert!(
+        ma.iter().any(|l| l.contains("trusted.kiln")),
+        "xattr not captured"
+    );
+    assert_no_leftovers(&dir, &h);
+}
+
+/// Runs `kiln cache ARGS` on the cache at `dir`; returns stdout.
+fn kiln_cache(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new(crate::kiln_bin())
+        .arg("cache")
+        .args(args)
+        .env("DIB_IMAGE_CACHE", dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kiln cache {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn kiln_cache_ls_and_gc_on_the_command_line() {
+    if !capable("kiln_cache_ls_and_gc_on_the_command_line") {
+        return;
+    }
+    let t = fixture_elements(&rootfs_tar());
+    let h = heavy();
+    // Timed from here: the wait for the heavy lock is not this test's time.
+    let _t = Timer::start("kiln_cache_ls_and_gc_on_the_command_line");
+    let dir = work("cache-cli");
+    let private = dir.join("cache");
+    let private_s = private.display().to_string();
+    let args = ["-n", "test-rootfs", "-t", "tar", "-o", "g"];
+    let o = build(
+        &dir,
+        Some(t.path()),
+        &args,
+        &[("DIB_IMAGE_CACHE", &private_s)],
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let ls = kiln_cache(&private, &["ls"]);
+    let kinds: Vec<(&str, &str)> = ls
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            Some((w.next()?, w.next()?))
+        })
+        .collect();
+    assert!(kinds.contains(&("layer", "root")), "{ls}");
+    assert!(kinds.contains(&("outputs", "g.tar")), "{ls}");
+    // Trim to almost nothing: the big root layer and the outputs go.
+    kiln_cache(&private, &["gc", "--max-size", "1MiB"]);
+    let after = kiln_cache(&private, &["ls"]);
+    assert!(
+        !after
+            .lines()
+            .any(|l| l.starts_with("outputs") || l.contains(" root ")),
+        "gc left large entries:\n{after}"
+    );
+    let o = build(
+        &dir,
+        Some(t.path()),
+        &args,
+        &[("DIB_IMAGE_CACHE", &private_s)],
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.log.contains("cache: root miss"), "{}", o.log);
+    // A bad size is an input error.
+    let out = Command::new(crate::kiln_bin())
+        .args(["cache", "gc", "--max-size", "lots"])
+        .env("DIB_IMAGE_CACHE", &private)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_no_leftovers(&dir, &h);
+}

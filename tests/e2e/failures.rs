@@ -1,0 +1,314 @@
+//! Failures and interrupts: a failing hook in each kind of phase, SIGINT, SIGTERM and SIGKILL
+//! during chroot and disk phases; every one must tear down completely. These build a tiny
+//! fixture OS (root.d unpacks the shared root filesystem tar), so each costs seconds.
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use crate::harness::{
+    assert_no_leftovers, assert_no_leftovers_within, build, build_command, capable, heavy, signal,
+    work, Heavy, Timer,
+};
+use crate::rootfs::rootfs_tar;
+use crate::support::Tree;
+
+/// A one-partition MBR layout.
+pub const MBR: &str = "- local_loop:\n    name: image0\n- partitioning:\n    base: image0\n    label: mbr\n    partitions:\n      - name: root\n        flags: [boot, primary]\n        size: 100%\n        mkfs:\n          type: ext4\n          mount:\n            mount_point: /\n            fstab:\n              options: defaults\n              fsck-passno: 1\n";
+
+/// A tiny OS element whose root.d unpacks the shared root filesystem tarball, and an element
+/// whose hooks fail in the phase named by KILN_TEST_FAIL_PHASE (leaving a background process
+/// behind) or sleep in the one named by KILN_TEST_SLOW.
+pub fn fixture_elements(rootfs: &Path) -> Tree {
+    let t = Tree::new();
+    t.el("test-rootfs")
+        .provides(&["operating-system"])
+        .env("10-test-rootfs", "export DISTRO_NAME=debian\nexport DIB_RELEASE=${DIB_RELEASE:-trixie}\nexport DIB_INIT_SYSTEM=systemd\n")
+        .hook(
+            "root",
+            "10-unpack",
+            &format!("tar -xf {} -C \"$TARGET_ROOT\" --numeric-owner", rootfs.display()),
+        );
+    // In chroot phases the failing hook also leaves a daemonised process behind, which the
+    // teardown must find (its root is inside the build) and kill.
+    let fail = |phase: &str| {
+        let daemon = if matches!(phase, "install" | "finalise") {
+            "  (setsid sleep 1000 </dev/null >/dev/null 2>&1 &)\n"
+        } else {
+            ""
+        };
+        format!(
+            "if [ \"${{KILN_TEST_FAIL_PHASE:-}}\" = {phase} ]; then\n{daemon}  echo kiln-test-marker-{phase}\n  exit 3\nfi"
+        )
+    };
+    let slow = |phase: &str| {
+        format!(
+            "if [ \"${{KILN_TEST_SLOW:-}}\" = {phase} ]; then\n\
+             setsid sleep 900 </dev/null >/dev/null 2>&1 &\n\
+             echo kiln-test-sleeping; sleep 600; fi"
+        )
+    };
+    t.el("fail-at")
+        .hook("root", "90-fail-root", &fail("root"))
+        .hook("install", "50-fail-install", &fail("install"))
+        .hook("finalise", "50-fail-finalise", &fail("finalise"))
+        .hook("cleanup", "50-fail-cleanup", &fail("cleanup"))
+        .hook("install", "60-slow", &slow("install"))
+        .hook("finalise", "60-slow", &slow("finalise"));
+    t
+}
+
+#[test]
+fn failing_hooks_tear_down_and_report() {
+    if !capable("failing_hooks_tear_down_and_report") {
+        return;
+    }
+    let t = fixture_elements(&rootfs_tar());
+    let h = heavy();
+    // Timed from here: the wait for the heavy lock is not this test's time.
+    let _t = Timer::start("failing_hooks_tear_down_and_report");
+    for phase in ["root", "install", "finalise", "cleanup"] {
+        let dir = work(&format!("fail-{phase}"));
+        let o = build(
+            &dir,
+            Some(t.path()),
+            &["-n", "test-rootfs", "fail-at", "-t", "tar", "-o", "f"],
+            &[("KILN_TEST_FAIL_PHASE", phase)],
+        );
+        assert_eq!(o.code, 1, "{phase}: expected exit 1:\n{}", o.stderr);
+        for needle in [
+            format!("{phase}.d failed"),
+            "fail-at".to_string(),
+            format!("50-fail-{phase}").replace("50-fail-root", "90-fail-root"),
+            "status 3".to_string(),
+            format!("kiln-test-marker-{phase}"),
+        ] {
+            assert!(
+                o.stderr.contains(&needle),
+                "{phase}: missing {needle:?} in:\n{}",
+                o.stderr
+            );
+        }
+        assert!(!o.stderr.contains("panicked"));
+        assert!(
+            !dir.join("f.tar").exists(),
+            "{phase}: a failed build left an output"
+        );
+        assert_no_leftovers(&dir, &h);
+    }
+}
+
+/// Starts `kiln build -n test-rootfs fail-at -t TYPE -o NAME` in `dir` with KILN_TEST_SLOW=`slow`
+/// (and `env`), and waits until the slow hook says it is sleeping, at most `wait`.
+fn start_sleeping_build(
+    dir: &Path,
+    t: &Tree,
+    args: &[&str],
+    slow: &str,
+    env: &[(&str, &str)],
+    wait: Duration,
+) -> std::process::Child {
+    let mut all = vec!["-n", "test-rootfs", "fail-at"];
+    all.extend_from_slice(args);
+    let mut c = build_command(dir, Some(t.path()), &all, env);
+    c.env("KILN_TEST_SLOW", slow)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let child = c.spawn().unwrap();
+    let name = args
+        .windows(2)
+        .find(|w| w[0] == "-o")
+        .map_or("image", |w| w[1]);
+    let log = dir.join(format!("{name}.d/build.log"));
+    let start = Instant::now();
+    while !fs::read_to_string(&log).is_ok_and(|l| l.contains("kiln-test-sleeping")) {
+        assert!(start.elapsed() < wait, "the slow hook never started");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    child
+}
+
+/// Signals a sleeping build and checks its exit code and that nothing is left.
+fn interrupt(dir: &Path, h: &Heavy, mut child: std::process::Child, sig: Signal, code: i32) {
+    signal(child.id(), sig);
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "kiln did not stop within 60 s of {sig}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status.code(), Some(code), "exit status after {sig}");
+    assert_no_leftovers(dir, h);
+}
+
+#[test]
+fn sigint_and_sigterm_during_install_tear_down() {
+    if !capable("sigint_and_sigterm_during_install_tear_down") {
+        return;
+    }
+    let t = fixture_elements(&rootfs_tar());
+    let h = heavy();
+    // Timed from here: the wait for the heavy lock is not this test's time.
+    let _t = Timer::start("sigint_and_sigterm_during_install_tear_down");
+    for (sig, code) in [(Signal::SIGINT, 130), (Signal::SIGTERM, 143)] {
+        let dir = work(&format!("{sig}"));
+        let child = start_sleeping_build(
+            &dir,
+            &t,
+            &["-t", "tar", "-o", "s"],
+            "install",
+            &[],
+            Duration::from_secs(120),
+        );
+        interrupt(&dir, &h, child, sig, code);
+        assert!(!dir.join("s.tar").exists());
+    }
+}
+
+/// A disk build whose finalise hook sleeps: a loop device is attached and the image's
+/// filesystem is mounted when the signal comes.
+fn start_sleeping_disk_build(dir: &Path, t: &Tree) -> std::process::Child {
+    start_sleeping_build(
+        dir,
+        t,
+        &["-t", "raw", "-o", "k"],
+        "finalise",
+        &[("DIB_BLOCK_DEVICE_CONFIG", MBR)],
+        Duration::from_secs(180),
+    )
+}
+
+#[test]
+fn sigint_during_disk_finalise_detaches_everything() {
+    if !capable("sigint_during_disk_finalise_detaches_everything") {
+        return;
+    }
+    let t = fixture_elements(&rootfs_tar());
+    let h = heavy();
+    // Timed from here: the wait for the heavy lock is not this test's time.
+    let _t = Timer::start("sigint_during_disk_finalise_detaches_everything");
+    let dir = work("disk-sigint");
+    let child = start_sleeping_disk_build(&dir, &t);
+    assert!(
+        !crate::harness::attached_loops().is_subset(h.loops_before()),
+        "no loop device attached while finalise runs"
+    );
+    interrupt(&dir, &h, child, Signal::SIGINT, 130);
+    assert!(!dir.join("k.raw").exists());
+}
+
+#[test]
+fn disk_finalise_failure_leaves_no_loop_device() {
+    if !capable("disk_finalise_failure_leaves_no_loop_device") {
+        return;
+    }
+    let t = fixture_elements(&rootfs_tar());
+    let h = heavy();
+    // Timed from here: the wait for the heavy lock is not this test's time.
+    let _t = Timer::start("disk_finalise_failure_leaves_no_loop_device");
+    let dir = work("disk-fail");
+    let o = build(
+        &dir,
+        Some(t.path()),
+        &["-n", "test-rootfs", "fail-at", "-t", "raw", "-o", "d"],
+        &[
+            ("KILN_TEST_FAIL_PHASE", "finalise"),
+            ("DIB_BLOCK_DEVICE_CONFIG", MBR),
+        ],
+    );
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    assert!(o.stderr.contains("finalise.d failed"), "{}", o.stderr);
+    assert!(!dir.join("d.raw").exists());
+    assert_no_leftovers(&dir, &h);
+}
+
+#[test]
+fn sigkill_during_disk_finalise_leaves_nothing_behind() {
+    if !capable("sigkill_during_disk_finalise_leaves_nothing_behind") {
+        return;
+    }
+    let t = fixture_elements(&rootfs_tar());
+    let h = heavy();
+    // Timed from here: the wait for the heavy lock is not this test's time.
+    let _t = Timer::start("sigkill_during_disk_finalise_leaves_nothing_behind");
+    let dir = work("sigkill");
+    let mut child = start_sleeping_disk_build(&dir, &t);
+    // While finalise runs, a loop device is attached, the image is mounted in the build's
+    // namespace and a daemon runs in the chroot: the leak check must see all of that, or it
+    // could not see a leak after the kill either.
+    let seen = crate::harness::leftovers(&dir, &h).expect("the live build shows nothing");
+    eprintln!("live build, as the leak check sees it: {seen}");
+    signal(child.id(), Signal::SIGKILL);
+    let _ = child.wait();
+    // The watchdog cleans up after the killed build within seconds.
+    assert_no_leftovers_within(&dir, &h, Duration::from_secs(30));
+}
+
+#[test]
+fn fallback_layout_without_tmpfs_has_label_size_and_fstab() {
+    if !capable("fallback_layout_without_tmpfs_has_label_size_and_fstab") {
+        return;
+    }
+    let t = fixture_elements(&rootfs_tar());
+    let h = heavy();
+    // Timed from here: the wait for the heavy lock is not this test's time.
+    let _t = Timer::start("fallback_layout_without_tmpfs_has_label_size_and_fstab");
+    let dir = work("fallback");
+    let o = build(
+        &dir,
+        Some(t.path()),
+        &[
+            "-n",
+            "test-rootfs",
+            "--no-tmpfs",
+            "--root-label",
+            "kiln-root",
+            "--image-size",
+            "1.5",
+            "-t",
+            "raw",
+            "-o",
+            "flat",
+        ],
+        &[],
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let said = format!("{}\n{}", o.log, o.stderr);
+    assert!(
+        said.lines()
+            .any(|l| l.contains("build dir") && l.trim_end().ends_with("(disk)")),
+        "--no-tmpfs still used a tmpfs:\n{said}"
+    );
+    let raw = dir.join("flat.raw");
+    // --image-size 1.5 (GB, as DIB counts: 1.5 * 1024^3 bytes).
+    let size = fs::metadata(&raw).unwrap().len();
+    assert_eq!(size, 1_610_612_736, "--image-size 1.5 gave {size} bytes");
+    let pt = Command::new("blkid")
+        .args(["-p", "-o", "export"])
+        .arg(&raw)
+        .output()
+        .unwrap();
+    let pt = String::from_utf8_lossy(&pt.stdout);
+    assert!(!pt.contains("PTTYPE"), "unexpected partition table: {pt}");
+    assert!(pt.contains("TYPE=ext4"), "{pt}");
+    assert!(
+        pt.contains("LABEL=kiln-root"),
+        "--root-label not applied: {pt}"
+    );
+    let fstab = Command::new("debugfs")
+        .args(["-R", "cat /etc/fstab"])
+        .arg(&raw)
+        .output()
+        .unwrap();
+    let fstab = String::from_utf8_lossy(&fstab.stdout);
+    assert!(fstab.contains("LABEL=kiln-root / ext4"), "fstab: {fstab}");
+    assert_no_leftovers(&dir, &h);
+}

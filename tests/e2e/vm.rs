@@ -1,0 +1,115 @@
+//! The VM image of kiln's own elements: one hybrid disk (ESP and BIOS boot partition), built for
+//! Debian's default release as a user who names none gets, booted under UEFI and under BIOS,
+//! each boot checked with `kiln test --check` (cloud-init, datasource, failed units, root
+//! filesystem grown, firmware, machine-id, serial console, SSH host keys).
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::harness::{
+    assert_no_leftovers, build, capable, heavy, work, Timer, BIOS_BOOT_BUDGET, UEFI_BOOT_BUDGET,
+};
+use crate::rootfs::debian_rootfs;
+
+/// Boots `image` with `kiln test --check --json` within `budget` seconds and returns the report.
+/// Fails with the console's end when a check fails or the boot does not finish.
+pub fn boot_check(image: &Path, uefi: bool, budget: u64) -> serde_json::Value {
+    let mut c = Command::new(crate::kiln_bin());
+    c.arg("test")
+        .arg(image)
+        .args(["--check", "--json", "--timeout"])
+        .arg(budget.to_string());
+    if uefi {
+        c.arg("--uefi");
+    }
+    let t0 = std::time::Instant::now();
+    let out = c.output().unwrap();
+    let so = String::from_utf8_lossy(&out.stdout);
+    let se = String::from_utf8_lossy(&out.stderr);
+    eprintln!(
+        "boot {} ({}) took {:.0} s",
+        image.display(),
+        if uefi { "UEFI" } else { "BIOS" },
+        t0.elapsed().as_secs_f64()
+    );
+    assert!(out.status.success(), "boot check failed:\n{so}\n{se}");
+    let v: serde_json::Value = serde_json::from_str(&so)
+        .unwrap_or_else(|e| panic!("kiln test --json printed no JSON ({e}):\n{so}"));
+    eprintln!("{v:#}");
+    v
+}
+
+/// The value of fact `name` in a `kiln test --check --json` report; fails if it is missing or
+/// not ok.
+pub fn fact(report: &serde_json::Value, name: &str) -> String {
+    let facts = report["facts"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no facts in {report:#}"));
+    let f = facts
+        .iter()
+        .find(|f| f["name"] == name)
+        .unwrap_or_else(|| panic!("no fact {name:?} in {report:#}"));
+    assert_eq!(f["ok"], true, "fact {name} failed: {f:#}");
+    match &f["value"] {
+        serde_json::Value::String(s) => s.clone(),
+        v => v.to_string(),
+    }
+}
+
+#[test]
+fn hybrid_vm_boots_uefi_and_bios_with_every_check() {
+    if !capable("hybrid_vm_boots_uefi_and_bios_with_every_check") {
+        return;
+    }
+    // The root filesystem of the same release first, so this build must hit the bootstrap cache.
+    let _ = debian_rootfs();
+    let h = heavy();
+    // Timed from here: the wait for the heavy lock is not this test's time.
+    let _t = Timer::start("hybrid_vm_boots_uefi_and_bios_with_every_check");
+    let dir = work("hybrid");
+    let o = build(
+        &dir,
+        None,
+        &[
+            "debian-minimal",
+            "vm",
+            "cloud-init",
+            "block-device-efi",
+            "openssh-server",
+            "-o",
+            "hybrid",
+        ],
+        &[("DIB_RELEASE", "")],
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(
+        o.log.contains("bootstrap cache hit"),
+        "the build did not reuse the root filesystem's bootstrap"
+    );
+    let img = dir.join("hybrid.qcow2");
+    let info = Command::new("qemu-img")
+        .args(["info", "--output=json"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(info["format"], "qcow2");
+    assert_no_leftovers(&dir, &h);
+    for (uefi, budget) in [(true, UEFI_BOOT_BUDGET), (false, BIOS_BOOT_BUDGET)] {
+        let r = boot_check(&img, uefi, budget);
+        let firmware = fact(&r, "firmware");
+        assert_eq!(firmware, if uefi { "UEFI" } else { "BIOS" });
+        let ds = fact(&r, "datasource");
+        assert!(ds.contains("NoCloud"), "datasource {ds}");
+        for f in [
+            "cloud-init",
+            "failed-units",
+            "root-grown",
+            "machine-id",
+            "serial-console",
+            "ssh-host-keys",
+        ] {
+            fact(&r, f);
+        }
+    }
+}
