@@ -344,3 +344,72 @@ fn phase_keys_ignore_output_name_and_type() {
     let c = keys(&["-o", "one"], "trixie");
     assert!(a.iter().zip(&c).all(|(x, y)| x != y), "{a:?}\n{c:?}");
 }
+
+/// Every request flag of `kiln build` with a value that changes the request. `--checksum` and
+/// `--no-cache` are absent: they change no key (DIB_CHECKSUM and KILN_NO_CACHE are not cache
+/// inputs); the CLI's unit test `plan_and_build_make_the_same_request` covers them.
+fn key_flags(other_cache: &str) -> Vec<Vec<String>> {
+    let v: &[&[&str]] = &[
+        &["-a", "arm64"],
+        &["-o", "other"],
+        &["-t", "raw,tar"],
+        &["-x"],
+        &["-u"],
+        &["-c"],
+        &["-p", "vim,curl"],
+        &["--no-tmpfs"],
+        &["--min-tmpfs", "7"],
+        &["--offline"],
+        &["--image-size", "3"],
+        &["--image-extra-size", "100"],
+        &["--mkfs-journal-size", "32"],
+        &["--image-cache", other_cache],
+        &["--max-online-resize", "1000"],
+        &["--mkfs-options", "-m 1"],
+        &["--qemu-img-options", "compat=1.1"],
+        &["--root-label", "lbl"],
+        &["--install-type", "package"],
+    ];
+    v.iter()
+        .map(|f| f.iter().map(|s| (*s).to_string()).collect())
+        .collect()
+}
+
+/// The keys `kiln <cmd> ... app -n <flags>` computes: every step's and the outputs'.
+fn keys(t: &Tree, cache: &std::path::Path, cmd: &[&str], flags: &[String]) -> serde_json::Value {
+    let mut c = kiln(&[t.path()], cache);
+    // A variable only `-c` removes, so that `-c` changes the keys.
+    c.env("KILN_IT_CLEARED_BY_C", "1");
+    c.args(cmd).args(["app", "-n"]).args(flags);
+    let (code, out, err) = run(c);
+    assert_eq!(code, 0, "kiln {cmd:?} {flags:?}: {err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    let mut keys: Vec<serde_json::Value> = v["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|s| serde_json::json!([s["step"], s["key"]]))
+        .collect();
+    keys.push(v["outputs"]["key"].clone());
+    serde_json::Value::Array(keys)
+}
+
+/// `kiln plan --explain-cache` computes the keys `kiln build` would use, for every request flag:
+/// a flag that build honours and plan ignores (or the reverse) fails here.
+#[test]
+fn plan_keys_equal_build_keys_for_every_flag() {
+    let t = fixture();
+    let cache = tempfile::tempdir().unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let plan = ["plan", "--explain-cache", "--json"];
+    let build = ["build", "--print-cache-keys"];
+    let base = keys(&t, cache.path(), &plan, &[]);
+    assert_eq!(base, keys(&t, cache.path(), &build, &[]));
+    let other = other.path().display().to_string();
+    for flags in key_flags(&other) {
+        let p = keys(&t, cache.path(), &plan, &flags);
+        let b = keys(&t, cache.path(), &build, &flags);
+        assert_eq!(p, b, "plan and build disagree on the keys with {flags:?}");
+        assert_ne!(p, base, "{flags:?} does not change the keys");
+    }
+}

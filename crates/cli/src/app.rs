@@ -20,7 +20,7 @@ enum Command {
     /// Build an image (the same options as disk-image-create).
     Build(Box<commands::build::BuildCmd>),
     /// Show everything a build would do, without running anything.
-    Plan(commands::plan::PlanCmd),
+    Plan(Box<commands::plan::PlanCmd>),
     /// Print the expanded element set, as DIB's element-info does.
     ElementInfo(commands::element_info::ElementInfoCmd),
     /// Inspect block-device layouts.
@@ -88,10 +88,114 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
+    use clap::{Args as _, CommandFactory};
 
     #[test]
     fn cli_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    /// Every request flag, with a value that changes the request.
+    const FLAGS: &[&[&str]] = &[
+        &["-a", "arm64"],
+        &["-o", "other"],
+        &["-t", "raw,tar"],
+        &["-x"],
+        &["-u"],
+        &["-c"],
+        &["-n"],
+        &["-p", "vim,curl"],
+        &["--checksum"],
+        &["--no-tmpfs"],
+        &["--min-tmpfs", "7"],
+        &["--offline"],
+        &["--image-size", "3"],
+        &["--image-extra-size", "100"],
+        &["--mkfs-journal-size", "32"],
+        &["--image-cache", "/elsewhere"],
+        &["--max-online-resize", "1000"],
+        &["--mkfs-options", "-m 1"],
+        &["--qemu-img-options", "compat=1.1"],
+        &["--root-label", "lbl"],
+        &["--install-type", "package"],
+        &["--no-cache"],
+    ];
+
+    /// Flags accepted for DIB's sake that make no request: `kiln build` and `kiln plan` reject
+    /// the ramdisk element; the docker target only matters to the docker output, also rejected.
+    const COMPAT_ONLY: &[&[&str]] = &[
+        &["--ramdisk-element", "ramdisk"],
+        &["--docker-target", "repo:tag"],
+    ];
+
+    /// The request each front end makes for `el FLAGS`.
+    fn requests(flags: &[&str]) -> [String; 3] {
+        let env: std::collections::BTreeMap<String, String> = [
+            ("PATH", "/bin"),
+            ("DIB_RELEASE", "bookworm"),
+            ("OTHER", "x"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let argv = |cmd: &[&'static str]| -> Vec<OsString> {
+            cmd.iter()
+                .chain(&["el"])
+                .chain(flags)
+                .map(OsString::from)
+                .collect()
+        };
+        let build = match Cli::try_parse_from(argv(&["kiln", "build"]))
+            .unwrap()
+            .command
+        {
+            Command::Build(c) => c.request_in(env.clone(), Vec::new()),
+            other => panic!("{other:?}"),
+        };
+        let plan = match Cli::try_parse_from(argv(&["kiln", "plan"]))
+            .unwrap()
+            .command
+        {
+            Command::Plan(c) => c.request_in(env.clone(), Vec::new()),
+            other => panic!("{other:?}"),
+        };
+        let dic = commands::build::disk_image_create_args(argv(&["disk-image-create"]))
+            .unwrap()
+            .request_in(env, Vec::new());
+        [build, plan, dic].map(|r| format!("{r:?}"))
+    }
+
+    /// `kiln build`, `kiln plan` and `disk-image-create` make the same request for every request
+    /// flag, and every flag of the shared group is listed in FLAGS and changes the request.
+    #[test]
+    fn plan_and_build_make_the_same_request() {
+        let group = crate::dib::RequestArgs::augment_args(clap::Command::new("x"));
+        for arg in group.get_arguments().filter(|a| !a.is_positional()) {
+            let names: Vec<String> = arg
+                .get_short()
+                .map(|c| format!("-{c}"))
+                .into_iter()
+                .chain(arg.get_long().map(|l| format!("--{l}")))
+                .collect();
+            assert!(
+                FLAGS
+                    .iter()
+                    .chain(COMPAT_ONLY)
+                    .any(|f| names.contains(&f[0].to_string())),
+                "request flag {names:?} is missing from FLAGS"
+            );
+        }
+        let [base, ..] = requests(&[]);
+        for flags in FLAGS {
+            let [build, plan, dic] = requests(flags);
+            assert_eq!(build, plan, "kiln plan {flags:?}");
+            assert_eq!(build, dic, "disk-image-create {flags:?}");
+            assert_ne!(build, base, "{flags:?} does not change the request");
+        }
+        for flags in COMPAT_ONLY {
+            let [build, plan, dic] = requests(flags);
+            assert_eq!(build, plan, "kiln plan {flags:?}");
+            assert_eq!(build, dic, "disk-image-create {flags:?}");
+        }
     }
 }

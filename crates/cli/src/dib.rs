@@ -1,18 +1,26 @@
-//! DIB's command-line options, shared by `kiln build` and `disk-image-create`.
+//! DIB's command-line options, shared by `kiln build`, `kiln plan` and `disk-image-create`.
 //!
 //! The flags and their meaning follow `disk-image-create` (reference 3.4); kiln accepts a
 //! superset: `--image-extra-size` and `--mkfs-journal-size` work (they are broken in DIB), and
 //! `--no-cache` / `-v` are kiln's own.
+//!
+//! [`RequestArgs`] holds every flag that shapes the [`BuildRequest`], and so the cache keys. Every
+//! command that computes a plan or keys flattens it (`#[command(flatten)]`) and turns it into a
+//! request with [`RequestArgs::request`], so `kiln plan --explain-cache` sees exactly the request
+//! `kiln build` would make. [`BuildArgs`] adds what only a running build uses (log file,
+//! verbosity).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use clap::{ArgAction, Args};
-use kiln_pipeline::BuildRequest;
+use kiln_pipeline::{settings, BuildRequest};
 
-/// The options of a build.
+use crate::commands::UsageError;
+
+/// The options that make up a build request: everything but the log file and verbosity.
 #[derive(Debug, Clone, Args)]
-pub struct BuildArgs {
+pub struct RequestArgs {
     /// Elements to build the image from.
     #[arg(required = true, value_name = "ELEMENT")]
     pub elements: Vec<String>,
@@ -85,34 +93,84 @@ pub struct BuildArgs {
     /// Docker target (accepted for compatibility; the docker output is not supported yet).
     #[arg(long, value_name = "REPO:TAG")]
     pub docker_target: Option<String>,
-    /// Also write the build log to this file.
-    #[arg(long, value_name = "FILE")]
-    pub logfile: Option<PathBuf>,
     /// Ignore kiln's caches (bootstrap tarballs) and rebuild them.
     #[arg(long)]
     pub no_cache: bool,
+}
+
+/// The options of a build: the request, plus what only a running build uses.
+#[derive(Debug, Clone, Args)]
+pub struct BuildArgs {
+    #[command(flatten)]
+    pub request: RequestArgs,
+    /// Also write the build log to this file.
+    #[arg(long, value_name = "FILE")]
+    pub logfile: Option<PathBuf>,
     /// Show hook output (-v) and debug logs (-vv).
     #[arg(short = 'v', long, action = ArgAction::Count)]
     pub verbose: u8,
+    /// Internal (tests): print the cache keys this build would use, as `kiln plan
+    /// --explain-cache --json` does, and stop. Needs no root.
+    #[arg(long, hide = true)]
+    pub print_cache_keys: bool,
 }
 
 impl BuildArgs {
     /// Turns the options into a request, with the process environment.
     pub fn request(&self, args: Vec<String>) -> BuildRequest {
-        let mut env: BTreeMap<String, String> = std::env::vars().collect();
+        self.request_in(std::env::vars().collect(), args)
+    }
+
+    /// Turns the options into a request made in the environment `env`.
+    pub fn request_in(&self, env: BTreeMap<String, String>, args: Vec<String>) -> BuildRequest {
+        let mut req = self.request.request(env, args);
+        req.logfile.clone_from(&self.logfile);
+        req.verbose = self.verbose;
+        req
+    }
+}
+
+/// What `-c` keeps of the environment besides the `DIB_*` variables.
+const KEPT_BY_CLEAR_ENV: &[&str] = &[
+    settings::PATH.name,
+    settings::HOME.name,
+    settings::ELEMENTS_PATH.name,
+    "TERM",
+    "USER",
+    settings::SOURCE_DATE_EPOCH.name,
+];
+
+impl RequestArgs {
+    /// Rejects what kiln accepts for DIB's sake but cannot build (exit code 2).
+    pub fn check_supported(&self) -> Result<(), UsageError> {
+        for t in self.types.iter().flat_map(|t| t.split(',')) {
+            if matches!(t, "docker" | "aci") {
+                return Err(UsageError(format!(
+                    "output type '{t}' is not supported by kiln yet: use tar and import it (`docker import NAME.tar`)"
+                )));
+            }
+        }
+        if self.ramdisk_element.is_some() {
+            return Err(UsageError(
+                "ramdisk builds are not supported by kiln yet".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Turns the options into a request made in the environment `env`; `args` is the command
+    /// line as typed (DIB_ARGS).
+    pub fn request(&self, mut env: BTreeMap<String, String>, args: Vec<String>) -> BuildRequest {
         if self.clear_env {
-            env.retain(|k, _| {
-                k.starts_with("DIB_")
-                    || matches!(
-                        k.as_str(),
-                        "PATH" | "HOME" | "ELEMENTS_PATH" | "TERM" | "USER" | "SOURCE_DATE_EPOCH"
-                    )
-            });
+            env.retain(|k, _| k.starts_with("DIB_") || KEPT_BY_CLEAR_ENV.contains(&k.as_str()));
         }
         BuildRequest {
             elements: self.elements.clone(),
             arch: self.arch.clone(),
-            image_name: self.name.clone().unwrap_or_else(|| PathBuf::from("image")),
+            image_name: self
+                .name
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(settings::IMAGE_NAME.default_value())),
             types: self.types.clone(),
             skip_base: self.skip_base,
             packages: self.packages.clone(),
@@ -131,9 +189,9 @@ impl BuildArgs {
             qemu_img_options: self.qemu_img_options.clone(),
             root_label: self.root_label.clone(),
             install_type: self.install_type.clone(),
-            logfile: self.logfile.clone(),
+            logfile: None,
             no_cache: self.no_cache,
-            verbose: self.verbose,
+            verbose: 0,
             env,
             args,
         }

@@ -7,8 +7,9 @@ pub fn init(verbose: u8) {
         1 => "info,kiln_element=debug,kiln_pipeline=debug,kiln_blockdev=debug,kiln_output=debug",
         _ => "debug",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("KILN_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env(kiln_pipeline::settings::KILN_LOG.name)
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

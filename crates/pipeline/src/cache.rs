@@ -29,75 +29,23 @@ use std::process::Command;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::{io, Error};
+use crate::{io, settings, Error};
 
-/// Variables that never enter a key: per-build paths, the output naming (which only the
-/// manifests and outputs see, and those steps are not cached), and session noise.
-const KEY_ENV_DENY: &[&str] = &[
-    "TMP_BUILD_DIR",
-    "TMP_IMAGE_DIR",
-    "TMP_HOOKS_PATH",
-    "TMP_MOUNT_PATH",
-    "TARGET_ROOT",
-    "_LIB",
-    "DIB_ARGS",
-    "DIB_ENV",
-    "IMAGE_NAME",
-    // Derived from IMAGE_NAME by the manifests element (`NAME.d/`, on the host): only the
-    // finalise/cleanup copies read it, and those steps are not cached.
-    "DIB_MANIFEST_SAVE_DIR",
-    "IMAGE_TYPE",
-    "IMAGE_TYPES",
-    "DIB_CHECKSUM",
-    "COMPRESS_IMAGE",
-    "DIB_IMAGE_SIZE",
-    "DIB_IMAGE_EXTRA_SIZE",
-    "DIB_JOURNAL_SIZE",
-    "MAX_ONLINE_RESIZE",
-    "KILN_NO_CACHE",
-    "KILN_LOG",
-    "KILN_QCOW2_LEVEL",
-    "KILN_CACHE_MAX_SIZE",
-    "TERM",
-    "COLUMNS",
-    "LINES",
-    "SHLVL",
-    "PWD",
-    "OLDPWD",
-    "_",
-    "DISPLAY",
-    "MAIL",
-    "LS_COLORS",
-    "INVOCATION_ID",
-    "JOURNAL_STREAM",
-    "TMPDIR",
-    "TMP_DIR",
-    "NO_COLOR",
-    "SUDO_COMMAND",
-    "OVERWRITE_OLD_IMAGE",
-    "break",
-    "break_cmd",
-    "break_outside_target",
-];
-const KEY_ENV_DENY_PREFIX: &[&str] = &[
-    "SSH_",
-    "XDG_",
-    "CARGO",
-    "RUSTUP",
-    "RUST_",
-    "KILN_TEST_CACHE",
-];
-
-/// The environment as it enters a key.
+/// The environment as it enters a phase key: every variable but those the settings table
+/// ([`settings::not_phase_keys`]) and the session noise leave out, with kiln's helper directory
+/// removed from PATH.
 pub fn key_env(env: &BTreeMap<String, String>, lib_dir: &Path) -> BTreeMap<String, String> {
     let lib = lib_dir.display().to_string();
     env.iter()
         .filter(|(k, _)| {
-            !KEY_ENV_DENY.contains(&k.as_str())
-                && !KEY_ENV_DENY_PREFIX.iter().any(|p| k.starts_with(p))
+            !settings::not_phase_keys().any(|n| n == k.as_str())
+                && !settings::SESSION_NOISE.contains(&k.as_str())
+                && !settings::SESSION_NOISE_PREFIXES
+                    .iter()
+                    .any(|p| k.starts_with(p))
         })
         .map(|(k, v)| {
-            let v = if k == "PATH" {
+            let v = if k == settings::PATH.name {
                 v.split(':')
                     .filter(|p| *p != lib)
                     .collect::<Vec<_>>()
@@ -702,7 +650,10 @@ pub fn gc(root: &Path, max: u64) -> std::io::Result<(usize, u64)> {
 /// in DIB; `0`, `none` or `unlimited` for no limit), 20 GiB by default.
 pub fn max_size(env: &BTreeMap<String, String>) -> Option<u64> {
     const DEFAULT: u64 = 20 << 30;
-    let Some(v) = env.get("KILN_CACHE_MAX_SIZE").map(|v| v.trim()) else {
+    let Some(v) = env
+        .get(settings::KILN_CACHE_MAX_SIZE.name)
+        .map(|v| v.trim())
+    else {
         return Some(DEFAULT);
     };
     match v.to_ascii_lowercase().as_str() {
@@ -711,7 +662,11 @@ pub fn max_size(env: &BTreeMap<String, String>) -> Option<u64> {
         _ => match kiln_blockdev::parse_size(v) {
             Ok(n) => Some(n),
             Err(e) => {
-                tracing::warn!("KILN_CACHE_MAX_SIZE={v}: {e}; keeping the cache under 20 GiB");
+                tracing::warn!(
+                    "{}={v}: {e}; keeping the cache under {}",
+                    settings::KILN_CACHE_MAX_SIZE.name,
+                    settings::KILN_CACHE_MAX_SIZE.default_value()
+                );
                 Some(DEFAULT)
             }
         },
@@ -969,6 +924,10 @@ mod tests {
         assert!(root.join("outputs/mid").exists() && root.join("phases/new").exists());
         let mut env = BTreeMap::new();
         assert_eq!(max_size(&env), Some(20 << 30));
+        assert_eq!(
+            kiln_blockdev::parse_size(settings::KILN_CACHE_MAX_SIZE.default_value()).ok(),
+            max_size(&env)
+        );
         env.insert("KILN_CACHE_MAX_SIZE".to_string(), "none".to_string());
         assert_eq!(max_size(&env), None);
         env.insert("KILN_CACHE_MAX_SIZE".to_string(), "5GiB".to_string());

@@ -9,6 +9,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use crate::plan::BuildPlan;
+use crate::settings as S;
 
 /// The fixed variables of a build, before per-phase additions (TARGET_ROOT and the block
 /// devices).
@@ -20,83 +21,75 @@ pub fn base_env(
 ) -> BTreeMap<String, String> {
     let req = &plan.request;
     let mut env: BTreeMap<String, String> = req.env.clone();
-    let mut set = |k: &str, v: String| {
-        env.insert(k.to_string(), v);
+    let mut set = |k: S::Setting, v: String| {
+        env.insert(k.name.to_string(), v);
     };
     let d = |p: &Path| p.display().to_string();
-    set("LC_ALL", "C".into());
-    set("ARCH", plan.arch.clone());
-    set("IMAGE_NAME", plan.image_name.display().to_string());
+    set(S::LC_ALL, "C".into());
+    set(S::ARCH, plan.arch.clone());
+    set(S::IMAGE_NAME, plan.image_name.display().to_string());
     let types = req.output_types();
-    set("IMAGE_TYPE", types.first().cloned().unwrap_or_default());
-    set("IMAGE_TYPES", types.join(" "));
-    set("ELEMENTS_PATH", plan.exported_elements_path.clone());
-    set("IMAGE_ELEMENT", plan.set.image_element());
-    set("IMAGE_ELEMENT_YAML", plan.set.image_element_yaml());
+    set(S::IMAGE_TYPE, types.first().cloned().unwrap_or_default());
+    set(S::IMAGE_TYPES, types.join(" "));
+    set(S::ELEMENTS_PATH, plan.exported_elements_path.clone());
+    set(S::IMAGE_ELEMENT, plan.set.image_element());
+    set(S::IMAGE_ELEMENT_YAML, plan.set.image_element_yaml());
+    set(S::TMP_BUILD_DIR, d(build_dir));
+    set(S::TMP_IMAGE_DIR, d(image_dir));
+    set(S::TMP_HOOKS_PATH, d(&build_dir.join("hooks")));
+    set(S::TMP_MOUNT_PATH, d(&build_dir.join("mnt")));
+    set(S::LIB, d(lib_dir));
+    set(S::DIB_IMAGE_CACHE, d(&plan.cache_root));
     set(
-        "BASH_FUNC_get_image_element_array%%",
-        format!("() {{  echo \"{}\"\n}}", plan.set.element_array()),
-    );
-    set(
-        "BASH_FUNC_die%%",
-        "() {  echo \"ERROR: $*\" >&2;\n exit 1\n}".to_string(),
-    );
-    set("TMP_BUILD_DIR", d(build_dir));
-    set("TMP_IMAGE_DIR", d(image_dir));
-    set("TMP_HOOKS_PATH", d(&build_dir.join("hooks")));
-    set("TMP_MOUNT_PATH", d(&build_dir.join("mnt")));
-    set("_LIB", d(lib_dir));
-    set("DIB_IMAGE_CACHE", d(&plan.cache_root));
-    set(
-        "DIB_LOCKFILES",
-        req.var("DIB_LOCKFILES")
+        S::DIB_LOCKFILES,
+        req.var(S::DIB_LOCKFILES.name)
             .map_or_else(|| d(&plan.cache_root.join("lockfiles")), String::from),
     );
     set(
-        "DIB_OFFLINE",
-        if req.offline || req.var("DIB_OFFLINE").is_some_and(|v| v != "0") {
+        S::DIB_OFFLINE,
+        if req.offline || req.var(S::DIB_OFFLINE.name).is_some_and(|v| v != "0") {
             "1".into()
         } else {
             String::new()
         },
     );
     let trace = req.debug_trace.max(
-        req.var("DIB_DEBUG_TRACE")
+        req.var(S::DIB_DEBUG_TRACE.name)
             .and_then(|v| v.parse().ok())
             .unwrap_or(0),
     );
-    set("DIB_DEBUG_TRACE", trace.to_string());
+    set(S::DIB_DEBUG_TRACE, trace.to_string());
     set(
-        "DIB_PYTHON_EXEC",
-        req.var("DIB_PYTHON_EXEC")
+        S::DIB_PYTHON_EXEC,
+        req.var(S::DIB_PYTHON_EXEC.name)
             .map_or_else(|| find_python(&plan.elements_path), String::from),
     );
     set(
-        "DIB_MIN_TMPFS",
+        S::DIB_MIN_TMPFS,
         req.min_tmpfs.map_or_else(
-            || req.var("DIB_MIN_TMPFS").unwrap_or("2").to_string(),
+            || S::DIB_MIN_TMPFS.get_or_default(&req.env).to_string(),
             |v| v.to_string(),
         ),
     );
     set(
-        "DIB_NO_TMPFS",
-        if req.no_tmpfs || req.var("DIB_NO_TMPFS").is_some_and(|v| v == "1") {
+        S::DIB_NO_TMPFS,
+        if req.no_tmpfs || req.var(S::DIB_NO_TMPFS.name).is_some_and(|v| v == "1") {
             "1".into()
         } else {
             "0".into()
         },
     );
     set(
-        "DIB_CHECKSUM",
+        S::DIB_CHECKSUM,
         if req.checksum {
             "1".into()
         } else {
-            req.var("DIB_CHECKSUM").unwrap_or("0").to_string()
+            S::DIB_CHECKSUM.get_or_default(&req.env).to_string()
         },
     );
-    set("FS_TYPE", req.var("FS_TYPE").unwrap_or("ext4").to_string());
+    set(S::FS_TYPE, S::FS_TYPE.get_or_default(&req.env).to_string());
     set(
-        "COMPRESS_IMAGE",
+        S::COMPRESS_IMAGE,
         if req.uncompressed {
             String::new()
         } else {
@@ -104,7 +97,7 @@ pub fn base_env(
         },
     );
     set(
-        "SKIP_BASE",
+        S::SKIP_BASE,
         if req.skip_base {
             "1".into()
         } else {
@@ -112,44 +105,49 @@ pub fn base_env(
         },
     );
     if let Some(v) = &req.image_size {
-        set("DIB_IMAGE_SIZE", v.clone());
+        set(S::DIB_IMAGE_SIZE, v.clone());
     }
     if let Some(v) = &req.image_extra_size {
-        set("DIB_IMAGE_EXTRA_SIZE", v.clone());
+        set(S::DIB_IMAGE_EXTRA_SIZE, v.clone());
     }
     if let Some(v) = &req.journal_size {
-        set("DIB_JOURNAL_SIZE", v.clone());
+        set(S::DIB_JOURNAL_SIZE, v.clone());
     }
     if let Some(v) = &req.max_online_resize {
-        set("MAX_ONLINE_RESIZE", v.clone());
+        set(S::MAX_ONLINE_RESIZE, v.clone());
     }
     if let Some(v) = &req.root_label {
-        set("ROOT_LABEL", v.clone());
+        set(S::ROOT_LABEL, v.clone());
     }
     if req.no_cache {
-        set("KILN_NO_CACHE", "1".into());
+        set(S::KILN_NO_CACHE, "1".into());
     }
-    if req.var("DIB_DEBIAN_SECURITY_MIRROR").is_none() {
+    if req.var(S::DIB_DEBIAN_SECURITY_MIRROR.name).is_none() {
         if let Some(m) = host_debian_security_mirror() {
-            set("DIB_DEBIAN_SECURITY_MIRROR", m);
+            set(S::DIB_DEBIAN_SECURITY_MIRROR, m);
         }
     }
-    set("DIB_ARGS", req.args.join(" "));
-    set("DIB_ENV", dib_env(&req.env));
+    set(S::DIB_ARGS, req.args.join(" "));
+    set(S::DIB_ENV, dib_env(&req.env));
     // PATH: kiln's helpers first, then the caller's, then the sbin dirs DIB appends.
-    let mut path = format!(
-        "{}:{}",
-        d(lib_dir),
-        req.var("PATH").unwrap_or("/usr/local/bin:/usr/bin:/bin")
-    );
+    let mut path = format!("{}:{}", d(lib_dir), S::PATH.get_or_default(&req.env));
     for extra in ["/sbin", "/usr/sbin", "/usr/local/sbin"] {
         if !path.split(':').any(|p| p == extra) {
             path.push(':');
             path.push_str(extra);
         }
     }
-    set("PATH", path);
-    env.remove("TARGET_ROOT");
+    set(S::PATH, path);
+    // Exported bash functions are not settings: they are set after the closure's borrow ends.
+    env.insert(
+        "BASH_FUNC_get_image_element_array%%".to_string(),
+        format!("() {{  echo \"{}\"\n}}", plan.set.element_array()),
+    );
+    env.insert(
+        "BASH_FUNC_die%%".to_string(),
+        "() {  echo \"ERROR: $*\" >&2;\n exit 1\n}".to_string(),
+    );
+    env.remove(S::TARGET_ROOT.name);
     env
 }
 

@@ -15,6 +15,7 @@ pub mod pipeline;
 pub mod plan;
 pub mod request;
 pub mod runner;
+pub mod settings;
 mod workspace;
 
 use std::path::PathBuf;

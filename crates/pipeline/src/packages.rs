@@ -16,7 +16,7 @@ use kiln_element::package_installs::{self, PackageInstalls, SquashContext};
 use kiln_element::pkg_map::PkgMap;
 
 use crate::plan::BuildPlan;
-use crate::Error;
+use crate::{settings, Error};
 
 /// Writes the package lists and flat pkg-map tables for `plan` under `hooks/.kiln`, with
 /// `env` the environment as environment.d leaves it. Returns the squashed lists for the log.
@@ -25,8 +25,14 @@ pub fn write_lists(
     env: &BTreeMap<String, String>,
     hooks: &Path,
 ) -> Result<BTreeMap<String, package_installs::PhaseLists>, Error> {
-    let distro = env.get("DISTRO_NAME").cloned().unwrap_or_default();
-    let release = env.get("DIB_RELEASE").cloned().unwrap_or_default();
+    let distro = env
+        .get(settings::DISTRO_NAME.name)
+        .cloned()
+        .unwrap_or_default();
+    let release = env
+        .get(settings::DIB_RELEASE.name)
+        .cloned()
+        .unwrap_or_default();
     let mut inputs: Vec<(String, PackageInstalls)> = Vec::new();
     let mut maps: BTreeMap<String, PkgMap> = BTreeMap::new();
     for e in &plan.set.elements {

@@ -20,7 +20,7 @@ use crate::env;
 use crate::plan::BuildPlan;
 use crate::runner::{self, check_interrupt, Console, Place, StepTiming};
 use crate::workspace::Workspace;
-use crate::{io, Error};
+use crate::{io, settings, Error};
 
 const DIB_RUN_PARTS: &str = include_str!("assets/dib-run-parts");
 
@@ -52,14 +52,17 @@ pub fn run(plan: &BuildPlan, console: &Console) -> Result<BuildReport, Error> {
     preflight(plan)?;
     let req = &plan.request;
     let base = req
-        .var("TMPDIR")
-        .or_else(|| req.var("TMP_DIR"))
-        .map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
+        .var(settings::TMPDIR.name)
+        .or_else(|| req.var(settings::TMP_DIR.name))
+        .map_or_else(
+            || PathBuf::from(settings::TMPDIR.default_value()),
+            PathBuf::from,
+        );
     let min_tmpfs_gib: u64 = req
         .min_tmpfs
-        .or_else(|| req.var("DIB_MIN_TMPFS").and_then(|v| v.parse().ok()))
-        .unwrap_or(2);
-    let no_tmpfs = req.no_tmpfs || req.var("DIB_NO_TMPFS") == Some("1");
+        .or_else(|| settings::DIB_MIN_TMPFS.parse(&req.env))
+        .unwrap_or_default();
+    let no_tmpfs = req.no_tmpfs || req.var(settings::DIB_NO_TMPFS.name) == Some("1");
     let use_tmpfs = !no_tmpfs && kiln_sandbox::mem_total_bytes() >= 2 * min_tmpfs_gib * (1 << 30);
     let ws = Workspace::create(&base, use_tmpfs)?;
     console.say(&format!(
@@ -82,7 +85,7 @@ pub fn run(plan: &BuildPlan, console: &Console) -> Result<BuildReport, Error> {
         })
         .collect();
     let breaks = req
-        .var("break")
+        .var(settings::BREAK.name)
         .unwrap_or("")
         .split(',')
         .filter(|s| !s.is_empty())
@@ -189,10 +192,12 @@ fn blockdev_params(
         root_label: req
             .root_label
             .clone()
-            .or_else(|| req.var("ROOT_LABEL").map(String::from)),
-        root_fs_type: req.var("FS_TYPE").unwrap_or("ext4").to_string(),
+            .or_else(|| req.var(settings::ROOT_LABEL.name).map(String::from)),
+        root_fs_type: settings::FS_TYPE.get_or_default(&req.env).to_string(),
         root_fs_opts: None,
-        block_size: req.var("DIB_BLOCK_SIZE").and_then(|v| v.parse().ok()),
+        block_size: req
+            .var(settings::DIB_BLOCK_SIZE.name)
+            .and_then(|v| v.parse().ok()),
     }
 }
 
@@ -253,10 +258,10 @@ pub fn prepare(plan: &BuildPlan, build_dir: &Path, image_dir: &Path) -> Result<P
         .clone()
         .or_else(|| {
             plan.request
-                .var("DIB_DEFAULT_INSTALLTYPE")
+                .var(settings::DIB_DEFAULT_INSTALLTYPE.name)
                 .map(String::from)
         })
-        .unwrap_or_else(|| "source".into());
+        .unwrap_or_else(|| settings::DIB_DEFAULT_INSTALLTYPE.default_value().into());
     fs::write(
         hooks.join("environment.d/11-dib-install-type.bash"),
         format!(
@@ -274,25 +279,38 @@ pub fn prepare(plan: &BuildPlan, build_dir: &Path, image_dir: &Path) -> Result<P
             &plan.block_device.0.describe(),
             &params,
         )?;
-        env.insert("DIB_ROOT_LABEL".into(), bp.root_label().to_string());
-        env.insert("DIB_ROOT_FSTYPE".into(), bp.root_fstype().to_string());
         env.insert(
-            "DIB_BOOT_LABEL".into(),
+            settings::DIB_ROOT_LABEL.name.into(),
+            bp.root_label().to_string(),
+        );
+        env.insert(
+            settings::DIB_ROOT_FSTYPE.name.into(),
+            bp.root_fstype().to_string(),
+        );
+        env.insert(
+            settings::DIB_BOOT_LABEL.name.into(),
             bp.boot_label().unwrap_or_default().to_string(),
         );
-        env.insert("DIB_MOUNTPOINTS".into(), bp.mount_points().join("|"));
+        env.insert(
+            settings::DIB_MOUNTPOINTS.name.into(),
+            bp.mount_points().join("|"),
+        );
     } else {
         let label = plan
             .request
             .root_label
             .clone()
-            .or_else(|| plan.request.var("ROOT_LABEL").map(String::from))
-            .unwrap_or_else(|| "cloudimg-rootfs".into());
-        env.insert("DIB_ROOT_LABEL".into(), label);
-        let fs_type = env.get("FS_TYPE").cloned().unwrap_or_else(|| "ext4".into());
-        env.insert("DIB_ROOT_FSTYPE".into(), fs_type);
-        env.insert("DIB_BOOT_LABEL".into(), String::new());
-        env.insert("DIB_MOUNTPOINTS".into(), "/".into());
+            .or_else(|| {
+                plan.request
+                    .var(settings::ROOT_LABEL.name)
+                    .map(String::from)
+            })
+            .unwrap_or_else(|| settings::DIB_ROOT_LABEL.default_value().into());
+        env.insert(settings::DIB_ROOT_LABEL.name.into(), label);
+        let fs_type = settings::FS_TYPE.get_or_default(&env).to_string();
+        env.insert(settings::DIB_ROOT_FSTYPE.name.into(), fs_type);
+        env.insert(settings::DIB_BOOT_LABEL.name.into(), String::new());
+        env.insert(settings::DIB_MOUNTPOINTS.name.into(), "/".into());
     }
     // Learn what environment.d says, the way dib-run-parts sources it.
     let marker = hooks.join(".kiln");
@@ -344,14 +362,16 @@ pub fn cache_steps(plan: &BuildPlan, prepared: &Prepared, lib: &Path) -> Vec<Cac
     let env = cache::key_env(&prepared.evaluated, lib);
     let offline = prepared
         .env
-        .get("DIB_OFFLINE")
+        .get(settings::DIB_OFFLINE.name)
         .is_some_and(|v| !v.is_empty());
     let release_digest = if offline {
         None
     } else {
         match (
-            prepared.evaluated.get("DIB_DISTRIBUTION_MIRROR"),
-            prepared.evaluated.get("DIB_RELEASE"),
+            prepared
+                .evaluated
+                .get(settings::DIB_DISTRIBUTION_MIRROR.name),
+            prepared.evaluated.get(settings::DIB_RELEASE.name),
         ) {
             (Some(m), Some(r)) if !m.is_empty() && !r.is_empty() => cache::release_digest(m, r),
             _ => None,
@@ -429,17 +449,15 @@ pub fn output_key(plan: &BuildPlan, prepared: &Prepared, last: Option<&str>) -> 
     use sha2::Digest as _;
     let req = &plan.request;
     // What hooks see (as the phase keys do), plus the knobs that shape the disk and outputs.
-    let lib = PathBuf::from(prepared.env.get("_LIB").cloned().unwrap_or_default());
+    let lib = PathBuf::from(
+        prepared
+            .env
+            .get(settings::LIB.name)
+            .cloned()
+            .unwrap_or_default(),
+    );
     let mut env = cache::key_env(&prepared.evaluated, &lib);
-    for k in [
-        "DIB_IMAGE_SIZE",
-        "DIB_IMAGE_EXTRA_SIZE",
-        "DIB_JOURNAL_SIZE",
-        "MAX_ONLINE_RESIZE",
-        "COMPRESS_IMAGE",
-        "QEMU_IMG_OPTIONS",
-        "IMAGE_TYPES",
-    ] {
+    for k in settings::output_key_only() {
         if let Some(v) = prepared.env.get(k) {
             env.insert(k.to_string(), v.clone());
         }
@@ -721,20 +739,21 @@ impl Ctx<'_> {
         let req = &plan.request;
         let fs_type = self
             .env
-            .get("FS_TYPE")
+            .get(settings::FS_TYPE.name)
             .cloned()
-            .unwrap_or_else(|| "ext4".into());
+            .unwrap_or_else(|| settings::FS_TYPE.default_value().into());
         let opts = kiln_blockdev::SizeOpts {
-            image_size_gb: self.env.get("DIB_IMAGE_SIZE").and_then(|v| v.parse().ok()),
+            image_size_gb: self
+                .env
+                .get(settings::DIB_IMAGE_SIZE.name)
+                .and_then(|v| v.parse().ok()),
             extra_size_mb: self
                 .env
-                .get("DIB_IMAGE_EXTRA_SIZE")
+                .get(settings::DIB_IMAGE_EXTRA_SIZE.name)
                 .and_then(|v| v.parse().ok()),
-            journal_size_mb: self
-                .env
-                .get("DIB_JOURNAL_SIZE")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(64),
+            journal_size_mb: settings::DIB_JOURNAL_SIZE
+                .parse(&self.env)
+                .unwrap_or_default(),
             root_fs_type: fs_type.clone(),
             efi: plan
                 .set
@@ -744,12 +763,16 @@ impl Ctx<'_> {
         };
         let size_kib = kiln_blockdev::image_size_kib(du, &opts);
         self.env
-            .insert("DIB_IMAGE_SIZE".into(), size_kib.to_string());
+            .insert(settings::DIB_IMAGE_SIZE.name.into(), size_kib.to_string());
         let mut mkfs_opts = req.mkfs_options.clone().unwrap_or_default();
         if fs_type == "ext4" {
             mkfs_opts = format!("-i 4096 -J size={} {mkfs_opts}", opts.journal_size_mb);
         }
-        if let Some(n) = self.env.get("MAX_ONLINE_RESIZE").filter(|v| !v.is_empty()) {
+        if let Some(n) = self
+            .env
+            .get(settings::MAX_ONLINE_RESIZE.name)
+            .filter(|v| !v.is_empty())
+        {
             mkfs_opts = format!("-E resize={n} {mkfs_opts}");
         }
         let mut params = blockdev_params(plan, &build_dir, &image_dir, Some(size_kib * 1024));
@@ -777,11 +800,13 @@ impl Ctx<'_> {
         // backing file under the build directory; the watchdog needs its name.
         kiln_sandbox::watchdog::note_loop(created.image_block_device());
         self.env.insert(
-            "IMAGE_BLOCK_DEVICE".into(),
+            settings::IMAGE_BLOCK_DEVICE.name.into(),
             created.image_block_device().to_string(),
         );
-        self.env
-            .insert("IMAGE_BLOCK_DEVICES".into(), created.image_block_devices());
+        self.env.insert(
+            settings::IMAGE_BLOCK_DEVICES.name.into(),
+            created.image_block_devices(),
+        );
         self.ws.blockdev = Some(created);
         self.timing("block-device-create", t, Vec::new());
         let created = self.ws.blockdev.as_ref().expect("just set");
@@ -816,7 +841,7 @@ impl Ctx<'_> {
             qemu_img_options: req
                 .qemu_img_options
                 .clone()
-                .or_else(|| req.var("QEMU_IMG_OPTIONS").map(String::from)),
+                .or_else(|| req.var(settings::QEMU_IMG_OPTIONS.name).map(String::from)),
             qcow2_level: req.qcow2_level()?,
         };
         let sums = self.checksums();
@@ -840,13 +865,13 @@ impl Ctx<'_> {
     }
 
     fn checksums(&self) -> kiln_output::Checksums {
-        kiln_output::Checksums::parse(self.env.get("DIB_CHECKSUM").map_or("0", String::as_str))
+        kiln_output::Checksums::parse(settings::DIB_CHECKSUM.get_or_default(&self.env))
     }
 
     fn overwrite(&self) -> bool {
         self.plan
             .request
-            .var("OVERWRITE_OLD_IMAGE")
+            .var(settings::OVERWRITE_OLD_IMAGE.name)
             .is_some_and(|v| v != "0")
     }
 
@@ -854,7 +879,7 @@ impl Ctx<'_> {
         let plan = self.plan;
         let sde = plan
             .request
-            .var("SOURCE_DATE_EPOCH")
+            .var(settings::SOURCE_DATE_EPOCH.name)
             .and_then(|v| v.parse().ok());
         let sums = self.checksums();
         let overwrite = self.overwrite();
@@ -962,7 +987,7 @@ impl Ctx<'_> {
     fn phase_env(&self, target_root: Option<&Path>) -> BTreeMap<String, String> {
         let mut e = self.env.clone();
         if let Some(t) = target_root {
-            e.insert("TARGET_ROOT".into(), t.display().to_string());
+            e.insert(settings::TARGET_ROOT.name.into(), t.display().to_string());
         }
         e
     }
@@ -1067,16 +1092,13 @@ impl Ctx<'_> {
         if !self.breaks.iter().any(|b| b == point) {
             return;
         }
-        let cmd = self
-            .plan
-            .request
-            .var("break_cmd")
-            .unwrap_or("bash")
+        let cmd = settings::BREAK_CMD
+            .get_or_default(&self.plan.request.env)
             .to_string();
         let outside = self
             .plan
             .request
-            .var("break_outside_target")
+            .var(settings::BREAK_OUTSIDE_TARGET.name)
             .is_some_and(|v| v != "0");
         self.console.say(&format!(
             "break point {point}: running `{cmd}`; exit it to continue"
@@ -1249,7 +1271,7 @@ fn input_changes(old: &cache::Inputs, new: &cache::Inputs) -> Vec<String> {
         match old.env.get(k) {
             None => v.push(format!("variable {k} added")),
             Some(o) if o != val => {
-                if k == "IMAGE_ELEMENT" {
+                if k == settings::IMAGE_ELEMENT.name {
                     v.push(format!("elements changed: '{o}' -> '{val}'"));
                 } else {
                     v.push(format!("variable {k} changed"));

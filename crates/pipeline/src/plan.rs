@@ -10,7 +10,7 @@ use kiln_element::{self as element, ElementSet, HookTree, Library, Phase, Reason
 use serde_json::{json, Value};
 
 use crate::request::BuildRequest;
-use crate::Error;
+use crate::{settings, Error};
 
 /// Where the block-device configuration came from (reference 4.1).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,7 +35,7 @@ impl BlockDeviceSource {
     pub fn describe(&self) -> String {
         match self {
             Self::File(p) => p.display().to_string(),
-            Self::Inline => "DIB_BLOCK_DEVICE_CONFIG".into(),
+            Self::Inline => settings::DIB_BLOCK_DEVICE_CONFIG.name.into(),
             Self::Element { path, .. } => path.display().to_string(),
             Self::Fallback => "the built-in fallback layout".into(),
         }
@@ -75,20 +75,20 @@ pub fn cache_root(req: &BuildRequest) -> PathBuf {
     if let Some(p) = &req.image_cache {
         return p.clone();
     }
-    if let Some(p) = req.var("DIB_IMAGE_CACHE") {
+    if let Some(p) = req.var(settings::DIB_IMAGE_CACHE.name) {
         return PathBuf::from(p);
     }
-    if let Some(p) = req.var("XDG_CACHE_HOME") {
+    if let Some(p) = req.var(settings::XDG_CACHE_HOME.name) {
         return Path::new(p).join("kiln");
     }
-    let home = req.var("HOME").unwrap_or("/root");
+    let home = settings::HOME.get_or_default(&req.env);
     Path::new(home).join(".cache/kiln")
 }
 
 /// The user's ELEMENTS_PATH entries followed by the built-in library.
 pub fn elements_path(req: &BuildRequest, builtin: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = req
-        .var("ELEMENTS_PATH")
+        .var(settings::ELEMENTS_PATH.name)
         .unwrap_or("")
         .split(':')
         .filter(|s| !s.is_empty())
@@ -104,7 +104,7 @@ impl BuildPlan {
         let arch = req
             .arch
             .clone()
-            .or_else(|| req.var("ARCH").map(String::from))
+            .or_else(|| req.var(settings::ARCH.name).map(String::from))
             .unwrap_or_else(kiln_sandbox::host_arch);
         let cache_root = cache_root(req);
         let builtin = element::builtin::extract(&cache_root)?;
@@ -393,7 +393,7 @@ fn choose_block_device(
     set: &ElementSet,
     arch: &str,
 ) -> Result<(BlockDeviceSource, String), Error> {
-    if let Some(v) = req.var("DIB_BLOCK_DEVICE_CONFIG") {
+    if let Some(v) = req.var(settings::DIB_BLOCK_DEVICE_CONFIG.name) {
         if let Some(path) = v.strip_prefix("file://") {
             let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
                 path: PathBuf::from(path),

@@ -6,6 +6,8 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use crate::settings;
+
 /// A build request: elements, architecture, outputs, sizes and the `DIB_*` environment.
 #[derive(Debug, Clone, Default)]
 pub struct BuildRequest {
@@ -76,13 +78,14 @@ impl BuildRequest {
     /// parallel writer, or `qemu-img` to leave it to `qemu-img convert -c` as DIB does.
     /// `None` means qemu-img.
     pub fn qcow2_level(&self) -> Result<Option<u32>, crate::Error> {
-        match self.var("KILN_QCOW2_LEVEL") {
+        match self.var(settings::KILN_QCOW2_LEVEL.name) {
             None => Ok(Some(kiln_output::qcow2::DEFAULT_LEVEL)),
             Some("qemu-img") => Ok(None),
             Some(v) => match v.parse::<u32>() {
                 Ok(n) if (1..=9).contains(&n) => Ok(Some(n)),
                 _ => Err(crate::Error::Usage(format!(
-                    "KILN_QCOW2_LEVEL={v}: use a zlib level from 1 (fastest) to 9 (smallest), or qemu-img"
+                    "{}={v}: use a zlib level from 1 (fastest) to 9 (smallest), or qemu-img",
+                    settings::KILN_QCOW2_LEVEL.name
                 ))),
             },
         }

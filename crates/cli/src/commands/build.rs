@@ -20,6 +20,16 @@ pub struct BuildCmd {
 }
 
 impl BuildCmd {
+    /// The request this build makes in the environment `env`.
+    #[cfg(test)]
+    pub fn request_in(
+        &self,
+        env: std::collections::BTreeMap<String, String>,
+        typed: Vec<String>,
+    ) -> kiln_pipeline::BuildRequest {
+        self.args.request_in(env, typed)
+    }
+
     /// Runs the build.
     pub fn run(&self) -> anyhow::Result<i32> {
         let argv: Vec<String> = std::env::args().skip(2).collect();
@@ -39,6 +49,11 @@ struct DiskImageCreate {
     args: BuildArgs,
 }
 
+/// Parses a `disk-image-create` command line.
+pub fn disk_image_create_args(argv: Vec<OsString>) -> Result<BuildArgs, clap::Error> {
+    DiskImageCreate::try_parse_from(argv).map(|c| c.args)
+}
+
 /// Entry point when invoked as `disk-image-create`.
 pub fn disk_image_create(argv: Vec<OsString>) -> anyhow::Result<i32> {
     let raw: Vec<String> = argv
@@ -46,22 +61,19 @@ pub fn disk_image_create(argv: Vec<OsString>) -> anyhow::Result<i32> {
         .skip(1)
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
-    let cmd = DiskImageCreate::parse_from(argv);
-    run_build(&cmd.args, raw)
+    let parsed = disk_image_create_args(argv).unwrap_or_else(|e| e.exit());
+    run_build(&parsed, raw)
 }
 
 fn run_build(args: &BuildArgs, typed: Vec<String>) -> anyhow::Result<i32> {
     crate::logging::init(args.verbose);
-    for t in args.types.iter().flat_map(|t| t.split(',')) {
-        if matches!(t, "docker" | "aci") {
-            return Err(UsageError(format!(
-                "output type '{t}' is not supported by kiln yet: use tar and import it (`docker import NAME.tar`)"
-            ))
-            .into());
-        }
-    }
-    if args.ramdisk_element.is_some() {
-        return Err(UsageError("ramdisk builds are not supported by kiln yet".into()).into());
+    args.request.check_supported()?;
+    if args.print_cache_keys {
+        // The same request and key computation as below, without building.
+        let plan = BuildPlan::new(&args.request(typed))?;
+        let v = kiln_pipeline::pipeline::explain_cache(&plan)?;
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(0);
     }
     if !nix::unistd::geteuid().is_root() {
         return Err(UsageError(
@@ -95,7 +107,9 @@ fn guarded_build(args: &BuildArgs, typed: Vec<String>) -> anyhow::Result<i32> {
         .unwrap_or_else(|| out_dir.join("build.log"));
     let log =
         fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
-    let quiet = req.var("DIB_QUIET").is_some_and(|v| v == "1");
+    let quiet = req
+        .var(kiln_pipeline::settings::DIB_QUIET.name)
+        .is_some_and(|v| v == "1");
     let console = Console::new(Some(log), args.verbose, quiet);
     console.say(&format!(
         "kiln {}: building {} from {}",

@@ -35,7 +35,10 @@ impl ElementInfoCmd {
         let arch = self
             .arch
             .clone()
-            .or_else(|| req.var("ARCH").map(String::from))
+            .or_else(|| {
+                req.var(kiln_pipeline::settings::ARCH.name)
+                    .map(String::from)
+            })
             .unwrap_or_else(kiln_sandbox::host_arch);
         let cache = kiln_pipeline::plan::cache_root(&req);
         let builtin: PathBuf = kiln_element::builtin::extract(&cache)?;

@@ -17,6 +17,7 @@ use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use kiln_element::lint::{self, Checker, EnvFile, Finding, Severity};
 use kiln_element::{Element, Library};
+use kiln_pipeline::settings as S;
 use kiln_pipeline::BuildRequest;
 
 /// Element subcommands.
@@ -346,16 +347,16 @@ impl ShellChecker {
         let path = file.path;
         let abs_text = abs.display().to_string();
         let vars = [
-            ("ARCH", "amd64".to_string()),
-            ("DISTRO_NAME", "debian".to_string()),
-            ("DIB_RELEASE", "bookworm".to_string()),
-            ("DIB_INIT_SYSTEM", "systemd".to_string()),
-            ("TMP_MOUNT_PATH", "/nonexistent".to_string()),
-            ("TMP_HOOKS_PATH", "/nonexistent".to_string()),
-            ("IMAGE_NAME", "image".to_string()),
-            ("IMAGE_ELEMENT", file.elements.join(" ")),
-            ("DIB_DEBUG_TRACE", "0".to_string()),
-            ("PATH", CLEAN_PATH.to_string()),
+            (S::ARCH.name, "amd64".to_string()),
+            (S::DISTRO_NAME.name, "debian".to_string()),
+            (S::DIB_RELEASE.name, "bookworm".to_string()),
+            (S::DIB_INIT_SYSTEM.name, "systemd".to_string()),
+            (S::TMP_MOUNT_PATH.name, "/nonexistent".to_string()),
+            (S::TMP_HOOKS_PATH.name, "/nonexistent".to_string()),
+            (S::IMAGE_NAME.name, "image".to_string()),
+            (S::IMAGE_ELEMENT.name, file.elements.join(" ")),
+            (S::DIB_DEBUG_TRACE.name, "0".to_string()),
+            (S::PATH.name, CLEAN_PATH.to_string()),
         ];
         let before: Vec<PathBuf> = file
             .sourced_before

@@ -1,28 +1,20 @@
 //! `kiln plan`: show everything a build would do, without running anything.
-
-use std::path::PathBuf;
+//!
+//! It takes exactly `kiln build`'s request flags ([`RequestArgs`], flattened) and makes the
+//! request the same way, so `kiln plan --explain-cache` computes the keys the build would.
 
 use clap::Args;
+use std::collections::BTreeMap;
+
 use kiln_pipeline::{BuildPlan, BuildRequest};
+
+use crate::dib::RequestArgs;
 
 /// Resolve elements and print the build plan.
 #[derive(Debug, Args)]
 pub struct PlanCmd {
-    /// Elements to build the image from.
-    #[arg(required = true, value_name = "ELEMENT")]
-    elements: Vec<String>,
-    /// Target architecture (Debian naming). Default: the host's.
-    #[arg(short = 'a', value_name = "ARCH")]
-    arch: Option<String>,
-    /// Output types, comma separated (default qcow2).
-    #[arg(short = 't', value_name = "TYPES")]
-    types: Vec<String>,
-    /// Image name.
-    #[arg(short = 'o', value_name = "NAME")]
-    name: Option<PathBuf>,
-    /// Do not add the `base` element.
-    #[arg(short = 'n')]
-    skip_base: bool,
+    #[command(flatten)]
+    request: RequestArgs,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -33,18 +25,18 @@ pub struct PlanCmd {
 }
 
 impl PlanCmd {
+    /// The request this plan is made for, in the environment `env`: the one `kiln build` with
+    /// the same flags makes.
+    pub fn request_in(&self, env: BTreeMap<String, String>, typed: Vec<String>) -> BuildRequest {
+        self.request.request(env, typed)
+    }
+
     /// Prints the plan.
     pub fn run(&self) -> anyhow::Result<i32> {
         crate::logging::init(0);
-        let req = BuildRequest {
-            elements: self.elements.clone(),
-            arch: self.arch.clone(),
-            image_name: self.name.clone().unwrap_or_else(|| PathBuf::from("image")),
-            types: self.types.clone(),
-            skip_base: self.skip_base,
-            env: std::env::vars().collect(),
-            ..BuildRequest::default()
-        };
+        self.request.check_supported()?;
+        let typed: Vec<String> = std::env::args().skip(2).collect();
+        let req = self.request_in(std::env::vars().collect(), typed);
         let plan = BuildPlan::new(&req)?;
         if self.explain_cache {
             let v = kiln_pipeline::pipeline::explain_cache(&plan)?;
