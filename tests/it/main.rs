@@ -8,4 +8,5 @@ mod e2e;
 mod errors;
 mod lint;
 mod plan;
+mod preflight;
 mod support;

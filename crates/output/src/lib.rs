@@ -193,15 +193,34 @@ pub fn write_squashfs(root: &Path, dest: &Path) -> Result<()> {
     )
 }
 
+/// The host tools writing output `ty` runs (for the pipeline's preflight).
+pub fn tools_for(ty: &OutputType, opts: &DiskOptions) -> Vec<&'static str> {
+    match ty {
+        OutputType::Tar => vec!["tar"],
+        OutputType::Tgz => vec!["tar", "gzip"],
+        OutputType::Squashfs => vec!["mksquashfs"],
+        OutputType::Raw => vec!["cp"],
+        OutputType::Disk(f) if f == "qcow2" && native_qcow2(opts).is_some() => vec![],
+        OutputType::Disk(_) => vec!["qemu-img"],
+    }
+}
+
+/// kiln's own qcow2 writer's options, when it (rather than qemu-img) writes a compressed qcow2.
+fn native_qcow2(opts: &DiskOptions) -> Option<qcow2::Options> {
+    if !opts.compress {
+        return None;
+    }
+    opts.qcow2_level.and_then(|level| {
+        qcow2::Options::from_qemu_img_options(opts.qemu_img_options.as_deref(), level)
+    })
+}
+
 /// Converts the raw image to a disk format: compressed qcow2 with kiln's own parallel writer
 /// (unless options it does not implement are asked for), everything else with qemu-img.
 pub fn write_disk(raw: &Path, format: &str, dest: &Path, opts: &DiskOptions) -> Result<()> {
     let tmp = pending_path(dest);
-    if format == "qcow2" && opts.compress {
-        let native = opts.qcow2_level.and_then(|level| {
-            qcow2::Options::from_qemu_img_options(opts.qemu_img_options.as_deref(), level)
-        });
-        if let Some(o) = native {
+    if format == "qcow2" {
+        if let Some(o) = native_qcow2(opts) {
             let stats = qcow2::write(raw, &tmp, &o)?;
             tracing::debug!(
                 "qcow2: {} data clusters, {} stored uncompressed, {} bytes",

@@ -122,43 +122,12 @@ pub fn run(plan: &BuildPlan, console: &Console) -> Result<BuildReport, Error> {
     Ok(report)
 }
 
-fn preflight(plan: &BuildPlan) -> Result<(), Error> {
-    kiln_sandbox::check_foreign_arch(&plan.arch)?;
-    let mut needed: Vec<(&str, &str)> = vec![("chroot", "coreutils"), ("tar", "tar")];
+/// Checks, before anything runs, that the host can build this plan: every tool it will use is
+/// installed (one message lists all that are missing, exit 2), the block-device layout is valid,
+/// device-mapper is there for LVM, and a foreign architecture has its binfmt interpreter.
+pub fn preflight(plan: &BuildPlan) -> Result<(), Error> {
     if plan.needs_disk() {
-        needed.push(("losetup", "mount"));
-        needed.push(("partx", "util-linux"));
-        if plan
-            .outputs
-            .iter()
-            .any(|t| matches!(t, OutputType::Disk(_)))
-        {
-            needed.push(("qemu-img", "qemu-utils"));
-        }
-    }
-    if plan.outputs.contains(&OutputType::Squashfs) {
-        needed.push(("mksquashfs", "squashfs-tools"));
-    }
-    for (tool, pkg) in needed {
-        if which::which(tool).is_err() {
-            return Err(Error::Usage(format!(
-                "`{tool}` is not installed: install the `{pkg}` package (apt-get install {pkg})"
-            )));
-        }
-    }
-    if plan.needs_disk() {
-        // Validate the layout before anything is built.
-        let params = blockdev_params(
-            plan,
-            Path::new("/nonexistent"),
-            Path::new("/nonexistent"),
-            None,
-        );
-        let bp = kiln_blockdev::plan(
-            &plan.block_device.1,
-            &plan.block_device.0.describe(),
-            &params,
-        )?;
+        let bp = layout_plan(plan)?;
         // LVM on a kernel without device-mapper: say so now, not after the phases ran.
         if bp.uses_lvm()
             && !kiln_blockdev::Runner::has_device_mapper(&mut kiln_blockdev::SystemRunner)
@@ -171,7 +140,91 @@ fn preflight(plan: &BuildPlan) -> Result<(), Error> {
             )));
         }
     }
+    // Installing packages does not give the kernel device-mapper, so that is said first.
+    let needs = required_tools(plan)?;
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let missing = kiln_host::tools::missing(&needs, &path);
+    if !missing.is_empty() {
+        return Err(Error::Usage(kiln_host::tools::missing_message(&missing)));
+    }
+    kiln_sandbox::check_foreign_arch(&plan.arch)?;
     Ok(())
+}
+
+/// The block-device plan of the layout, with placeholder directories (validates the layout).
+fn layout_plan(plan: &BuildPlan) -> Result<kiln_blockdev::Plan, Error> {
+    let params = blockdev_params(
+        plan,
+        Path::new("/nonexistent"),
+        Path::new("/nonexistent"),
+        None,
+    );
+    Ok(kiln_blockdev::plan(
+        &plan.block_device.1,
+        &plan.block_device.0.describe(),
+        &params,
+    )?)
+}
+
+/// Every host tool the build of `plan` will run, and why: the engine's own (bash, chroot, cp,
+/// …), the bootstrap tool of the debootstrap element, zstd for the phase cache, the
+/// block-device layout's tools, and each output's.
+pub fn required_tools(plan: &BuildPlan) -> Result<Vec<kiln_host::tools::Need>, Error> {
+    use kiln_host::tools::Need;
+    let req = &plan.request;
+    let mut needs = vec![
+        Need::new("bash", "hooks"),
+        Need::new("chroot", "hooks"),
+        Need::new("env", "hooks"),
+        Need::new("cp", "copies"),
+        Need::new("rm", "cleanup"),
+        Need::new("du", "image size"),
+        Need::new("date", "timestamps"),
+    ];
+    if plan.set.elements.iter().any(|e| e.name == "debootstrap") {
+        let why = "the debootstrap element";
+        needs.push(match req.var("DIB_DEBOOTSTRAP_TOOL") {
+            Some(t) if !t.is_empty() => Need::new(t, why),
+            _ => Need::new("mmdebstrap", why).or("debootstrap"),
+        });
+    }
+    if !req.no_cache {
+        needs.push(Need::new("tar", "the phase cache"));
+        needs.push(Need::new("zstd", "the phase cache"));
+    }
+    if plan.needs_disk() {
+        let bp = layout_plan(plan)?;
+        let why = format!("the block-device layout {}", plan.block_device.0.describe());
+        for (tool, package) in bp.required_programs() {
+            let need = Need::new(&tool, &why);
+            needs.push(if package.is_empty() {
+                need
+            } else {
+                need.package(package)
+            });
+        }
+        if bp.required_programs().iter().any(|(t, _)| t == "mkfs.vfat")
+            && !kiln_host::host_can_mount("vfat")
+        {
+            needs.push(Need::new("mcopy", "filling vfat offline"));
+        }
+        needs.push(Need::new("lsattr", "the copy into the image"));
+    }
+    let disk_opts = kiln_output::DiskOptions {
+        compress: !req.uncompressed,
+        qemu_img_options: req
+            .qemu_img_options
+            .clone()
+            .or_else(|| req.var("QEMU_IMG_OPTIONS").map(String::from)),
+        qcow2_level: req.qcow2_level()?,
+    };
+    for ty in &plan.outputs {
+        let why = format!("the {} output", ty.extension());
+        for tool in kiln_output::tools_for(ty, &disk_opts) {
+            needs.push(Need::new(tool, &why));
+        }
+    }
+    Ok(needs)
 }
 
 fn blockdev_params(
