@@ -24,6 +24,10 @@ pub enum Stdin {
     Inherit,
     /// These bytes.
     Bytes(Vec<u8>),
+    /// The contents of this file.
+    File(PathBuf),
+    /// A pipe the caller writes to (take it from [`Running::child_mut`]).
+    Pipe,
 }
 
 /// What a command printed, and how it ended.
@@ -198,7 +202,7 @@ impl Cmd {
         c.stdin(match self.stdin {
             Stdin::Null => Stdio::null(),
             Stdin::Inherit => Stdio::inherit(),
-            Stdin::Bytes(_) => Stdio::piped(),
+            Stdin::Bytes(_) | Stdin::File(_) | Stdin::Pipe => Stdio::piped(),
         });
         if self.process_group {
             c.process_group(0);
@@ -245,6 +249,10 @@ impl Cmd {
     pub fn spawn(&self, stdout: Stdio, stderr: Stdio) -> Result<Running, Error> {
         let started = Instant::now();
         let mut c = self.command();
+        if let Stdin::File(path) = &self.stdin {
+            let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+            c.stdin(f);
+        }
         c.stdout(stdout).stderr(stderr);
         tracing::debug!(target: LOG_TARGET, "start: {}", self.command_line());
         let mut child = c.spawn().map_err(|e| self.spawn_error(e, started))?;
@@ -276,6 +284,17 @@ impl Cmd {
     /// Runs the command, capturing its output; fails unless it exits 0.
     pub fn run(&self) -> Result<Captured, Error> {
         let out = self.run_unchecked()?;
+        if out.status.success() {
+            Ok(out)
+        } else {
+            Err(self.failed(out.status, &out.stderr_str()))
+        }
+    }
+
+    /// Runs the command with its standard output going to `stdout` (a file, say), capturing
+    /// stderr; fails unless it exits 0.
+    pub fn run_to(&self, stdout: Stdio) -> Result<Captured, Error> {
+        let out = self.spawn(stdout, Stdio::piped())?.wait_with_output()?;
         if out.status.success() {
             Ok(out)
         } else {
@@ -357,6 +376,17 @@ impl Running {
         }
     }
 
+    /// Leaves it running on its own (a helper that outlives this handle): logs that it was
+    /// started and forgets it.
+    pub fn detach(mut self) {
+        self.logged = true;
+        emit(&log_line(
+            &self.line,
+            self.started.elapsed(),
+            &Outcome::Detached(self.child.id()),
+        ));
+    }
+
     /// Whether it has ended, without blocking.
     pub fn try_wait(&mut self) -> Result<Option<ExitStatus>, Error> {
         let st = self
@@ -424,6 +454,8 @@ pub enum Outcome<'a> {
     NotStarted(&'a str),
     /// It was dropped without being waited for.
     Abandoned,
+    /// It was left running in the background, with this process id.
+    Detached(u32),
 }
 
 fn emit(line: &str) {
@@ -442,6 +474,7 @@ pub fn log_line(command_line: &str, duration: Duration, outcome: &Outcome<'_>) -
         },
         Outcome::NotStarted(why) => format!("not started ({why})"),
         Outcome::Abandoned => "not waited for".to_string(),
+        Outcome::Detached(pid) => format!("running in the background as pid {pid}"),
     };
     format!(
         "cmd: {how}, {:.3} s: {command_line}",

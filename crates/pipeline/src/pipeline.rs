@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use kiln_element::Phase;
+use kiln_host::Cmd;
 use kiln_output::OutputType;
 use serde_json::json;
 
@@ -350,21 +351,21 @@ pub fn prepare(plan: &BuildPlan, build_dir: &Path, image_dir: &Path) -> Result<P
     // Learn what environment.d says, the way dib-run-parts sources it.
     let marker = hooks.join(".kiln");
     fs::create_dir_all(&marker).map_err(io(&marker))?;
-    let out = std::process::Command::new("bash")
+    let out = Cmd::new("bash")
         .arg(hooks.join("dib-run-parts"))
         .arg("--print-env")
         .arg(&marker)
         .env_clear()
         .envs(&env)
-        .output()
-        .map_err(io(&hooks))?;
+        .run_unchecked()
+        .map_err(|e| Error::Step {
+            step: "environment.d".into(),
+            message: e.to_string(),
+        })?;
     if !out.status.success() {
         return Err(Error::Step {
             step: "environment.d".into(),
-            message: format!(
-                "sourcing environment.d failed:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            ),
+            message: format!("sourcing environment.d failed:\n{}", out.stderr_str()),
         });
     }
     let evaluated = env::parse_env0(&out.stdout);
@@ -720,11 +721,11 @@ impl Ctx<'_> {
         }
         let name_d = PathBuf::from(format!("{}.d", self.plan.image_name.display()));
         if entry.join("name.d").is_dir() {
-            let _ = std::process::Command::new("cp")
+            let _ = Cmd::new("cp")
                 .arg("-a")
                 .arg(entry.join("name.d/."))
                 .arg(&name_d)
-                .status();
+                .run();
         }
         Ok(outs)
     }
@@ -956,12 +957,12 @@ impl Ctx<'_> {
         let target = etc.join("resolv.conf");
         let orig = etc.join("resolv.conf.ORIG");
         let is_link = fs::symlink_metadata(&target).is_ok_and(|m| m.file_type().is_symlink());
-        let immutable = std::process::Command::new("lsattr")
+        let immutable = Cmd::new("lsattr")
             .arg("-d")
             .arg(&target)
-            .output()
+            .run_unchecked()
             .is_ok_and(|o| {
-                String::from_utf8_lossy(&o.stdout)
+                o.stdout_str()
                     .split_whitespace()
                     .next()
                     .is_some_and(|a| a.contains('i'))
@@ -1119,19 +1120,18 @@ impl Ctx<'_> {
         self.console.say(&format!(
             "break point {point}: running `{cmd}`; exit it to continue"
         ));
-        let mut c = match place {
+        let c = match place {
             Some(Place::Chroot(root)) if !outside => {
-                let mut c = std::process::Command::new("chroot");
-                c.arg(root).arg("bash").arg("-c").arg(&cmd);
-                c
+                Cmd::new("chroot").arg(root).arg("bash").arg("-c").arg(&cmd)
             }
-            _ => {
-                let mut c = std::process::Command::new("bash");
-                c.arg("-c").arg(&cmd);
-                c
-            }
+            _ => Cmd::new("bash").arg("-c").arg(&cmd),
         };
-        let _ = c.env_clear().envs(&self.env).status();
+        // Interactive: the shell has the terminal; how it exits does not matter.
+        let _ = c
+            .env_clear()
+            .envs(&self.env)
+            .stdin(kiln_host::Stdin::Inherit)
+            .status();
     }
 
     fn timing(&mut self, step: &str, t: Instant, hooks: Vec<runner::HookTiming>) {
@@ -1150,12 +1150,15 @@ fn write_exec(path: &Path, text: &str) -> Result<(), Error> {
 }
 
 fn du_kib(dir: &Path) -> Result<u64, Error> {
-    let out = std::process::Command::new("du")
+    let out = Cmd::new("du")
         .args(["-s", "-k", "-x"])
         .arg(dir)
-        .output()
-        .map_err(io(dir))?;
-    String::from_utf8_lossy(&out.stdout)
+        .run_unchecked()
+        .map_err(|e| Error::Step {
+            step: "size".into(),
+            message: e.to_string(),
+        })?;
+    out.stdout_str()
         .split_whitespace()
         .next()
         .and_then(|v| v.parse().ok())
@@ -1167,22 +1170,18 @@ fn du_kib(dir: &Path) -> Result<u64, Error> {
 
 /// Copies a tree with everything kept (owners, modes, hardlinks, xattrs, ACLs, device nodes).
 fn copy_tree(from: &Path, to: &Path) -> Result<(), Error> {
-    let st = std::process::Command::new("cp")
+    Cmd::new("cp")
         .arg("-a")
         .arg("--preserve=all")
         .arg("--no-target-directory")
         .arg(from)
         .arg(to)
-        .status()
-        .map_err(io(from))?;
-    if st.success() {
-        Ok(())
-    } else {
-        Err(Error::Step {
+        .run()
+        .map(|_| ())
+        .map_err(|e| Error::Step {
             step: "copy-into-image".into(),
-            message: format!("cp -a {} {} exited with {st}", from.display(), to.display()),
+            message: e.to_string(),
         })
-    }
 }
 
 fn truncate_logs(dir: &Path) {
@@ -1201,13 +1200,10 @@ fn truncate_logs(dir: &Path) {
 }
 
 fn timestamp() -> String {
-    let out = std::process::Command::new("date")
+    Cmd::new("date")
         .arg("+%Y.%m.%d-%H.%M.%S")
-        .output();
-    out.map_or_else(
-        |_| "old".into(),
-        |o| String::from_utf8_lossy(&o.stdout).trim().to_string(),
-    )
+        .run()
+        .map_or_else(|_| "old".into(), |o| o.stdout_str().trim().to_string())
 }
 
 /// Per step, whether the phase cache holds it, and if not, why not (`kiln plan --explain-cache`).
