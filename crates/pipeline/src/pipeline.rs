@@ -1315,3 +1315,102 @@ fn input_changes(old: &cache::Inputs, new: &cache::Inputs) -> Vec<String> {
     }
     v
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::BuildRequest;
+
+    fn tools(elements: &[&str], types: &[&str], no_cache: bool, cache: &Path) -> Vec<String> {
+        let req = BuildRequest {
+            elements: elements.iter().map(|e| (*e).to_string()).collect(),
+            arch: Some("amd64".into()),
+            image_name: PathBuf::from("image"),
+            types: types.iter().map(|t| (*t).to_string()).collect(),
+            image_cache: Some(cache.to_path_buf()),
+            no_cache,
+            ..BuildRequest::default()
+        };
+        let plan = BuildPlan::new(&req).unwrap();
+        let mut v: Vec<String> = required_tools(&plan)
+            .unwrap()
+            .into_iter()
+            .map(|n| {
+                std::iter::once(n.tool)
+                    .chain(n.or)
+                    .collect::<Vec<_>>()
+                    .join("|")
+            })
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    #[test]
+    fn tools_of_an_efi_disk_build() {
+        let cache = tempfile::tempdir().unwrap();
+        let mut t = tools(
+            &["debian-minimal", "block-device-efi"],
+            &["vmdk", "raw"],
+            false,
+            cache.path(),
+        );
+        // Only where the kernel cannot mount vfat does the build fill it with mtools.
+        t.retain(|x| x != "mcopy");
+        assert_eq!(
+            t,
+            [
+                "bash",
+                "chroot",
+                "cp",
+                "date",
+                "du",
+                "env",
+                "fstrim",
+                "losetup",
+                "lsattr",
+                "mkdir",
+                "mkfs",
+                "mkfs.ext4",
+                "mkfs.vfat",
+                "mmdebstrap|debootstrap",
+                "mount",
+                "partx",
+                "qemu-img",
+                "rm",
+                "sgdisk",
+                "sync",
+                "tar",
+                "umount",
+                "zstd"
+            ]
+        );
+    }
+
+    #[test]
+    fn tools_of_a_tar_build_without_the_cache() {
+        let cache = tempfile::tempdir().unwrap();
+        let t = tools(
+            &["debian-minimal"],
+            &["tar", "squashfs"],
+            true,
+            cache.path(),
+        );
+        assert_eq!(
+            t,
+            [
+                "bash",
+                "chroot",
+                "cp",
+                "date",
+                "du",
+                "env",
+                "mksquashfs",
+                "mmdebstrap|debootstrap",
+                "rm",
+                "tar"
+            ]
+        );
+    }
+}

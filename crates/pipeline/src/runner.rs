@@ -331,3 +331,72 @@ pub fn has_content(path: &Path) -> bool {
             .any(|e| !matches!(e.file_name().to_str(), Some("lost+found" | "tmp")))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str) -> Vec<String> {
+        vec!["bash".into(), "-c".into(), script.into()]
+    }
+
+    fn env() -> BTreeMap<String, String> {
+        BTreeMap::from([("PATH".to_string(), "/usr/bin:/bin".to_string())])
+    }
+
+    #[test]
+    fn a_phase_streams_to_the_log_and_reports_its_hooks() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("build.log");
+        let console = Console::new(Some(File::create(&log).unwrap()), 0, true);
+        let elements = BTreeMap::from([("10-a".to_string(), "el".to_string())]);
+        let done = run(
+            &console,
+            "root",
+            &Place::Host,
+            &sh(
+                "echo kiln-run-parts: start 10-a >&2; echo hello; echo IMAGE_X=1; \
+                 echo 'kiln-run-parts: done 10-a 0 0.5' >&2; sleep 30 & exit 0",
+            ),
+            &env(),
+            &elements,
+            Some("IMAGE_X="),
+        )
+        .unwrap();
+        assert_eq!(done.captured, ["IMAGE_X=1"]);
+        assert_eq!(done.hooks.len(), 1);
+        assert_eq!(done.hooks[0].element, "el");
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(text.contains("[root] hello\n"), "{text}");
+    }
+
+    #[test]
+    fn a_failed_phase_names_its_hook_and_tail() {
+        let console = Console::new(None, 0, true);
+        let elements = BTreeMap::from([("20-b".to_string(), "el".to_string())]);
+        let err = run(
+            &console,
+            "install",
+            &Place::Host,
+            &sh("echo kiln-run-parts: start 20-b >&2; echo boom; exit 3"),
+            &env(),
+            &elements,
+            None,
+        )
+        .err()
+        .expect("the phase fails");
+        match err {
+            Error::HookFailed {
+                hook,
+                element,
+                status,
+                tail,
+                ..
+            } => {
+                assert_eq!((hook.as_str(), element.as_str(), status), ("20-b", "el", 3));
+                assert_eq!(tail, ["boom"]);
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+}
