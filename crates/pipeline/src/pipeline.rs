@@ -145,11 +145,19 @@ pub fn preflight(plan: &BuildPlan) -> Result<(), Error> {
     let needs = required_tools(plan)?;
     let path = std::env::var_os("PATH").unwrap_or_default();
     let missing = kiln_host::tools::missing(&needs, &path);
-    if !missing.is_empty() {
-        return Err(Error::Usage(kiln_host::tools::missing_message(&missing)));
+    // A foreign architecture's qemu-user interpreter is checked in binfmt_misc (where the kernel
+    // finds it), not on PATH; what is missing there joins the same message.
+    match (
+        missing.is_empty(),
+        kiln_sandbox::check_foreign_arch(&plan.arch),
+    ) {
+        (true, result) => Ok(result?),
+        (false, Ok(())) => Err(Error::Usage(kiln_host::tools::missing_message(&missing))),
+        (false, Err(binfmt)) => Err(Error::Usage(format!(
+            "{}\nand: {binfmt}",
+            kiln_host::tools::missing_message(&missing)
+        ))),
     }
-    kiln_sandbox::check_foreign_arch(&plan.arch)?;
-    Ok(())
 }
 
 /// The block-device plan of the layout, with placeholder directories (validates the layout).
