@@ -632,6 +632,63 @@ mod tests {
     }
 
     #[test]
+    fn stdin_from_a_file_and_stdout_to_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("in");
+        let output = dir.path().join("out");
+        std::fs::write(&input, "abc\n").unwrap();
+        let out_file = std::fs::File::create(&output).unwrap();
+        Cmd::new("tr")
+            .args(["a-z", "A-Z"])
+            .stdin(Stdin::File(input))
+            .run_to(out_file.into())
+            .unwrap();
+        assert_eq!(std::fs::read_to_string(&output).unwrap(), "ABC\n");
+        let missing = Cmd::new("cat")
+            .stdin(Stdin::File(dir.path().join("nope")))
+            .run();
+        assert!(matches!(missing, Err(Error::Io { .. })));
+    }
+
+    #[test]
+    fn a_process_group_of_its_own() {
+        // Field 5 of /proc/PID/stat is the process group; the shell is its leader.
+        let out = Cmd::new("sh")
+            .args(["-c", "echo $$; cut -d' ' -f5 /proc/$$/stat"])
+            .process_group()
+            .run()
+            .unwrap()
+            .stdout_str();
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 2, "{out}");
+        assert_eq!(lines[0], lines[1]);
+        let out = Cmd::new("sh")
+            .args(["-c", "echo $$; cut -d' ' -f5 /proc/$$/stat"])
+            .run()
+            .unwrap()
+            .stdout_str();
+        let lines: Vec<&str> = out.lines().collect();
+        assert_ne!(lines[0], lines[1]);
+    }
+
+    #[test]
+    fn a_pipe_for_the_caller_and_detach() {
+        let mut r = Cmd::new("cat")
+            .stdin(Stdin::Pipe)
+            .spawn(Stdio::piped(), Stdio::null())
+            .unwrap();
+        let mut sink = r.child_mut().stdin.take().unwrap();
+        sink.write_all(b"through").unwrap();
+        drop(sink);
+        let out = r.wait_with_output().unwrap();
+        assert_eq!(out.stdout, b"through");
+        let r = Cmd::new("true")
+            .spawn(Stdio::null(), Stdio::null())
+            .unwrap();
+        r.detach();
+    }
+
+    #[test]
     fn process_group_and_status() {
         let mut r = Cmd::new("sh")
             .args(["-c", "exit 0"])
