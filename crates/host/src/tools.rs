@@ -137,6 +137,11 @@ pub fn on_path(tool: &str, path: &OsString) -> bool {
     std::env::split_paths(path).any(|dir| is_executable(&dir.join(tool)))
 }
 
+/// Whether `tool` is on this process's `PATH`.
+pub fn installed(tool: &str) -> bool {
+    on_path(tool, &std::env::var_os("PATH").unwrap_or_default())
+}
+
 fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)

@@ -131,7 +131,11 @@ pub fn write_tar(root: &Path, dest: &Path, source_date_epoch: Option<u64>) -> Re
 /// Gzips `tar` into `dest` (pigz when installed, so every core is used).
 pub fn write_tgz(tar: &Path, dest: &Path) -> Result<()> {
     let tmp = pending_path(dest);
-    let gz = if which_exists("pigz") { "pigz" } else { "gzip" };
+    let gz = if kiln_host::tools::installed("pigz") {
+        "pigz"
+    } else {
+        "gzip"
+    };
     let output = fs::File::create(&tmp).map_err(|source| Error::Io {
         path: tmp.clone(),
         source,
@@ -212,11 +216,6 @@ pub fn write_raw(raw: &Path, dest: &Path) -> Result<()> {
         run(&Cmd::new("cp").arg("--sparse=always").arg(raw).arg(&tmp))?;
     }
     Ok(())
-}
-
-fn which_exists(tool: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
 }
 
 /// Which checksums to write, from `DIB_CHECKSUM` / `--checksum` (`1`, `md5`, `sha256`, lists).
