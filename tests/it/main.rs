@@ -6,4 +6,5 @@ mod cli;
 mod errors;
 mod lint;
 mod plan;
+mod preflight;
 mod support;

@@ -22,7 +22,7 @@ use crate::layout::TableLabel;
 use crate::mbr::{self, MbrPart};
 use crate::node::{is_fat, Node, NodeKind};
 use crate::plan::{losetup_argv, lv_device, lvcreate_argv, mkfs_argv, vgcreate_argv, Plan};
-use crate::runner::Runner;
+use kiln_host::Runner;
 
 /// How many times `umount` is retried (1 s apart) before a lazy unmount.
 const UMOUNT_RETRIES: u32 = 9;

@@ -8,7 +8,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use crate::runner::RunError;
+use kiln_host::Error as RunError;
 
 /// Where in a block-device config something is: its source and, when known, the line.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -25,20 +25,20 @@ mod layout;
 mod mbr;
 mod node;
 mod plan;
-mod runner;
 mod size;
-mod testing;
 mod yaml;
 
 pub use config::PLUGIN_NAMES;
 pub use create::{partition_device, Created, MountInfo};
 pub use error::{At, Error, TeardownError};
+/// The host seam, from kiln-host: blockdev drives every command through a [`Runner`].
+pub use kiln_host::{
+    host_can_mount, Error as RunError, Output, RecordingRunner, Runner, SystemRunner,
+};
 pub use layout::{Extent, TableLabel, TableLayout};
 pub use node::{Node, NodeKind};
 pub use plan::{plan, Params, Plan};
-pub use runner::{host_can_mount, Output, RunError, Runner, SystemRunner};
 pub use size::{image_size_kib, parse_size, parse_size_spec, SizeOpts, SizeSpec};
-pub use testing::RecordingRunner;
 
 /// The config DIB uses when neither `DIB_BLOCK_DEVICE_CONFIG` nor any element provides one: a
 /// bare root filesystem on the whole image, with no partition table.

@@ -9,33 +9,18 @@
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::Stdio;
+
+use kiln_host::{Cmd, Stdin};
 
 pub mod qcow2;
 
 /// Errors while writing outputs.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// An external tool failed.
-    #[error("`{argv}` failed ({status}): {stderr}")]
-    Tool {
-        /// The command line.
-        argv: String,
-        /// Its exit status.
-        status: String,
-        /// The end of its standard error.
-        stderr: String,
-    },
-    /// An external tool could not be started.
-    #[error("cannot run {tool}: {source} (install the package that provides it: {package})")]
-    Missing {
-        /// The tool.
-        tool: String,
-        /// The package that provides it on Debian.
-        package: &'static str,
-        /// The error.
-        source: io::Error,
-    },
+    /// An external tool failed, or is not installed (the error names its package).
+    #[error(transparent)]
+    Host(#[from] kiln_host::Error),
     /// An I/O error on a path.
     #[error("{path}: {source}")]
     Io {
@@ -109,25 +94,9 @@ pub struct DiskOptions {
     pub qcow2_level: Option<u32>,
 }
 
-fn run(cmd: &mut Command, package: &'static str) -> Result<()> {
-    let argv = format!("{cmd:?}").replace('"', "");
-    tracing::debug!("run {argv}");
-    let out = cmd.output().map_err(|source| Error::Missing {
-        tool: cmd.get_program().to_string_lossy().into_owned(),
-        package,
-        source,
-    })?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let tail: Vec<&str> = stderr.lines().rev().take(10).collect();
-        Err(Error::Tool {
-            argv,
-            status: out.status.to_string(),
-            stderr: tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
-        })
-    }
+fn run(cmd: &Cmd) -> Result<()> {
+    cmd.run()?;
+    Ok(())
 }
 
 /// Where an output is written before [`finish`] renames it into place (`NAME.ext-new`).
@@ -141,8 +110,8 @@ pub fn pending_path(dest: &Path) -> PathBuf {
 /// excluded, mtimes clamped to `SOURCE_DATE_EPOCH` when it is set).
 pub fn write_tar(root: &Path, dest: &Path, source_date_epoch: Option<u64>) -> Result<()> {
     let tmp = pending_path(dest);
-    let mut cmd = Command::new("tar");
-    cmd.arg("--numeric-owner")
+    let mut cmd = Cmd::new("tar")
+        .arg("--numeric-owner")
         .arg("--xattrs")
         .arg("--xattrs-include=*")
         .arg("--sort=name")
@@ -150,58 +119,72 @@ pub fn write_tar(root: &Path, dest: &Path, source_date_epoch: Option<u64>) -> Re
         .arg("--exclude=./sys/*")
         .arg("--exclude=./tmp/in_target.d");
     if let Some(e) = source_date_epoch {
-        cmd.arg(format!("--mtime=@{e}"))
+        cmd = cmd
+            .arg(format!("--mtime=@{e}"))
             .arg("--clamp-mtime")
             .arg("--pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime");
     }
-    cmd.arg("-C").arg(root).arg("-cf").arg(&tmp).arg(".");
-    run(&mut cmd, "tar")?;
+    run(&cmd.arg("-C").arg(root).arg("-cf").arg(&tmp).arg("."))?;
     Ok(())
 }
 
 /// Gzips `tar` into `dest` (pigz when installed, so every core is used).
 pub fn write_tgz(tar: &Path, dest: &Path) -> Result<()> {
     let tmp = pending_path(dest);
-    let gz = if which_exists("pigz") { "pigz" } else { "gzip" };
-    let input = fs::File::open(tar).map_err(|source| Error::Io {
-        path: tar.to_path_buf(),
-        source,
-    })?;
+    let gz = if kiln_host::tools::installed("pigz") {
+        "pigz"
+    } else {
+        "gzip"
+    };
     let output = fs::File::create(&tmp).map_err(|source| Error::Io {
         path: tmp.clone(),
         source,
     })?;
-    run(
-        Command::new(gz)
-            .args(["-9", "-n", "-c"])
-            .stdin(input)
-            .stdout(output),
-        "gzip",
-    )
+    Cmd::new(gz)
+        .args(["-9", "-n", "-c"])
+        .stdin(Stdin::File(tar.to_path_buf()))
+        .run_to(output.into())?;
+    Ok(())
 }
 
 /// Writes a squashfs of `root` to `dest` (xz, as DIB does).
 pub fn write_squashfs(root: &Path, dest: &Path) -> Result<()> {
     let tmp = pending_path(dest);
-    run(
-        Command::new("mksquashfs")
-            .arg(root)
-            .arg(&tmp)
-            .args(["-comp", "xz", "-noappend", "-no-recovery", "-quiet"])
-            .args(["-wildcards", "-e", "proc/*", "-e", "sys/*"]),
-        "squashfs-tools",
-    )
+    run(&Cmd::new("mksquashfs")
+        .arg(root)
+        .arg(&tmp)
+        .args(["-comp", "xz", "-noappend", "-no-recovery", "-quiet"])
+        .args(["-wildcards", "-e", "proc/*", "-e", "sys/*"]))
+}
+
+/// The host tools writing output `ty` runs (for the pipeline's preflight).
+pub fn tools_for(ty: &OutputType, opts: &DiskOptions) -> Vec<&'static str> {
+    match ty {
+        OutputType::Tar => vec!["tar"],
+        OutputType::Tgz => vec!["tar", "gzip"],
+        OutputType::Squashfs => vec!["mksquashfs"],
+        OutputType::Raw => vec!["cp"],
+        OutputType::Disk(f) if f == "qcow2" && native_qcow2(opts).is_some() => vec![],
+        OutputType::Disk(_) => vec!["qemu-img"],
+    }
+}
+
+/// kiln's own qcow2 writer's options, when it (rather than qemu-img) writes a compressed qcow2.
+fn native_qcow2(opts: &DiskOptions) -> Option<qcow2::Options> {
+    if !opts.compress {
+        return None;
+    }
+    opts.qcow2_level.and_then(|level| {
+        qcow2::Options::from_qemu_img_options(opts.qemu_img_options.as_deref(), level)
+    })
 }
 
 /// Converts the raw image to a disk format: compressed qcow2 with kiln's own parallel writer
 /// (unless options it does not implement are asked for), everything else with qemu-img.
 pub fn write_disk(raw: &Path, format: &str, dest: &Path, opts: &DiskOptions) -> Result<()> {
     let tmp = pending_path(dest);
-    if format == "qcow2" && opts.compress {
-        let native = opts.qcow2_level.and_then(|level| {
-            qcow2::Options::from_qemu_img_options(opts.qemu_img_options.as_deref(), level)
-        });
-        if let Some(o) = native {
+    if format == "qcow2" {
+        if let Some(o) = native_qcow2(opts) {
             let stats = qcow2::write(raw, &tmp, &o)?;
             tracing::debug!(
                 "qcow2: {} data clusters, {} stored uncompressed, {} bytes",
@@ -213,18 +196,16 @@ pub fn write_disk(raw: &Path, format: &str, dest: &Path, opts: &DiskOptions) -> 
         }
     }
     let out_fmt = if format == "vhd" { "vpc" } else { format };
-    let mut cmd = Command::new("qemu-img");
-    cmd.arg("convert");
+    let mut cmd = Cmd::new("qemu-img").arg("convert");
     if format == "qcow2" && opts.compress {
-        cmd.arg("-c");
+        cmd = cmd.arg("-c");
     }
     // Parallel coroutines with out-of-order writes let qcow2 compression use every core.
-    cmd.args(["-m", "16", "-W", "-f", "raw", "-O", out_fmt]);
+    cmd = cmd.args(["-m", "16", "-W", "-f", "raw", "-O", out_fmt]);
     if let Some(o) = opts.qemu_img_options.as_deref().filter(|o| !o.is_empty()) {
-        cmd.arg("-o").arg(o);
+        cmd = cmd.arg("-o").arg(o);
     }
-    cmd.arg(raw).arg(&tmp);
-    run(&mut cmd, "qemu-utils")
+    run(&cmd.arg(raw).arg(&tmp))
 }
 
 /// Moves the raw image into place as the `raw` output (destructive, so done last).
@@ -232,17 +213,9 @@ pub fn write_raw(raw: &Path, dest: &Path) -> Result<()> {
     let tmp = pending_path(dest);
     if fs::rename(raw, &tmp).is_err() {
         // Across filesystems (tmpfs to disk): copy sparsely.
-        run(
-            Command::new("cp").arg("--sparse=always").arg(raw).arg(&tmp),
-            "coreutils",
-        )?;
+        run(&Cmd::new("cp").arg("--sparse=always").arg(raw).arg(&tmp))?;
     }
     Ok(())
-}
-
-fn which_exists(tool: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
 }
 
 /// Which checksums to write, from `DIB_CHECKSUM` / `--checksum` (`1`, `md5`, `sha256`, lists).
@@ -317,29 +290,14 @@ pub fn finish(dest: &Path, overwrite: bool, sums: Checksums, stamp: &str) -> Res
             path: out_path.clone(),
             source,
         })?;
-        let child = Command::new(tool)
-            .arg(file)
-            .current_dir(dir)
-            .stdout(out)
-            .spawn()
-            .map_err(|source| Error::Missing {
-                tool: tool.to_string(),
-                package: "coreutils",
-                source,
-            })?;
-        jobs.push((tool, child));
+        let cmd = Cmd::new(tool).arg(file).current_dir(dir);
+        let child = cmd.spawn(out.into(), Stdio::piped())?;
+        jobs.push((cmd, child));
     }
-    for (tool, mut child) in jobs {
-        let status = child.wait().map_err(|source| Error::Io {
-            path: dest.to_path_buf(),
-            source,
-        })?;
-        if !status.success() {
-            return Err(Error::Tool {
-                argv: format!("{tool} {}", dest.display()),
-                status: status.to_string(),
-                stderr: String::new(),
-            });
+    for (cmd, child) in jobs {
+        let done = child.wait_with_output()?;
+        if !done.status.success() {
+            return Err(cmd.failed(done.status, &done.stderr_str()).into());
         }
     }
     Ok(())
@@ -431,8 +389,8 @@ mod tests {
         let dest = d.path().join("t.tar");
         write_tar(&root, &dest, Some(0)).unwrap();
         finish(&dest, true, Checksums::default(), "x").unwrap();
-        let list = Command::new("tar").arg("-tf").arg(&dest).output().unwrap();
-        let list = String::from_utf8_lossy(&list.stdout);
+        let list = Cmd::new("tar").arg("-tf").arg(&dest).run().unwrap();
+        let list = list.stdout_str();
         assert!(list.contains("./hello"));
         assert!(!list.contains("proc/1/x"));
     }

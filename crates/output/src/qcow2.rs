@@ -495,10 +495,10 @@ mod tests {
             .collect()
     }
 
-    fn qemu_img(args: &[&str]) -> Option<std::process::Output> {
-        std::process::Command::new("qemu-img")
+    fn qemu_img(args: &[&str]) -> Option<kiln_host::Captured> {
+        kiln_host::Cmd::new("qemu-img")
             .args(args)
-            .output()
+            .run_unchecked()
             .ok()
     }
 
@@ -585,12 +585,9 @@ mod tests {
                 String::from_utf8_lossy(&cmp.stdout),
                 String::from_utf8_lossy(&cmp.stderr)
             );
-            let info = qemu_img(&["info", "--output=json", q]).unwrap();
-            let info = String::from_utf8_lossy(&info.stdout);
-            assert!(
-                info.contains(&format!("\"virtual-size\": {}", (24u64 << 20) + 4608)),
-                "{info}"
-            );
+            let info = kiln_host::json::qemu_img_info(Path::new(q)).unwrap();
+            assert_eq!(info.format, "qcow2", "{name}");
+            assert_eq!(info.virtual_size, (24u64 << 20) + 4608, "{name}");
         }
         // The same input gives the same bytes.
         let a = d.path().join("a.qcow2");

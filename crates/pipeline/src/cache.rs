@@ -19,12 +19,12 @@
 //!
 //! Outputs are cached too: an identical request copies its cached outputs.
 
+use kiln_host::Cmd;
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write as _;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -144,13 +144,15 @@ pub fn visible_to(
 pub fn release_digest(mirror: &str, release: &str) -> Option<String> {
     for file in ["InRelease", "Release"] {
         let url = format!("{}/dists/{release}/{file}", mirror.trim_end_matches('/'));
-        let out = Command::new("curl")
+        // A mirror that cannot answer means "unknown", not an error.
+        if let Ok(out) = Cmd::new("curl")
             .args(["-fsSL", "--max-time", "20"])
             .arg(&url)
-            .output()
-            .ok()?;
-        if out.status.success() && !out.stdout.is_empty() {
-            return Some(hex::encode(Sha256::digest(&out.stdout)));
+            .run()
+        {
+            if !out.stdout.is_empty() {
+                return Some(hex::encode(Sha256::digest(&out.stdout)));
+            }
         }
     }
     None
@@ -282,19 +284,11 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn run_tool(cmd: &mut Command, what: &str) -> Result<(), Error> {
-    let out = cmd.output().map_err(|source| Error::Io {
-        path: PathBuf::from(what),
-        source,
-    })?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(Error::Step {
-            step: what.to_string(),
-            message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        })
-    }
+fn run_tool(cmd: &Cmd, what: &str) -> Result<(), Error> {
+    cmd.run().map(|_| ()).map_err(|e| Error::Step {
+        step: what.to_string(),
+        message: e.to_string(),
+    })
 }
 
 impl PhaseCache {
@@ -411,7 +405,7 @@ fn write_delta(dir: &Path, name: &str, delta: &Delta<'_>) -> Result<(), Error> {
     }
     drop(f);
     run_tool(
-        Command::new("tar")
+        &Cmd::new("tar")
             .arg("--create")
             .arg("--file")
             .arg(dir.join(format!("{name}.tar.zst")))
@@ -458,17 +452,17 @@ fn apply_delta(dir: &Path, name: &str, root: &Path) -> Result<(), Error> {
     }
     // Layers are zstd-compressed tars; a plain tar (an older cache) still restores.
     let zst = dir.join(format!("{name}.tar.zst"));
-    let mut tar = Command::new("tar");
-    tar.arg("--extract");
+    let mut tar = Cmd::new("tar").arg("--extract");
     if zst.exists() {
-        tar.arg("--file")
+        tar = tar
+            .arg("--file")
             .arg(&zst)
             .arg("--use-compress-program=zstd -d");
     } else {
-        tar.arg("--file").arg(dir.join(format!("{name}.tar")));
+        tar = tar.arg("--file").arg(dir.join(format!("{name}.tar")));
     }
     run_tool(
-        tar.args([
+        &tar.args([
             "--numeric-owner",
             "--same-permissions",
             "--same-owner",
@@ -537,7 +531,7 @@ impl OutputCache {
         }
         if name_d.is_dir() {
             run_tool(
-                Command::new("cp")
+                &Cmd::new("cp")
                     .arg("-a")
                     .arg(name_d)
                     .arg(tmp.path().join("name.d")),
@@ -691,7 +685,7 @@ pub fn copy_file(from: &Path, to: &Path) -> Result<(), Error> {
         fs::create_dir_all(parent).map_err(io(parent))?;
     }
     run_tool(
-        Command::new("cp")
+        &Cmd::new("cp")
             .args(["--reflink=auto", "--sparse=always", "-p"])
             .arg(from)
             .arg(to),

@@ -174,12 +174,10 @@ fn find_python(elements_path: &[std::path::PathBuf]) -> String {
     }
     candidates.push("/usr/bin/python3".into());
     for p in candidates.iter().filter(|p| p.is_file()) {
-        let ok = std::process::Command::new(p)
+        let ok = kiln_host::Cmd::new(p)
             .args(["-c", "import diskimage_builder, yaml"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
+            .run()
+            .is_ok();
         if ok {
             return p.display().to_string();
         }

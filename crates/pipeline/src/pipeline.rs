@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use kiln_element::Phase;
+use kiln_host::Cmd;
 use kiln_output::OutputType;
 use serde_json::json;
 
@@ -125,43 +126,12 @@ pub fn run(plan: &BuildPlan, console: &Console) -> Result<BuildReport, Error> {
     Ok(report)
 }
 
-fn preflight(plan: &BuildPlan) -> Result<(), Error> {
-    kiln_sandbox::check_foreign_arch(&plan.arch)?;
-    let mut needed: Vec<(&str, &str)> = vec![("chroot", "coreutils"), ("tar", "tar")];
+/// Checks, before anything runs, that the host can build this plan: every tool it will use is
+/// installed (one message lists all that are missing, exit 2), the block-device layout is valid,
+/// device-mapper is there for LVM, and a foreign architecture has its binfmt interpreter.
+pub fn preflight(plan: &BuildPlan) -> Result<(), Error> {
     if plan.needs_disk() {
-        needed.push(("losetup", "mount"));
-        needed.push(("partx", "util-linux"));
-        if plan
-            .outputs
-            .iter()
-            .any(|t| matches!(t, OutputType::Disk(_)))
-        {
-            needed.push(("qemu-img", "qemu-utils"));
-        }
-    }
-    if plan.outputs.contains(&OutputType::Squashfs) {
-        needed.push(("mksquashfs", "squashfs-tools"));
-    }
-    for (tool, pkg) in needed {
-        if which::which(tool).is_err() {
-            return Err(Error::Usage(format!(
-                "`{tool}` is not installed: install the `{pkg}` package (apt-get install {pkg})"
-            )));
-        }
-    }
-    if plan.needs_disk() {
-        // Validate the layout before anything is built.
-        let params = blockdev_params(
-            plan,
-            Path::new("/nonexistent"),
-            Path::new("/nonexistent"),
-            None,
-        );
-        let bp = kiln_blockdev::plan(
-            &plan.block_device.1,
-            &plan.block_device.0.describe(),
-            &params,
-        )?;
+        let bp = layout_plan(plan)?;
         // LVM on a kernel without device-mapper: say so now, not after the phases ran.
         if bp.uses_lvm()
             && !kiln_blockdev::Runner::has_device_mapper(&mut kiln_blockdev::SystemRunner)
@@ -174,7 +144,99 @@ fn preflight(plan: &BuildPlan) -> Result<(), Error> {
             )));
         }
     }
-    Ok(())
+    // Installing packages does not give the kernel device-mapper, so that is said first.
+    let needs = required_tools(plan)?;
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let missing = kiln_host::tools::missing(&needs, &path);
+    // A foreign architecture's qemu-user interpreter is checked in binfmt_misc (where the kernel
+    // finds it), not on PATH; what is missing there joins the same message.
+    match (
+        missing.is_empty(),
+        kiln_sandbox::check_foreign_arch(&plan.arch),
+    ) {
+        (true, result) => Ok(result?),
+        (false, Ok(())) => Err(Error::Usage(kiln_host::tools::missing_message(&missing))),
+        (false, Err(binfmt)) => Err(Error::Usage(format!(
+            "{}\nand: {binfmt}",
+            kiln_host::tools::missing_message(&missing)
+        ))),
+    }
+}
+
+/// The block-device plan of the layout, with placeholder directories (validates the layout).
+fn layout_plan(plan: &BuildPlan) -> Result<kiln_blockdev::Plan, Error> {
+    let params = blockdev_params(
+        plan,
+        Path::new("/nonexistent"),
+        Path::new("/nonexistent"),
+        None,
+    );
+    Ok(kiln_blockdev::plan(
+        &plan.block_device.1,
+        &plan.block_device.0.describe(),
+        &params,
+    )?)
+}
+
+/// Every host tool the build of `plan` will run, and why: the engine's own (bash, chroot, cp,
+/// …), the bootstrap tool of the debootstrap element, zstd for the phase cache, the
+/// block-device layout's tools, and each output's.
+pub fn required_tools(plan: &BuildPlan) -> Result<Vec<kiln_host::tools::Need>, Error> {
+    use kiln_host::tools::Need;
+    let req = &plan.request;
+    let mut needs = vec![
+        Need::new("bash", "hooks"),
+        Need::new("chroot", "hooks"),
+        Need::new("env", "hooks"),
+        Need::new("cp", "copies"),
+        Need::new("rm", "cleanup"),
+        Need::new("du", "image size"),
+        Need::new("date", "timestamps"),
+    ];
+    if plan.set.elements.iter().any(|e| e.name == "debootstrap") {
+        let why = "the debootstrap element";
+        needs.push(match req.var("DIB_DEBOOTSTRAP_TOOL") {
+            Some(t) if !t.is_empty() => Need::new(t, why),
+            _ => Need::new("mmdebstrap", why).or("debootstrap"),
+        });
+    }
+    if !req.no_cache {
+        needs.push(Need::new("tar", "the phase cache"));
+        needs.push(Need::new("zstd", "the phase cache"));
+    }
+    if plan.needs_disk() {
+        let bp = layout_plan(plan)?;
+        let why = format!("the block-device layout {}", plan.block_device.0.describe());
+        for (tool, package) in bp.required_programs() {
+            let need = Need::new(&tool, &why);
+            needs.push(if package.is_empty() {
+                need
+            } else {
+                need.package(package)
+            });
+        }
+        if bp.required_programs().iter().any(|(t, _)| t == "mkfs.vfat")
+            && !kiln_host::host_can_mount("vfat")
+        {
+            needs.push(Need::new("mcopy", "filling vfat offline"));
+        }
+        needs.push(Need::new("lsattr", "the copy into the image"));
+    }
+    let disk_opts = kiln_output::DiskOptions {
+        compress: !req.uncompressed,
+        qemu_img_options: req
+            .qemu_img_options
+            .clone()
+            .or_else(|| req.var("QEMU_IMG_OPTIONS").map(String::from)),
+        qcow2_level: req.qcow2_level()?,
+    };
+    for ty in &plan.outputs {
+        let why = format!("the {} output", ty.extension());
+        for tool in kiln_output::tools_for(ty, &disk_opts) {
+            needs.push(Need::new(tool, &why));
+        }
+    }
+    Ok(needs)
 }
 
 fn blockdev_params(
@@ -315,21 +377,21 @@ pub fn prepare(plan: &BuildPlan, build_dir: &Path, image_dir: &Path) -> Result<P
     // Learn what environment.d says, the way dib-run-parts sources it.
     let marker = hooks.join(".kiln");
     fs::create_dir_all(&marker).map_err(io(&marker))?;
-    let out = std::process::Command::new("bash")
+    let out = Cmd::new("bash")
         .arg(hooks.join("dib-run-parts"))
         .arg("--print-env")
         .arg(&marker)
         .env_clear()
         .envs(&env)
-        .output()
-        .map_err(io(&hooks))?;
+        .run_unchecked()
+        .map_err(|e| Error::Step {
+            step: "environment.d".into(),
+            message: e.to_string(),
+        })?;
     if !out.status.success() {
         return Err(Error::Step {
             step: "environment.d".into(),
-            message: format!(
-                "sourcing environment.d failed:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            ),
+            message: format!("sourcing environment.d failed:\n{}", out.stderr_str()),
         });
     }
     let evaluated = env::parse_env0(&out.stdout);
@@ -700,11 +762,11 @@ impl Ctx<'_> {
         }
         let name_d = PathBuf::from(format!("{}.d", self.plan.image_name.display()));
         if entry.join("name.d").is_dir() {
-            let _ = std::process::Command::new("cp")
+            let _ = Cmd::new("cp")
                 .arg("-a")
                 .arg(entry.join("name.d/."))
                 .arg(&name_d)
-                .status();
+                .run();
         }
         Ok(outs)
     }
@@ -943,12 +1005,12 @@ impl Ctx<'_> {
         let target = etc.join("resolv.conf");
         let orig = etc.join("resolv.conf.ORIG");
         let is_link = fs::symlink_metadata(&target).is_ok_and(|m| m.file_type().is_symlink());
-        let immutable = std::process::Command::new("lsattr")
+        let immutable = Cmd::new("lsattr")
             .arg("-d")
             .arg(&target)
-            .output()
+            .run_unchecked()
             .is_ok_and(|o| {
-                String::from_utf8_lossy(&o.stdout)
+                o.stdout_str()
                     .split_whitespace()
                     .next()
                     .is_some_and(|a| a.contains('i'))
@@ -1103,19 +1165,18 @@ impl Ctx<'_> {
         self.console.say(&format!(
             "break point {point}: running `{cmd}`; exit it to continue"
         ));
-        let mut c = match place {
+        let c = match place {
             Some(Place::Chroot(root)) if !outside => {
-                let mut c = std::process::Command::new("chroot");
-                c.arg(root).arg("bash").arg("-c").arg(&cmd);
-                c
+                Cmd::new("chroot").arg(root).arg("bash").arg("-c").arg(&cmd)
             }
-            _ => {
-                let mut c = std::process::Command::new("bash");
-                c.arg("-c").arg(&cmd);
-                c
-            }
+            _ => Cmd::new("bash").arg("-c").arg(&cmd),
         };
-        let _ = c.env_clear().envs(&self.env).status();
+        // Interactive: the shell has the terminal; how it exits does not matter.
+        let _ = c
+            .env_clear()
+            .envs(&self.env)
+            .stdin(kiln_host::Stdin::Inherit)
+            .status();
     }
 
     fn timing(&mut self, step: &str, t: Instant, hooks: Vec<runner::HookTiming>) {
@@ -1134,12 +1195,15 @@ fn write_exec(path: &Path, text: &str) -> Result<(), Error> {
 }
 
 fn du_kib(dir: &Path) -> Result<u64, Error> {
-    let out = std::process::Command::new("du")
+    let out = Cmd::new("du")
         .args(["-s", "-k", "-x"])
         .arg(dir)
-        .output()
-        .map_err(io(dir))?;
-    String::from_utf8_lossy(&out.stdout)
+        .run_unchecked()
+        .map_err(|e| Error::Step {
+            step: "size".into(),
+            message: e.to_string(),
+        })?;
+    out.stdout_str()
         .split_whitespace()
         .next()
         .and_then(|v| v.parse().ok())
@@ -1151,22 +1215,18 @@ fn du_kib(dir: &Path) -> Result<u64, Error> {
 
 /// Copies a tree with everything kept (owners, modes, hardlinks, xattrs, ACLs, device nodes).
 fn copy_tree(from: &Path, to: &Path) -> Result<(), Error> {
-    let st = std::process::Command::new("cp")
+    Cmd::new("cp")
         .arg("-a")
         .arg("--preserve=all")
         .arg("--no-target-directory")
         .arg(from)
         .arg(to)
-        .status()
-        .map_err(io(from))?;
-    if st.success() {
-        Ok(())
-    } else {
-        Err(Error::Step {
+        .run()
+        .map(|_| ())
+        .map_err(|e| Error::Step {
             step: "copy-into-image".into(),
-            message: format!("cp -a {} {} exited with {st}", from.display(), to.display()),
+            message: e.to_string(),
         })
-    }
 }
 
 fn truncate_logs(dir: &Path) {
@@ -1185,13 +1245,10 @@ fn truncate_logs(dir: &Path) {
 }
 
 fn timestamp() -> String {
-    let out = std::process::Command::new("date")
+    Cmd::new("date")
         .arg("+%Y.%m.%d-%H.%M.%S")
-        .output();
-    out.map_or_else(
-        |_| "old".into(),
-        |o| String::from_utf8_lossy(&o.stdout).trim().to_string(),
-    )
+        .run()
+        .map_or_else(|_| "old".into(), |o| o.stdout_str().trim().to_string())
 }
 
 /// Per step, whether the phase cache holds it, and if not, why not (`kiln plan --explain-cache`).
@@ -1305,4 +1362,103 @@ fn input_changes(old: &cache::Inputs, new: &cache::Inputs) -> Vec<String> {
         }
     }
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::BuildRequest;
+
+    fn tools(elements: &[&str], types: &[&str], no_cache: bool, cache: &Path) -> Vec<String> {
+        let req = BuildRequest {
+            elements: elements.iter().map(|e| (*e).to_string()).collect(),
+            arch: Some("amd64".into()),
+            image_name: PathBuf::from("image"),
+            types: types.iter().map(|t| (*t).to_string()).collect(),
+            image_cache: Some(cache.to_path_buf()),
+            no_cache,
+            ..BuildRequest::default()
+        };
+        let plan = BuildPlan::new(&req).unwrap();
+        let mut v: Vec<String> = required_tools(&plan)
+            .unwrap()
+            .into_iter()
+            .map(|n| {
+                std::iter::once(n.tool)
+                    .chain(n.or)
+                    .collect::<Vec<_>>()
+                    .join("|")
+            })
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    #[test]
+    fn tools_of_an_efi_disk_build() {
+        let cache = tempfile::tempdir().unwrap();
+        let mut t = tools(
+            &["debian-minimal", "block-device-efi"],
+            &["vmdk", "raw"],
+            false,
+            cache.path(),
+        );
+        // Only where the kernel cannot mount vfat does the build fill it with mtools.
+        t.retain(|x| x != "mcopy");
+        assert_eq!(
+            t,
+            [
+                "bash",
+                "chroot",
+                "cp",
+                "date",
+                "du",
+                "env",
+                "fstrim",
+                "losetup",
+                "lsattr",
+                "mkdir",
+                "mkfs",
+                "mkfs.ext4",
+                "mkfs.vfat",
+                "mmdebstrap|debootstrap",
+                "mount",
+                "partx",
+                "qemu-img",
+                "rm",
+                "sgdisk",
+                "sync",
+                "tar",
+                "umount",
+                "zstd"
+            ]
+        );
+    }
+
+    #[test]
+    fn tools_of_a_tar_build_without_the_cache() {
+        let cache = tempfile::tempdir().unwrap();
+        let t = tools(
+            &["debian-minimal"],
+            &["tar", "squashfs"],
+            true,
+            cache.path(),
+        );
+        assert_eq!(
+            t,
+            [
+                "bash",
+                "chroot",
+                "cp",
+                "date",
+                "du",
+                "env",
+                "mksquashfs",
+                "mmdebstrap|debootstrap",
+                "rm",
+                "tar"
+            ]
+        );
+    }
 }

@@ -10,7 +10,8 @@ use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
 use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+
+use kiln_host::Cmd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -152,29 +153,22 @@ pub fn run(
     capture_prefix: Option<&str>,
 ) -> Result<Finished, Error> {
     check_interrupt()?;
-    let mut cmd = match place {
-        Place::Host => {
-            let mut c = Command::new(&argv[0]);
-            c.args(&argv[1..]);
-            c
-        }
-        Place::Chroot(root) => {
-            let mut c = Command::new("chroot");
-            c.arg(root)
-                .arg("/usr/bin/env")
-                .arg("-u")
-                .arg("TMPDIR")
-                .arg("-u")
-                .arg("VIRTUAL_ENV")
-                .arg("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-                .arg("HOME=/root")
-                .args(argv);
-            c.current_dir("/");
-            c
-        }
+    let cmd = match place {
+        Place::Host => Cmd::from_argv(argv),
+        Place::Chroot(root) => Cmd::new("chroot")
+            .arg(root)
+            .arg("/usr/bin/env")
+            .arg("-u")
+            .arg("TMPDIR")
+            .arg("-u")
+            .arg("VIRTUAL_ENV")
+            .arg("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            .arg("HOME=/root")
+            .args(argv)
+            .current_dir("/"),
     };
-    cmd.env_clear().envs(env).stdin(Stdio::null());
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    // Its own process group, so the whole phase can be signalled at once.
+    let cmd = cmd.env_clear().envs(env).process_group();
     let (rd, wr) = std::io::pipe().map_err(|source| Error::Io {
         path: PathBuf::from("pipe"),
         source,
@@ -183,13 +177,13 @@ pub fn run(
         path: PathBuf::from("pipe"),
         source,
     })?;
-    cmd.stdout(wr).stderr(wr2);
-    tracing::debug!("run [{phase}] {cmd:?}");
-    let mut child = cmd.spawn().map_err(|source| Error::Io {
-        path: PathBuf::from(&argv[0]),
-        source,
+    tracing::debug!("run [{phase}] {}", cmd.command_line());
+    let mut child = cmd.spawn(wr.into(), wr2.into()).map_err(|e| Error::Step {
+        step: phase.to_string(),
+        message: e.to_string(),
     })?;
-    drop(cmd);
+    // The write ends now live only in the child (and were moved into the spawn above), so the
+    // reader sees end-of-file when the phase and everything it started are gone.
     let pgid = i32::try_from(child.id()).unwrap_or(0);
 
     let log = Arc::clone(&console.log);
@@ -336,4 +330,73 @@ pub fn has_content(path: &Path) -> bool {
         rd.flatten()
             .any(|e| !matches!(e.file_name().to_str(), Some("lost+found" | "tmp")))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str) -> Vec<String> {
+        vec!["bash".into(), "-c".into(), script.into()]
+    }
+
+    fn env() -> BTreeMap<String, String> {
+        BTreeMap::from([("PATH".to_string(), "/usr/bin:/bin".to_string())])
+    }
+
+    #[test]
+    fn a_phase_streams_to_the_log_and_reports_its_hooks() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("build.log");
+        let console = Console::new(Some(File::create(&log).unwrap()), 0, true);
+        let elements = BTreeMap::from([("10-a".to_string(), "el".to_string())]);
+        let done = run(
+            &console,
+            "root",
+            &Place::Host,
+            &sh(
+                "echo kiln-run-parts: start 10-a >&2; echo hello; echo IMAGE_X=1; \
+                 echo 'kiln-run-parts: done 10-a 0 0.5' >&2; sleep 30 & exit 0",
+            ),
+            &env(),
+            &elements,
+            Some("IMAGE_X="),
+        )
+        .unwrap();
+        assert_eq!(done.captured, ["IMAGE_X=1"]);
+        assert_eq!(done.hooks.len(), 1);
+        assert_eq!(done.hooks[0].element, "el");
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(text.contains("[root] hello\n"), "{text}");
+    }
+
+    #[test]
+    fn a_failed_phase_names_its_hook_and_tail() {
+        let console = Console::new(None, 0, true);
+        let elements = BTreeMap::from([("20-b".to_string(), "el".to_string())]);
+        let err = run(
+            &console,
+            "install",
+            &Place::Host,
+            &sh("echo kiln-run-parts: start 20-b >&2; echo boom; exit 3"),
+            &env(),
+            &elements,
+            None,
+        )
+        .err()
+        .expect("the phase fails");
+        match err {
+            Error::HookFailed {
+                hook,
+                element,
+                status,
+                tail,
+                ..
+            } => {
+                assert_eq!((hook.as_str(), element.as_str(), status), ("20-b", "el", 3));
+                assert_eq!(tail, ["boom"]);
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
 }

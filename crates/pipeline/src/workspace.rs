@@ -135,16 +135,13 @@ fn remove_tree(dir: &Path) -> std::io::Result<()> {
     if !kiln_sandbox::mounts_under(dir).is_empty() {
         return Err(std::io::Error::other("still has mounts below it"));
     }
-    let st = std::process::Command::new("rm")
+    kiln_host::Cmd::new("rm")
         .arg("-rf")
         .arg("--one-file-system")
         .arg(dir)
-        .status()?;
-    if st.success() {
-        Ok(())
-    } else {
-        Err(std::io::Error::other(format!("rm -rf exited with {st}")))
-    }
+        .run()
+        .map(|_| ())
+        .map_err(std::io::Error::other)
 }
 
 impl Drop for Workspace {

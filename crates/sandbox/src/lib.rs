@@ -10,7 +10,6 @@
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{unshare, CloneFlags};
@@ -277,12 +276,13 @@ pub fn signal_group(pgid: i32, sig: Signal) {
 
 /// The machine's architecture in Debian's naming.
 pub fn host_arch() -> String {
-    if let Ok(out) = Command::new("dpkg").arg("--print-architecture").output() {
-        if out.status.success() {
-            let s = String::from_utf8_lossy(&out.stdout).trim().to_string();
-            if !s.is_empty() {
-                return s;
-            }
+    if let Ok(out) = kiln_host::Cmd::new("dpkg")
+        .arg("--print-architecture")
+        .run()
+    {
+        let s = out.stdout_str().trim().to_string();
+        if !s.is_empty() {
+            return s;
         }
     }
     debian_arch(std::env::consts::ARCH).to_string()

@@ -11,9 +11,10 @@
 
 use std::fs;
 use std::io::{BufRead, Write};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{ChildStdin, Command, Stdio};
+use std::process::{ChildStdin, Stdio};
+
+use kiln_host::{Cmd, Stdin};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -25,17 +26,17 @@ static PIPE: Mutex<Option<ChildStdin>> = Mutex::new(None);
 /// Starts the watchdog (`EXE ARGS...` must end up in [`serve`]). Call before the build enters
 /// its own mount namespace. Failing to start it is not fatal: the build runs unguarded.
 pub fn start(exe: &Path, args: &[&str]) {
-    let child = Command::new(exe)
+    let child = Cmd::new(exe)
         .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .process_group(0)
-        .spawn();
+        .stdin(Stdin::Pipe)
+        .process_group()
+        .spawn(Stdio::null(), Stdio::inherit());
     match child {
         Ok(mut c) => {
             if let Ok(mut p) = PIPE.lock() {
-                *p = c.stdin.take();
+                *p = c.child_mut().stdin.take();
             }
+            c.detach();
         }
         Err(e) => tracing::warn!("could not start the build watchdog: {e}"),
     }
@@ -179,11 +180,8 @@ pub fn clean_up(ns: Option<&str>, dirs: &[PathBuf], named_loops: &[String]) -> V
             break;
         }
         for dev in &loops {
-            let _ = Command::new("partx").args(["-d", dev]).output();
-            let ok = Command::new("losetup")
-                .args(["-d", dev])
-                .output()
-                .is_ok_and(|o| o.status.success());
+            let _ = Cmd::new("partx").args(["-d", dev]).run();
+            let ok = Cmd::new("losetup").args(["-d", dev]).run().is_ok();
             if ok {
                 report.push(format!("detached {dev}"));
             }
@@ -197,11 +195,11 @@ pub fn clean_up(ns: Option<&str>, dirs: &[PathBuf], named_loops: &[String]) -> V
             let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
         }
         if dir.exists() && crate::mounts_under(dir).is_empty() {
-            let ok = Command::new("rm")
+            let ok = Cmd::new("rm")
                 .args(["-rf", "--one-file-system"])
                 .arg(dir)
-                .status()
-                .is_ok_and(|s| s.success());
+                .run()
+                .is_ok();
             if ok {
                 report.push(format!("removed {}", dir.display()));
             }

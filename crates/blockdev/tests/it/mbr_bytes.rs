@@ -1,7 +1,5 @@
 //! The MBR kiln writes, checked byte by byte in a temp file (and by sfdisk when present).
 
-use std::process::Command;
-
 use kiln_blockdev::{NodeKind, RecordingRunner};
 
 use crate::fixtures::{planned, MIB};
@@ -131,35 +129,26 @@ fn mbr_with_primary_and_logical_partitions() {
         .all(|w| w.0.to_str() == Some("/dev/loop0") && w.2.len() == 512));
 
     // An independent reader agrees, when one is installed.
-    let Ok(out) = Command::new("sfdisk").arg("--json").arg(&file).output() else {
-        eprintln!("sfdisk not installed: skipping the cross-check");
-        return;
+    let sfdisk = match kiln_host::json::sfdisk(&file) {
+        Ok(t) => t,
+        Err(kiln_host::Error::NotFound { .. }) => {
+            eprintln!("sfdisk not installed: skipping the cross-check");
+            return;
+        }
+        Err(e) => panic!("{e}"),
     };
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let table = &j["partitiontable"];
-    assert_eq!(table["label"], "dos");
-    assert_eq!(table["id"], *disk_id);
-    let parts: Vec<(String, u64, u64, String)> = table["partitions"]
-        .as_array()
-        .unwrap()
+    let table = &sfdisk.partitiontable;
+    assert_eq!(table.label, "dos");
+    assert_eq!(table.id.as_deref(), Some(disk_id.as_str()));
+    let parts: Vec<(String, u64, u64, String)> = table
+        .partitions
         .iter()
         .map(|p| {
             (
-                p["node"]
-                    .as_str()
-                    .unwrap()
-                    .rsplit('/')
-                    .next()
-                    .unwrap()
-                    .to_owned(),
-                p["start"].as_u64().unwrap(),
-                p["size"].as_u64().unwrap(),
-                p["type"].as_str().unwrap().to_owned(),
+                p.node.rsplit('/').next().unwrap().to_owned(),
+                p.start,
+                p.size,
+                p.kind.clone(),
             )
         })
         .collect();

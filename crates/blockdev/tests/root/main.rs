@@ -132,8 +132,8 @@ fn real_mbr_image_with_ext4() {
     );
 
     // The file is in the ext4 filesystem of partition 1: look from a fresh loop device.
-    let table = sh(&format!("sfdisk --json {}", image.display()));
-    assert!(table.contains("\"start\": 2048"), "{table}");
+    let table = kiln_host::json::sfdisk(&image).unwrap();
+    assert_eq!(table.partitiontable.partitions[0].start, 2048, "{table:?}");
     let probe = sh(&format!("losetup --show -f -o {} {}", MIB, image.display()));
     let probe = probe.trim();
     let cat = Command::new("debugfs")
@@ -224,11 +224,11 @@ fn real_gpt_image_with_vfat_esp() {
     assert!(volume.contains("MKFS_ESP"), "{volume}");
 
     // The ESP's files are not also in the root filesystem's /boot/efi.
-    let root_start = sh(&format!("sfdisk --json {}", image.display()));
-    let j: serde_json::Value = serde_json::from_str(&root_start).unwrap();
-    let start = j["partitiontable"]["partitions"][1]["start"]
-        .as_u64()
-        .unwrap();
+    let start = kiln_host::json::sfdisk(&image)
+        .unwrap()
+        .partitiontable
+        .partitions[1]
+        .start;
     let probe = sh(&format!(
         "losetup --show -f -o {} {}",
         start * 512,

@@ -75,6 +75,11 @@ fn run_build(args: &BuildArgs, typed: Vec<String>) -> anyhow::Result<i32> {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(0);
     }
+    // What the build needs of the host is known before anything runs, and needs no root: a
+    // missing tool is reported (exit 2) before the root check, the namespace or any hook.
+    let req = args.request(typed);
+    let plan = BuildPlan::new(&req)?;
+    kiln_pipeline::pipeline::preflight(&plan)?;
     if !nix::unistd::geteuid().is_root() {
         return Err(UsageError(
             "kiln build needs root (loop devices, mounts, chroot): run it as root or with sudo"
@@ -88,17 +93,19 @@ fn run_build(args: &BuildArgs, typed: Vec<String>) -> anyhow::Result<i32> {
     if let Ok(exe) = std::env::current_exe() {
         kiln_sandbox::watchdog::start(&exe, &["__watchdog"]);
     }
-    let result = guarded_build(args, typed);
+    let result = guarded_build(args, &req, &plan);
     kiln_sandbox::watchdog::done();
     result
 }
 
-fn guarded_build(args: &BuildArgs, typed: Vec<String>) -> anyhow::Result<i32> {
+fn guarded_build(
+    args: &BuildArgs,
+    req: &kiln_pipeline::BuildRequest,
+    plan: &BuildPlan,
+) -> anyhow::Result<i32> {
     kiln_sandbox::unshare_mounts().context("setting up the build's mount namespace")?;
     kiln_sandbox::watchdog::note_namespace();
     kiln_pipeline::runner::install_signal_handlers()?;
-    let req = args.request(typed);
-    let plan = BuildPlan::new(&req)?;
     let out_dir = PathBuf::from(format!("{}.d", plan.image_name.display()));
     fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let log_path = args
@@ -107,6 +114,10 @@ fn guarded_build(args: &BuildArgs, typed: Vec<String>) -> anyhow::Result<i32> {
         .unwrap_or_else(|| out_dir.join("build.log"));
     let log =
         fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+    // Every external command also lands in the log, through the same file offset.
+    if let Ok(handle) = log.try_clone() {
+        crate::logging::set_build_log(handle);
+    }
     let quiet = req
         .var(kiln_pipeline::settings::DIB_QUIET.name)
         .is_some_and(|v| v == "1");
@@ -117,7 +128,7 @@ fn guarded_build(args: &BuildArgs, typed: Vec<String>) -> anyhow::Result<i32> {
         plan.image_name.display(),
         plan.set.image_element()
     ));
-    let report = kiln_pipeline::pipeline::run(&plan, &console)?;
+    let report = kiln_pipeline::pipeline::run(plan, &console)?;
     console.say(&format!(
         "Build completed successfully in {:.1} s: {}",
         report.seconds,

@@ -8,9 +8,8 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -202,23 +201,26 @@ impl ShellChecker {
         fs::create_dir(&cwd)?;
         let stderr_path = self.tmp.path().join(format!("run-{}.stderr", self.runs));
         let stderr = fs::File::create(&stderr_path)?;
-        let mut child = Command::new("bash")
+        let mut child = kiln_host::Cmd::new("bash")
             .args(args)
             .env_clear()
             .envs(vars.iter().map(|(k, v)| (k, v)))
             .current_dir(&cwd)
-            .stdin(Stdio::null())
-            .stdout(stderr.try_clone()?)
-            .stderr(stderr)
-            .process_group(0)
-            .spawn()?;
+            .process_group()
+            .spawn(stderr.try_clone()?.into(), stderr.into())
+            .map_err(|e| match e {
+                kiln_host::Error::NotFound { .. } => {
+                    std::io::Error::new(std::io::ErrorKind::NotFound, e.to_string())
+                }
+                other => std::io::Error::other(other),
+            })?;
         let pgid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
         let kill_group = || {
             let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
         };
         let started = Instant::now();
         let status = loop {
-            if let Some(status) = child.try_wait()? {
+            if let Some(status) = child.try_wait().map_err(std::io::Error::other)? {
                 break Some(status);
             }
             if started.elapsed() >= SOURCE_TIMEOUT {

@@ -3,7 +3,7 @@
 //! It runs nothing: it records every command and host operation in order, answers `losetup`
 //! with `/dev/loopN`, and can be told to fail commands, hide device nodes, report filesystems
 //! the kernel cannot mount, and list directory contents. Clones share one record, so the
-//! runner that a [`crate::Created`] keeps for its drop-time safety net logs into the same place.
+//! runner that kiln-blockdev's `Created` keeps for its drop-time safety net logs into the same place.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::OpenOptions;
@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use crate::runner::{Output, RunError, Runner};
+use crate::runner::{Output, Runner};
+use crate::Error;
 
 #[derive(Debug, Default)]
 struct State {
@@ -147,7 +148,7 @@ impl RecordingRunner {
 }
 
 impl Runner for RecordingRunner {
-    fn run(&mut self, argv: &[String]) -> Result<Output, RunError> {
+    fn run(&mut self, argv: &[String]) -> Result<Output, Error> {
         let line = argv.join(" ");
         tracing::debug!(command = %line, "run (recorded)");
         self.with(|s| {
@@ -172,7 +173,8 @@ impl Runner for RecordingRunner {
                 }
             }
             if fail {
-                return Err(RunError::Failed {
+                return Err(Error::Failed {
+                    tool: argv.first().cloned().unwrap_or_default(),
                     command: line,
                     status: "exit status: 1".into(),
                     stderr: "injected failure".into(),
@@ -200,7 +202,7 @@ impl Runner for RecordingRunner {
         })
     }
 
-    fn write_at(&mut self, path: &Path, offset: u64, data: &[u8]) -> Result<(), RunError> {
+    fn write_at(&mut self, path: &Path, offset: u64, data: &[u8]) -> Result<(), Error> {
         let target = self.with(|s| {
             s.log.push(format!(
                 "write {} @{offset} ({} bytes)",
@@ -211,7 +213,7 @@ impl Runner for RecordingRunner {
             s.redirects.get(path).cloned()
         });
         if let Some(file) = target {
-            let io = |source| RunError::Io {
+            let io = |source| Error::Io {
                 path: file.clone(),
                 source,
             };
@@ -222,7 +224,7 @@ impl Runner for RecordingRunner {
         Ok(())
     }
 
-    fn create_sparse_file(&mut self, path: &Path, size: u64) -> Result<(), RunError> {
+    fn create_sparse_file(&mut self, path: &Path, size: u64) -> Result<(), Error> {
         self.with(|s| {
             s.log
                 .push(format!("create {} ({size} bytes)", path.display()));
@@ -234,7 +236,7 @@ impl Runner for RecordingRunner {
         self.with(|s| !s.missing_until.iter().any(|(p, _)| p == path))
     }
 
-    fn list_dir(&mut self, dir: &Path) -> Result<Vec<PathBuf>, RunError> {
+    fn list_dir(&mut self, dir: &Path) -> Result<Vec<PathBuf>, Error> {
         Ok(self.with(|s| s.dirs.get(dir).cloned().unwrap_or_default()))
     }
 

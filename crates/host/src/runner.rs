@@ -1,6 +1,8 @@
-//! How creation and teardown touch the host: one trait, a real implementation, and a fake.
+//! A seam for code that must be testable without touching the host: one trait, a real
+//! implementation ([`SystemRunner`], through [`crate::Cmd`]) and a fake
+//! ([`crate::RecordingRunner`]). The block-device layer drives everything through it.
 //!
-//! Every external command goes through [`Runner::run`], which logs its argv at debug level.
+//! Every external command goes through [`Runner::run`].
 //! The few host operations that are not commands (writing the MBR to the device, creating the
 //! sparse image file, checking for device nodes, reading `/proc/filesystems`, sleeping between
 //! retries) are trait methods too, with real default bodies, so that a fake runner can record
@@ -9,58 +11,17 @@
 use std::fs::OpenOptions;
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
-/// What a command printed.
+use crate::{Cmd, Error};
+
+/// What a command printed (as text, for the [`Runner`] seam).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Output {
     /// Standard output.
     pub stdout: String,
     /// Standard error.
     pub stderr: String,
-}
-
-/// A command or host operation that failed.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum RunError {
-    /// The program could not be started.
-    #[error("cannot run `{program}`: {source}")]
-    Spawn {
-        /// The program.
-        program: String,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// The command ran and failed.
-    #[error("`{command}` failed ({status}){}", stderr_tail(stderr))]
-    Failed {
-        /// The command line.
-        command: String,
-        /// Its exit status.
-        status: String,
-        /// What it printed on stderr.
-        stderr: String,
-    },
-    /// A file operation failed.
-    #[error("{}: {source}", path.display())]
-    Io {
-        /// The path.
-        path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
-    },
-}
-
-fn stderr_tail(stderr: &str) -> String {
-    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    if lines.is_empty() {
-        String::new()
-    } else {
-        let tail = &lines[lines.len().saturating_sub(3)..];
-        format!(": {}", tail.join(" / "))
-    }
 }
 
 /// Runs external commands and the few host operations block-device creation needs.
@@ -70,12 +31,12 @@ fn stderr_tail(stderr: &str) -> String {
 pub trait Runner {
     /// Runs one command (`argv[0]` is the program) and returns its output, or an error when
     /// it cannot start or exits unsuccessfully.
-    fn run(&mut self, argv: &[String]) -> Result<Output, RunError>;
+    fn run(&mut self, argv: &[String]) -> Result<Output, Error>;
 
     /// Writes `data` at byte `offset` of `path` (a block device) and flushes it to the device.
-    fn write_at(&mut self, path: &Path, offset: u64, data: &[u8]) -> Result<(), RunError> {
+    fn write_at(&mut self, path: &Path, offset: u64, data: &[u8]) -> Result<(), Error> {
         tracing::debug!(path = %path.display(), offset, len = data.len(), "write");
-        let io = |source| RunError::Io {
+        let io = |source| Error::Io {
             path: path.to_path_buf(),
             source,
         };
@@ -86,9 +47,9 @@ pub trait Runner {
     }
 
     /// Creates (or truncates) `path` as a sparse file of `size` bytes, making its directory.
-    fn create_sparse_file(&mut self, path: &Path, size: u64) -> Result<(), RunError> {
+    fn create_sparse_file(&mut self, path: &Path, size: u64) -> Result<(), Error> {
         tracing::debug!(path = %path.display(), size, "create sparse image");
-        let io = |p: &Path, source| RunError::Io {
+        let io = |p: &Path, source| Error::Io {
             path: p.to_path_buf(),
             source,
         };
@@ -110,8 +71,8 @@ pub trait Runner {
     }
 
     /// The entries of a directory, sorted by name.
-    fn list_dir(&mut self, dir: &Path) -> Result<Vec<PathBuf>, RunError> {
-        let io = |source| RunError::Io {
+    fn list_dir(&mut self, dir: &Path) -> Result<Vec<PathBuf>, Error> {
+        let io = |source| Error::Io {
             path: dir.to_path_buf(),
             source,
         };
@@ -147,7 +108,7 @@ pub trait Runner {
         std::thread::sleep(duration);
     }
 
-    /// A runner for the drop-time safety net of [`crate::Created`]: it must act on the same
+    /// A runner for the drop-time safety net of kiln-blockdev's `Created`: it must act on the same
     /// host. `None` (the default) means an unconsumed `Created` cannot clean up on drop.
     fn boxed_clone(&self) -> Option<Box<dyn Runner + Send>> {
         None
@@ -186,34 +147,12 @@ pub fn host_can_mount(fstype: &str) -> bool {
 pub struct SystemRunner;
 
 impl Runner for SystemRunner {
-    fn run(&mut self, argv: &[String]) -> Result<Output, RunError> {
-        let command = argv.join(" ");
-        tracing::debug!(%command, "run");
-        let (program, rest) = argv.split_first().ok_or_else(|| RunError::Spawn {
-            program: String::new(),
-            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "empty command"),
-        })?;
-        let out = Command::new(program)
-            .args(rest)
-            .env("LC_ALL", "C")
-            .output()
-            .map_err(|source| RunError::Spawn {
-                program: program.clone(),
-                source,
-            })?;
-        let output = Output {
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        };
-        if out.status.success() {
-            Ok(output)
-        } else {
-            Err(RunError::Failed {
-                command,
-                status: out.status.to_string(),
-                stderr: output.stderr,
-            })
-        }
+    fn run(&mut self, argv: &[String]) -> Result<Output, Error> {
+        let out = Cmd::from_argv(argv).env("LC_ALL", "C").run()?;
+        Ok(Output {
+            stdout: out.stdout_str(),
+            stderr: out.stderr_str(),
+        })
     }
 
     fn boxed_clone(&self) -> Option<Box<dyn Runner + Send>> {
