@@ -61,6 +61,7 @@ fn dib_tree_image_in_every_format_boots_via_disk_image_create() {
         "debian-minimal",
         "vm",
         "cloud-init",
+        "growroot",
         "-t",
         "qcow2,raw,vmdk,vhd,vdi,tar",
         "--checksum",

@@ -1,7 +1,7 @@
 //! The VM image of kiln's own elements: one hybrid disk (ESP and BIOS boot partition), built for
 //! Debian's default release as a user who names none gets, booted under UEFI and under BIOS,
 //! each boot checked with `kiln test --check` (cloud-init, datasource, failed units, root
-//! filesystem grown, firmware, machine-id, serial console, SSH host keys).
+//! filesystem grown to a larger disk, firmware, machine-id, serial console, SSH host keys).
 
 use std::path::Path;
 use std::process::Command;
@@ -75,6 +75,7 @@ fn hybrid_vm_boots_uefi_and_bios_with_every_check() {
             "vm",
             "cloud-init",
             "block-device-efi",
+            "growroot",
             "openssh-server",
             "-o",
             "hybrid",
@@ -98,13 +99,14 @@ fn hybrid_vm_boots_uefi_and_bios_with_every_check() {
     for (uefi, budget) in [(true, UEFI_BOOT_BUDGET), (false, BIOS_BOOT_BUDGET)] {
         let r = boot_check(&img, uefi, budget);
         let firmware = fact(&r, "firmware");
-        assert_eq!(firmware, if uefi { "UEFI" } else { "BIOS" });
+        assert_eq!(firmware, if uefi { "uefi" } else { "bios" });
         let ds = fact(&r, "datasource");
         assert!(ds.contains("NoCloud"), "datasource {ds}");
         for f in [
+            "report",
             "cloud-init",
             "failed-units",
-            "root-grown",
+            "root-fs",
             "machine-id",
             "serial-console",
             "ssh-host-keys",
