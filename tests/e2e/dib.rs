@@ -123,14 +123,16 @@ fn dib_tree_image_in_every_format_boots_via_disk_image_create() {
         let _ = fs::remove_file(dir.join(format!("xc.{ext}")));
     }
     let r = boot_check(&dir.join("xc.qcow2"), false, BIOS_BOOT_BUDGET);
-    assert_eq!(fact(&r, "firmware"), "BIOS");
+    assert_eq!(fact(&r, "firmware"), "bios");
+    assert!(fact(&r, "datasource").contains("NoCloud"));
     for f in [
+        "report",
         "cloud-init",
-        "datasource",
         "failed-units",
-        "root-grown",
+        "root-fs",
         "machine-id",
         "serial-console",
+        "ssh-host-keys",
     ] {
         fact(&r, f);
     }
