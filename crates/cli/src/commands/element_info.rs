@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 
 use clap::Parser;
-use kiln_pipeline::BuildRequest;
 use kiln_element::{Library, ResolveRequest};
+use kiln_pipeline::BuildRequest;
 
 /// Print the expanded element set (space separated), or with --env the bash that exports it.
 #[derive(Debug, Parser)]

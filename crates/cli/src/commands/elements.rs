@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
-use kiln_pipeline::BuildRequest;
 use kiln_element::lint::{self, Checker, EnvFile, Finding, Severity};
 use kiln_element::{Element, Library};
+use kiln_pipeline::BuildRequest;
 
 /// Element subcommands.
 #[derive(Debug, Subcommand)]
