@@ -174,3 +174,62 @@ fn print_console(outcome: &kiln_boot::BootOutcome) {
         eprintln!("qemu exited early: {status}");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        cmd: TestCmd,
+    }
+
+    fn parse(args: &[&str]) -> Result<TestCmd, clap::Error> {
+        Wrap::try_parse_from(std::iter::once("test").chain(args.iter().copied())).map(|w| w.cmd)
+    }
+
+    #[test]
+    fn options_make_the_config() {
+        let c = parse(&["img.qcow2", "--uefi", "--timeout", "42", "--arch", "arm64"]).unwrap();
+        let cfg = c.config().unwrap();
+        assert_eq!(cfg.firmware, Firmware::Uefi);
+        assert_eq!(cfg.arch, Arch::Aarch64);
+        assert_eq!(cfg.timeout, Duration::from_secs(42));
+        assert_eq!(cfg.wait, Wait::LoginPrompt);
+        assert_eq!(cfg.seed, Seed::plain());
+        let c = parse(&["img", "--expect", "READY"]).unwrap();
+        assert_eq!(c.config().unwrap().wait, Wait::Text("READY".into()));
+    }
+
+    #[test]
+    fn conflicting_options_are_refused() {
+        assert!(parse(&["img", "--check", "--expect", "x"]).is_err());
+        assert!(parse(&["img", "--check", "--user-data", "ud"]).is_err());
+        assert!(parse(&["img", "--json"]).is_err());
+        assert!(parse(&["img", "--check", "--json"]).is_ok());
+    }
+
+    #[test]
+    fn bad_input_exits_2_naming_it() {
+        let d = tempfile::tempdir().unwrap();
+        let ud = d.path().join("user-data.yaml");
+        std::fs::write(&ud, "runcmd: []\n").unwrap();
+        let c = parse(&["img", "--user-data", ud.to_str().unwrap()]).unwrap();
+        let e = c.config().unwrap_err();
+        assert_eq!(crate::app::exit_code(&e), 2);
+        assert!(format!("{e:#}").contains("user-data.yaml: line 1"), "{e:#}");
+        let c = parse(&["img", "--arch", "mips"]).unwrap();
+        let e = c.config().unwrap_err();
+        assert_eq!(crate::app::exit_code(&e), 2);
+        assert!(format!("{e:#}").contains("--arch"), "{e:#}");
+        let c = parse(&[d.path().join("nope.qcow2").to_str().unwrap(), "--check"]).unwrap();
+        let e = c.run().unwrap_err();
+        assert_eq!(crate::app::exit_code(&e), 2);
+        assert!(
+            format!("{e:#}").contains("nope.qcow2: no such image"),
+            "{e:#}"
+        );
+    }
+}
