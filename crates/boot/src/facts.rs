@@ -235,11 +235,14 @@ pub fn evaluate(parsed: &ParsedFacts, exp: &Expectations) -> Vec<FactRow> {
     });
 
     rows.push(match (get("cloud-init-status"), get("cloud-init-errors")) {
-        (Some(status), Some(errors)) => row(
-            "cloud-init",
-            format!("status {status}, {errors} errors"),
-            status == "done" && errors == "0",
-        ),
+        (Some(status), Some(errors)) => {
+            let mut value = format!("status {status}, {errors} errors");
+            // Warnings are shown, not judged: cloud-init itself finishes with them.
+            if let Some(w) = get("cloud-init-warnings").filter(|w| *w != "0") {
+                let _ = write!(value, ", {w} warnings");
+            }
+            row("cloud-init", value, status == "done" && errors == "0")
+        }
         _ => missing("cloud-init", &["cloud-init-status", "cloud-init-errors"]),
     });
 
@@ -737,6 +740,14 @@ mod tests {
                 "status error",
             ),
             (
+                &[
+                    ("cloud-init-errors", Some("1")),
+                    ("cloud-init-warnings", Some("3")),
+                ],
+                "cloud-init",
+                "1 errors, 3 warnings",
+            ),
+            (
                 &[("cloud-init-errors", Some("2"))],
                 "cloud-init",
                 "2 errors",
@@ -842,6 +853,13 @@ mod tests {
 
     #[test]
     fn lenient_where_the_signal_is_another() {
+        // Warnings are shown, not failed.
+        let rows = judge(&with(&[("cloud-init-warnings", Some("2"))]));
+        assert_eq!(failed(&rows), Vec::<&str>::new());
+        assert_eq!(
+            get(&rows, "cloud-init").value,
+            "status done, 0 errors, 2 warnings"
+        );
         // No SSH server: not a failure.
         let rows = judge(&with(&[
             ("ssh-host-keys", Some("not-installed")),

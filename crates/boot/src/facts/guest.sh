@@ -19,6 +19,10 @@ with open('/run/cloud-init/result.json') as f:
     v1 = json.load(f)['v1']
 print('KILN-FACT datasource=%s' % (v1.get('datasource') or ''))
 print('KILN-FACT cloud-init-errors=%d' % len(v1.get('errors') or []))
+# Newer cloud-init also lists warnings by level; older ones have no such key.
+rec = v1.get('recoverable_errors')
+if isinstance(rec, dict):
+    print('KILN-FACT cloud-init-warnings=%d' % sum(len(v) for v in rec.values()))
 PY
 
 # systemd: wait for the boot to settle, then list failed units.
@@ -100,6 +104,12 @@ fi
 
 n=$(grep -c '^KILN-FACT ' "$out")
 printf 'KILN-FACTS-END count=%s\n' "$n" >> "$out"
-# One write, so other console output is less likely to cut into the lines.
+# One write to the console, with kernel messages held back meanwhile, so nothing cuts in.
+level=
+if [ -c "$tty" ]; then
+    level=$(awk '{ print $1; exit }' /proc/sys/kernel/printk 2>/dev/null)
+    dmesg -n 1 2>/dev/null
+fi
 cat "$out" > "$tty"
+if [ -n "$level" ]; then dmesg -n "$level" 2>/dev/null; fi
 rm -f "$out"
