@@ -26,7 +26,7 @@ enum Command {
     /// Inspect block-device layouts.
     #[command(name = "block-device", subcommand)]
     BlockDevice(commands::block_device::BlockDeviceCmd),
-    /// Boot a disk image in qemu and wait for a login prompt.
+    /// Boot a disk image in qemu: wait for a login prompt, or check the first boot (--check).
     Test(commands::test::TestCmd),
     /// Check element repositories against the DIB element contract.
     #[command(subcommand)]
@@ -76,6 +76,9 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
             return 2;
         }
         if let Some(e) = cause.downcast_ref::<kiln_blockdev::Error>() {
+            return if e.is_input_error() { 2 } else { 1 };
+        }
+        if let Some(e) = cause.downcast_ref::<kiln_boot::Error>() {
             return if e.is_input_error() { 2 } else { 1 };
         }
         if cause.downcast_ref::<commands::UsageError>().is_some() {

@@ -1,24 +1,24 @@
-//! `kiln test`: boot a disk image in qemu and wait for a login prompt on the serial console.
+//! `kiln test`: boot a disk image in qemu; pass on a login prompt, on the user's marker, or
+//! (`--check`) on a first boot whose facts are all as they should be.
 //!
-//! A NoCloud seed (a small vfat disk labelled `cidata`, made with mkfs.vfat and mtools, no
-//! mounting) is attached so cloud-init finds its data at once instead of waiting for a metadata
-//! service. The image is opened with `snapshot=on`, so a test never changes it.
+//! The booting and the checking live in kiln-boot; this file holds the arguments and the
+//! printing.
 
-use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::time::Duration;
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 use clap::Args;
+use kiln_boot::{Arch, BootConfig, Firmware, Seed, Wait};
 
 use super::UsageError;
 
-/// Boot IMAGE in qemu; pass when a login prompt (or --expect) appears on the serial console.
+/// Boot IMAGE in qemu; pass when a login prompt (or --expect) appears on the serial console,
+/// or, with --check, when every first-boot fact the guest reports is as it should be.
 #[derive(Debug, Args)]
 pub struct TestCmd {
-    /// The disk image (qcow2, raw, vmdk, …).
+    /// The disk image (qcow2, raw, vmdk, …). It is never changed: the guest boots from a
+    /// temporary overlay 1 GiB larger than the image.
     image: PathBuf,
     /// Boot with UEFI firmware (OVMF) instead of SeaBIOS.
     #[arg(long)]
@@ -27,8 +27,21 @@ pub struct TestCmd {
     #[arg(long, default_value_t = 300)]
     timeout: u64,
     /// Text to wait for instead of a login prompt.
-    #[arg(long, value_name = "TEXT")]
+    #[arg(long, value_name = "TEXT", conflicts_with = "check")]
     expect: Option<String>,
+    /// Check the first boot: cloud-init finished with the NoCloud datasource, no failed units,
+    /// root filesystem grown to the disk, the firmware asked for, a machine id and SSH host
+    /// keys made at first boot, a serial console on the kernel command line. Prints a table;
+    /// exits 1 if a fact fails.
+    #[arg(long)]
+    check: bool,
+    /// With --check: print the result as JSON instead of a table.
+    #[arg(long, requires = "check")]
+    json: bool,
+    /// Put this user-data file on the NoCloud seed instead of kiln's (use --expect to wait
+    /// for what it prints).
+    #[arg(long, value_name = "FILE", conflicts_with = "check")]
+    user_data: Option<PathBuf>,
     /// qemu accelerator: kvm or tcg. Default: kvm only where it can run a guest, else tcg.
     #[arg(long, value_name = "ACCEL")]
     accel: Option<String>,
@@ -43,215 +56,180 @@ pub struct TestCmd {
     arch: String,
 }
 
-fn kvm_usable() -> bool {
-    let opens = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok();
-    let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    opens
-        && cpu
-            .lines()
-            .any(|l| l.starts_with("flags") && (l.contains(" vmx") || l.contains(" svm")))
-}
-
-fn make_seed(dir: &Path) -> anyhow::Result<PathBuf> {
-    let seed = dir.join("seed.img");
-    let md = dir.join("meta-data");
-    let ud = dir.join("user-data");
-    std::fs::write(&md, "instance-id: kiln-test\nlocal-hostname: kiln-test\n")?;
-    std::fs::write(&ud, "#cloud-config\n{}\n")?;
-    let st = Command::new("mkfs.vfat")
-        .args(["-C", "-n", "CIDATA"])
-        .arg(&seed)
-        .arg("2048")
-        .stdout(Stdio::null())
-        .status()
-        .context("running mkfs.vfat (install dosfstools)")?;
-    if !st.success() {
-        bail!("mkfs.vfat failed for the NoCloud seed");
-    }
-    let st = Command::new("mcopy")
-        .arg("-i")
-        .arg(&seed)
-        .arg(&md)
-        .arg(&ud)
-        .arg("::")
-        .status()
-        .context("running mcopy (install mtools)")?;
-    if !st.success() {
-        bail!("mcopy failed for the NoCloud seed");
-    }
-    Ok(seed)
-}
-
-fn find_ovmf() -> Option<(PathBuf, PathBuf)> {
-    let pairs = [
-        (
-            "/usr/share/OVMF/OVMF_CODE_4M.fd",
-            "/usr/share/OVMF/OVMF_VARS_4M.fd",
-        ),
-        (
-            "/usr/share/OVMF/OVMF_CODE.fd",
-            "/usr/share/OVMF/OVMF_VARS.fd",
-        ),
-        ("/usr/share/ovmf/OVMF.fd", ""),
-    ];
-    pairs.iter().find_map(|(c, v)| {
-        Path::new(c)
-            .exists()
-            .then(|| (PathBuf::from(c), PathBuf::from(v)))
-    })
-}
-
 impl TestCmd {
-    /// Boots the image and reports.
-    pub fn run(&self) -> anyhow::Result<i32> {
-        if !self.image.exists() {
-            return Err(UsageError(format!("{}: no such image", self.image.display())).into());
-        }
-        let tmp = tempfile::tempdir()?;
-        let seed = make_seed(tmp.path())?;
-        let accel = self.accel.clone().unwrap_or_else(|| {
-            if kvm_usable() {
-                "kvm".into()
-            } else {
-                "tcg".into()
-            }
-        });
-        let qemu = format!("qemu-system-{}", self.arch);
-        let mut cmd = Command::new(&qemu);
-        cmd.args([
-            "-nodefaults",
-            "-nographic",
-            "-serial",
-            "stdio",
-            "-monitor",
-            "none",
-        ])
-        .args(["-m", &self.memory.to_string(), "-smp", "2"])
-        .args(["-accel", &accel]);
-        if accel == "tcg" {
-            cmd.args(["-cpu", "max"]);
+    fn config(&self) -> anyhow::Result<BootConfig> {
+        let arch: Arch = self
+            .arch
+            .parse()
+            .map_err(|e: kiln_boot::Error| UsageError(format!("--arch: {e}")))?;
+        let mut cfg = BootConfig::new(&self.image);
+        cfg.arch = arch;
+        cfg.firmware = if self.uefi {
+            Firmware::Uefi
         } else {
-            cmd.args(["-cpu", "host"]);
-        }
-        if self.arch == "aarch64" {
-            cmd.args(["-machine", "virt"]);
-        }
-        cmd.arg("-drive").arg(format!(
-            "file={},if=virtio,snapshot=on,cache=unsafe",
-            self.image.display()
-        ));
-        cmd.arg("-drive").arg(format!(
-            "file={},if=virtio,format=raw,readonly=on",
-            seed.display()
-        ));
-        cmd.args([
-            "-netdev",
-            "user,id=n0",
-            "-device",
-            // No option ROM: the firmware then offers no PXE boot to try before the disk.
-            "virtio-net-pci,netdev=n0,romfile=",
-        ]);
-        if self.uefi {
-            let (code, vars) = find_ovmf().ok_or_else(|| {
-                UsageError("--uefi needs OVMF firmware: apt-get install ovmf".into())
-            })?;
-            cmd.arg("-drive").arg(format!(
-                "if=pflash,format=raw,readonly=on,file={}",
-                code.display()
-            ));
-            if !vars.as_os_str().is_empty() {
-                let v = tmp.path().join("vars.fd");
-                std::fs::copy(&vars, &v)?;
-                cmd.arg("-drive")
-                    .arg(format!("if=pflash,format=raw,file={}", v.display()));
-            }
-        }
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        eprintln!(
-            "kiln test: booting {} ({accel}{})",
-            self.image.display(),
-            if self.uefi { ", UEFI" } else { "" }
-        );
-        let start = Instant::now();
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("starting {qemu} (install qemu-system-x86)"))?;
-        let log = Arc::new(Mutex::new(Vec::<u8>::new()));
-        let mut out = child.stdout.take().expect("piped");
-        let log_w = Arc::clone(&log);
-        let reader = std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = out.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                if let Ok(mut g) = log_w.lock() {
-                    g.extend_from_slice(&buf[..n]);
-                }
-            }
-        });
-        let mut err = child.stderr.take().expect("piped");
-        let err_reader = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = err.read_to_string(&mut s);
-            s
-        });
-        let deadline = start + Duration::from_secs(self.timeout);
-        let found = loop {
-            let text = log
-                .lock()
-                .map(|g| String::from_utf8_lossy(&g).into_owned())
-                .unwrap_or_default();
-            let hit = match &self.expect {
-                Some(m) => text.contains(m.as_str()),
-                None => text.lines().any(|l| l.trim_end().ends_with("login:")),
-            };
-            if hit {
-                break true;
-            }
-            if Instant::now() > deadline {
-                break false;
-            }
-            if let Ok(Some(_)) = child.try_wait() {
-                break false;
-            }
-            std::thread::sleep(Duration::from_millis(200));
+            Firmware::Bios
         };
-        let secs = start.elapsed().as_secs_f64();
-        let _ = child.kill();
-        let _ = child.wait();
-        let _ = reader.join();
-        let stderr = err_reader.join().unwrap_or_default();
-        let text = log
-            .lock()
-            .map(|g| String::from_utf8_lossy(&g).into_owned())
-            .unwrap_or_default();
-        if let Some(p) = &self.console_log {
-            std::fs::write(p, &text)?;
+        cfg.accel.clone_from(&self.accel);
+        cfg.memory_mib = self.memory;
+        cfg.timeout = Duration::from_secs(self.timeout);
+        if let Some(ud) = &self.user_data {
+            cfg.seed = Seed::with_user_data_file(ud)?;
         }
-        if found {
+        cfg.wait = match &self.expect {
+            Some(t) => Wait::Text(t.clone()),
+            None => Wait::LoginPrompt,
+        };
+        Ok(cfg)
+    }
+
+    /// Boots the image and reports; returns the exit code.
+    pub fn run(&self) -> anyhow::Result<i32> {
+        let cfg = self.config()?;
+        eprintln!(
+            "kiln test: booting {} ({}{}){}",
+            self.image.display(),
+            self.accel.as_deref().unwrap_or("auto"),
+            if self.uefi { ", UEFI" } else { "" },
+            if self.check {
+                ", checking the first boot"
+            } else {
+                ""
+            }
+        );
+        if self.check {
+            return self.run_check(&cfg);
+        }
+        let outcome = kiln_boot::boot(&cfg)?;
+        self.save_console(&outcome.console)?;
+        let what = self.expect.as_deref().unwrap_or("a login prompt");
+        if outcome.reached {
             println!(
-                "kiln test: PASS: {} reached {} in {secs:.1} s",
+                "kiln test: PASS: {} reached {what} in {:.1} s ({})",
                 self.image.display(),
-                self.expect.as_deref().unwrap_or("a login prompt")
+                outcome.seconds,
+                outcome.accel
             );
             Ok(0)
         } else {
-            eprintln!("----- serial console -----\n{text}\n----- end of console -----");
-            if !stderr.trim().is_empty() {
-                eprintln!("qemu: {}", stderr.trim());
-            }
+            print_console(&outcome);
+            eprintln!("kiln test: FAIL: no {what} after {:.1} s", outcome.seconds);
+            Ok(1)
+        }
+    }
+
+    fn run_check(&self, cfg: &BootConfig) -> anyhow::Result<i32> {
+        let (report, outcome) = kiln_boot::check(cfg)?;
+        self.save_console(&outcome.console)?;
+        if !report.finished {
+            print_console(&outcome);
+        }
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print!("{}", report.table());
+        }
+        let failed: Vec<&str> = report
+            .facts
+            .iter()
+            .filter(|r| !r.ok)
+            .map(|r| r.name.as_str())
+            .collect();
+        if failed.is_empty() {
             eprintln!(
-                "kiln test: FAIL: no {} after {secs:.1} s",
-                self.expect.as_deref().unwrap_or("login prompt")
+                "kiln test: PASS: {} facts ok after {:.1} s ({})",
+                report.facts.len(),
+                report.boot_seconds,
+                report.accel
+            );
+            Ok(0)
+        } else {
+            eprintln!(
+                "kiln test: FAIL: {} after {:.1} s ({})",
+                failed.join(", "),
+                report.boot_seconds,
+                report.accel
             );
             Ok(1)
         }
+    }
+
+    fn save_console(&self, console: &str) -> anyhow::Result<()> {
+        if let Some(p) = &self.console_log {
+            std::fs::write(p, console).with_context(|| format!("writing {}", p.display()))?;
+        }
+        Ok(())
+    }
+}
+
+/// Prints the console and qemu's own complaints to stderr, for a boot that did not get there.
+fn print_console(outcome: &kiln_boot::BootOutcome) {
+    eprintln!(
+        "----- serial console -----\n{}\n----- end of console -----",
+        outcome.console
+    );
+    if !outcome.qemu_stderr.is_empty() {
+        eprintln!("qemu: {}", outcome.qemu_stderr);
+    }
+    if let Some(status) = &outcome.qemu_exit {
+        eprintln!("qemu exited early: {status}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        cmd: TestCmd,
+    }
+
+    fn parse(args: &[&str]) -> Result<TestCmd, clap::Error> {
+        Wrap::try_parse_from(std::iter::once("test").chain(args.iter().copied())).map(|w| w.cmd)
+    }
+
+    #[test]
+    fn options_make_the_config() {
+        let c = parse(&["img.qcow2", "--uefi", "--timeout", "42", "--arch", "arm64"]).unwrap();
+        let cfg = c.config().unwrap();
+        assert_eq!(cfg.firmware, Firmware::Uefi);
+        assert_eq!(cfg.arch, Arch::Aarch64);
+        assert_eq!(cfg.timeout, Duration::from_secs(42));
+        assert_eq!(cfg.wait, Wait::LoginPrompt);
+        assert_eq!(cfg.seed, Seed::plain());
+        let c = parse(&["img", "--expect", "READY"]).unwrap();
+        assert_eq!(c.config().unwrap().wait, Wait::Text("READY".into()));
+    }
+
+    #[test]
+    fn conflicting_options_are_refused() {
+        assert!(parse(&["img", "--check", "--expect", "x"]).is_err());
+        assert!(parse(&["img", "--check", "--user-data", "ud"]).is_err());
+        assert!(parse(&["img", "--json"]).is_err());
+        assert!(parse(&["img", "--check", "--json"]).is_ok());
+    }
+
+    #[test]
+    fn bad_input_exits_2_naming_it() {
+        let d = tempfile::tempdir().unwrap();
+        let ud = d.path().join("user-data.yaml");
+        std::fs::write(&ud, "runcmd: []\n").unwrap();
+        let c = parse(&["img", "--user-data", ud.to_str().unwrap()]).unwrap();
+        let e = c.config().unwrap_err();
+        assert_eq!(crate::app::exit_code(&e), 2);
+        assert!(format!("{e:#}").contains("user-data.yaml: line 1"), "{e:#}");
+        let c = parse(&["img", "--arch", "mips"]).unwrap();
+        let e = c.config().unwrap_err();
+        assert_eq!(crate::app::exit_code(&e), 2);
+        assert!(format!("{e:#}").contains("--arch"), "{e:#}");
+        let c = parse(&[d.path().join("nope.qcow2").to_str().unwrap(), "--check"]).unwrap();
+        let e = c.run().unwrap_err();
+        assert_eq!(crate::app::exit_code(&e), 2);
+        assert!(
+            format!("{e:#}").contains("nope.qcow2: no such image"),
+            "{e:#}"
+        );
     }
 }
