@@ -1,20 +1,16 @@
-//! The one place this crate starts external programs (mkfs.vfat, mcopy, qemu-img, qemu).
-//!
-//! Every argv is logged at debug level and a missing program is reported with the package
-//! that provides it. When the shared host-command layer lands, this module is what it
-//! replaces.
+//! The one place this crate starts external programs (mkfs.vfat, mcopy, qemu-img, qemu), through
+//! the host-command layer (`kiln-host`): every command is logged with its argv, duration and
+//! exit status, and a missing program is reported with the package that provides it.
 
 use std::ffi::OsStr;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Stdio;
+
+use kiln_host::{Captured, Cmd, Running, Stdin};
 
 use crate::Error;
 
-/// Builds the command for `program` with `args`, logging the argv. Stdin is closed.
-fn command<S: AsRef<OsStr>>(program: &str, args: &[S]) -> Command {
-    let mut cmd = Command::new(program);
-    cmd.args(args).stdin(Stdio::null());
-    tracing::debug!(argv = ?cmd, "running");
-    cmd
+fn command<S: AsRef<OsStr>>(program: &str, args: &[S]) -> Cmd {
+    Cmd::new(program).args(args).stdin(Stdin::Null)
 }
 
 /// Runs `program` to completion with its output captured; a non-zero exit is an error that
@@ -23,18 +19,10 @@ pub(crate) fn run<S: AsRef<OsStr>>(
     program: &str,
     package: &str,
     args: &[S],
-) -> Result<Output, Error> {
-    let out = command(program, args)
-        .output()
-        .map_err(|source| spawn_error(program, package, source))?;
-    if !out.status.success() {
-        return Err(Error::ToolFailed {
-            argv: argv_text(program, args),
-            status: out.status.to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
-    }
-    Ok(out)
+) -> Result<Captured, Error> {
+    command(program, args)
+        .run()
+        .map_err(|e| host_error(program, package, e))
 }
 
 /// Starts `program` with stdout and stderr piped, for long-running processes (qemu).
@@ -42,33 +30,37 @@ pub(crate) fn spawn<S: AsRef<OsStr>>(
     program: &str,
     package: &str,
     args: &[S],
-) -> Result<Child, Error> {
+) -> Result<Running, Error> {
     command(program, args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|source| spawn_error(program, package, source))
+        .spawn(Stdio::piped(), Stdio::piped())
+        .map_err(|e| host_error(program, package, e))
 }
 
-fn spawn_error(program: &str, package: &str, source: std::io::Error) -> Error {
-    if source.kind() == std::io::ErrorKind::NotFound {
-        Error::ToolMissing {
-            tool: program.to_string(),
+/// The boot test's own error for what the host layer reports.
+fn host_error(program: &str, package: &str, e: kiln_host::Error) -> Error {
+    match e {
+        kiln_host::Error::NotFound { tool, .. } => Error::ToolMissing {
+            tool,
             package: package.to_string(),
-        }
-    } else {
-        Error::ToolStart {
+        },
+        kiln_host::Error::Spawn { source, .. } => Error::ToolStart {
             tool: program.to_string(),
             source,
-        }
+        },
+        kiln_host::Error::Failed {
+            command,
+            status,
+            stderr,
+            ..
+        } => Error::ToolFailed {
+            argv: command,
+            status,
+            stderr,
+        },
+        other => Error::ToolFailed {
+            argv: program.to_string(),
+            status: "not run".into(),
+            stderr: other.to_string(),
+        },
     }
-}
-
-fn argv_text<S: AsRef<OsStr>>(program: &str, args: &[S]) -> String {
-    let mut s = program.to_string();
-    for a in args {
-        s.push(' ');
-        s.push_str(&a.as_ref().to_string_lossy());
-    }
-    s
 }

@@ -385,7 +385,8 @@ pub fn boot(cfg: &BootConfig) -> Result<BootOutcome, Error> {
         Arch::Aarch64 => "qemu-system-arm",
     };
     let start = Instant::now();
-    let mut child = exec::spawn(&qemu, package, &args)?;
+    let mut running = exec::spawn(&qemu, package, &args)?;
+    let child = running.child_mut();
     let log = Arc::new(Mutex::new(Vec::<u8>::new()));
     let mut out = child.stdout.take().expect("stdout is piped");
     let log_w = Arc::clone(&log);

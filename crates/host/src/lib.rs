@@ -25,10 +25,9 @@
 //! Exceptions: none in the library crates. Every `std::process::Command` outside this crate
 //! and outside tests goes through [`Cmd`]; the phase runner uses [`Cmd::process_group`] and
 //! [`Cmd::spawn`] for hooks that run in their own process group with streamed output, and the
-//! watchdog's helper process is started with [`Cmd::spawn`] and [`Running::detach`]. Not yet
-//! converted: `crates/cli/src/commands/test.rs` (the VM boot test, `mkfs.vfat`, `mcopy`,
-//! `qemu-system-*`), which is being moved into a library crate in parallel. Unit tests may run
-//! tools directly for their own checks.
+//! watchdog's helper process is started with [`Cmd::spawn`] and [`Running::detach`]; the boot
+//! test (`kiln-boot`) starts qemu with [`Cmd::spawn`] and reads its console through the pipes.
+//! Unit tests may run tools directly for their own checks.
 
 mod cmd;
 mod error;
