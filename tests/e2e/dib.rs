@@ -11,7 +11,7 @@ use crate::harness::{
     assert_no_leftovers, build_command, capable, heavy, run_build, sh, work, Timer,
     BIOS_BOOT_BUDGET, BUILD_BUDGET,
 };
-use crate::vm::{boot_check, fact};
+use crate::vm::{assert_first_boot, boot_check};
 
 /// The diskimage-builder release whose element tree kiln is tested against.
 const DIB_VERSION: &str = "3.43.0";
@@ -123,17 +123,5 @@ fn dib_tree_image_in_every_format_boots_via_disk_image_create() {
         let _ = fs::remove_file(dir.join(format!("xc.{ext}")));
     }
     let r = boot_check(&dir.join("xc.qcow2"), false, BIOS_BOOT_BUDGET);
-    assert_eq!(fact(&r, "firmware"), "bios");
-    assert!(fact(&r, "datasource").contains("NoCloud"));
-    for f in [
-        "report",
-        "cloud-init",
-        "failed-units",
-        "root-fs",
-        "machine-id",
-        "serial-console",
-        "ssh-host-keys",
-    ] {
-        fact(&r, f);
-    }
+    assert_first_boot(&r, false);
 }

@@ -56,6 +56,31 @@ pub fn fact(report: &serde_json::Value, name: &str) -> String {
     }
 }
 
+/// Every fact of a first boot, as `kiln test --check` names them.
+const FACTS: &[&str] = &[
+    "report",
+    "cloud-init",
+    "datasource",
+    "failed-units",
+    "root-fs",
+    "firmware",
+    "machine-id",
+    "serial-console",
+    "ssh-host-keys",
+];
+
+/// Asserts that every fact of a first boot is present and ok, that the firmware is the one
+/// asked for and that cloud-init read the NoCloud seed.
+pub fn assert_first_boot(report: &serde_json::Value, uefi: bool) {
+    for f in FACTS {
+        fact(report, f);
+    }
+    assert_eq!(fact(report, "firmware"), if uefi { "uefi" } else { "bios" });
+    let ds = fact(report, "datasource");
+    assert!(ds.contains("NoCloud"), "datasource {ds}");
+    assert_eq!(report["passed"], true, "{report:#}");
+}
+
 #[test]
 fn hybrid_vm_boots_uefi_and_bios_with_every_check() {
     if !capable("hybrid_vm_boots_uefi_and_bios_with_every_check") {
@@ -98,20 +123,6 @@ fn hybrid_vm_boots_uefi_and_bios_with_every_check() {
     assert_no_leftovers(&dir, &h);
     for (uefi, budget) in [(true, UEFI_BOOT_BUDGET), (false, BIOS_BOOT_BUDGET)] {
         let r = boot_check(&img, uefi, budget);
-        let firmware = fact(&r, "firmware");
-        assert_eq!(firmware, if uefi { "uefi" } else { "bios" });
-        let ds = fact(&r, "datasource");
-        assert!(ds.contains("NoCloud"), "datasource {ds}");
-        for f in [
-            "report",
-            "cloud-init",
-            "failed-units",
-            "root-fs",
-            "machine-id",
-            "serial-console",
-            "ssh-host-keys",
-        ] {
-            fact(&r, f);
-        }
+        assert_first_boot(&r, uefi);
     }
 }
