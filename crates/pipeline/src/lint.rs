@@ -480,4 +480,24 @@ mod tests {
         assert_eq!(unbound_variable("/x/f: line 12: other"), None);
         assert!(SOURCE_SCRIPT.contains(&format!("echo \"{SOURCE_MARK}\" >&2")));
     }
+
+    #[test]
+    fn report_counts_errors_and_warnings() {
+        let report = Report {
+            findings: vec![
+                Finding::error(Path::new("a"), Some(1), "bad (fix it)"),
+                Finding::warning(Path::new("b"), None, "odd (look)"),
+                Finding::warning(Path::new("c"), None, "odd (look)"),
+            ],
+            elements: 2,
+        };
+        assert_eq!((report.errors(), report.warnings()), (1, 2));
+        assert!(report.has_errors());
+        let clean = Report {
+            findings: report.findings[1..].to_vec(),
+            elements: 1,
+        };
+        assert_eq!((clean.errors(), clean.warnings()), (0, 2));
+        assert!(!clean.has_errors());
+    }
 }
