@@ -413,3 +413,21 @@ fn plan_keys_equal_build_keys_for_every_flag() {
         assert_ne!(p, base, "{flags:?} does not change the keys");
     }
 }
+
+#[test]
+fn no_colour_codes_on_a_pipe() {
+    // The override is logged at info level, which the terminal layer shows (with a coloured
+    // level name on a terminal). stderr is a pipe here, and NO_COLOR is not set.
+    let first = Tree::new();
+    let second = Tree::new();
+    second.os();
+    first.os();
+    let cache = tempfile::tempdir().unwrap();
+    let mut c = kiln(&[first.path(), second.path()], cache.path());
+    c.env_remove("NO_COLOR");
+    c.args(["plan", "test-os", "-n"]);
+    let (code, _, err) = run(c);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("overrides"), "override not logged: {err}");
+    assert!(!err.contains("\x1b["), "colour codes on a pipe: {err:?}");
+}

@@ -10,9 +10,11 @@
 
 pub mod cache;
 pub mod env;
+pub mod lint;
 pub mod packages;
 pub mod pipeline;
 pub mod plan;
+pub mod report;
 pub mod request;
 pub mod runner;
 pub mod settings;

@@ -1254,7 +1254,7 @@ fn timestamp() -> String {
 /// Per step, whether the phase cache holds it, and if not, why not (`kiln plan --explain-cache`).
 /// Lays the hook tree out in a temp dir and sources environment.d to compute the keys; runs
 /// no hook.
-pub fn explain_cache(plan: &BuildPlan) -> Result<serde_json::Value, Error> {
+pub fn explain_cache(plan: &BuildPlan) -> Result<crate::report::CacheExplanation, Error> {
     let tmp = tempfile::tempdir().map_err(io(Path::new("/tmp")))?;
     let build_dir = tmp.path().join("build");
     let image_dir = tmp.path().join("image");
@@ -1286,21 +1286,24 @@ pub fn explain_cache(plan: &BuildPlan) -> Result<serde_json::Value, Error> {
             }
         }
         chain_ok = hit;
-        out.push(serde_json::json!({
-            "step": s.name,
-            "key": s.key,
-            "status": if hit { "hit" } else { "miss" },
-            "reasons": reasons,
-        }));
+        out.push(crate::report::CacheStep {
+            step: s.name.clone(),
+            key: s.key.clone(),
+            status: crate::report::CacheStatus::from_hit(hit),
+            reasons,
+        });
     }
     let out_key = output_key(plan, &prepared, steps.last().map(|s| s.key.as_str()));
     let out_hit = cache::OutputCache::new(&plan.cache_root)
         .get(&out_key)
         .is_some();
-    Ok(serde_json::json!({
-        "steps": out,
-        "outputs": {"key": out_key, "status": if out_hit { "hit" } else { "miss" }},
-    }))
+    Ok(crate::report::CacheExplanation {
+        steps: out,
+        outputs: crate::report::CacheOutputs {
+            key: out_key,
+            status: crate::report::CacheStatus::from_hit(out_hit),
+        },
+    })
 }
 
 /// What differs between the inputs of a stored layer and the current ones, in words.

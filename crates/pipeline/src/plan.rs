@@ -7,8 +7,8 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use kiln_element::{self as element, ElementSet, HookTree, Library, Phase, Reason};
-use serde_json::{json, Value};
 
+use crate::report::{PhaseHooks, PlanElement, PlanHook, PlanOutput, PlanOverride, PlanReport};
 use crate::request::BuildRequest;
 use crate::{settings, Error};
 
@@ -148,59 +148,62 @@ impl BuildPlan {
         self.outputs.iter().any(kiln_output::OutputType::needs_disk)
     }
 
-    /// The plan as JSON (`kiln plan --json`).
-    pub fn to_json(&self) -> Value {
-        let elements: Vec<Value> = self
-            .set
-            .elements
-            .iter()
-            .map(|e| json!({"name": e.name, "path": e.path, "reason": reason_text(&e.reason)}))
-            .collect();
-        let mut phases = serde_json::Map::new();
-        for p in Phase::ALL {
-            let hooks: Vec<Value> = self
-                .hooks
-                .phases
-                .get(&p)
-                .map(|v| {
-                    v.iter()
-                        .map(|h| json!({"name": h.name, "element": h.element}))
-                        .collect()
+    /// The plan as a typed report; `kiln plan --json` prints it.
+    pub fn report(&self) -> PlanReport {
+        let hook = |h: &element::Hook| PlanHook {
+            name: h.name.clone(),
+            element: h.element.clone(),
+        };
+        PlanReport {
+            arch: self.arch.clone(),
+            image_name: self.image_name.clone(),
+            elements_path: self.elements_path.clone(),
+            elements: self
+                .set
+                .elements
+                .iter()
+                .map(|e| PlanElement {
+                    name: e.name.clone(),
+                    path: e.path.clone(),
+                    reason: reason_text(&e.reason),
                 })
-                .unwrap_or_default();
-            phases.insert(p.name().to_string(), Value::Array(hooks));
+                .collect(),
+            overrides: self
+                .library
+                .overrides()
+                .iter()
+                .map(|o| PlanOverride {
+                    name: o.name.clone(),
+                    winner: o.winner.clone(),
+                    shadowed: o.shadowed.clone(),
+                })
+                .collect(),
+            phases: PhaseHooks(
+                Phase::ALL
+                    .iter()
+                    .map(|p| {
+                        let hooks = self
+                            .hooks
+                            .phases
+                            .get(p)
+                            .map(|v| v.iter().map(hook).collect())
+                            .unwrap_or_default();
+                        (p.name().to_string(), hooks)
+                    })
+                    .collect(),
+            ),
+            environment: self.hooks.environment.iter().map(hook).collect(),
+            block_device: self.needs_disk().then(|| self.block_device.1.clone()),
+            block_device_source: self.block_device.0.describe(),
+            outputs: self
+                .outputs
+                .iter()
+                .map(|t| PlanOutput {
+                    kind: t.extension().to_string(),
+                    path: kiln_output::output_path(&self.image_name, t),
+                })
+                .collect(),
         }
-        let environment: Vec<Value> = self
-            .hooks
-            .environment
-            .iter()
-            .map(|h| json!({"name": h.name, "element": h.element}))
-            .collect();
-        let outputs: Vec<Value> = self
-            .outputs
-            .iter()
-            .map(|t| {
-                json!({"type": t.extension(), "path": kiln_output::output_path(&self.image_name, t)})
-            })
-            .collect();
-        let overrides: Vec<Value> = self
-            .library
-            .overrides()
-            .iter()
-            .map(|o| json!({"name": o.name, "winner": o.winner, "shadowed": o.shadowed}))
-            .collect();
-        json!({
-            "arch": self.arch,
-            "image_name": self.image_name,
-            "elements_path": self.elements_path,
-            "elements": elements,
-            "overrides": overrides,
-            "phases": phases,
-            "environment": environment,
-            "block_device": if self.needs_disk() { Value::String(self.block_device.1.clone()) } else { Value::Null },
-            "block_device_source": self.block_device.0.describe(),
-            "outputs": outputs,
-        })
     }
 
     /// The plan as text (`kiln plan`).

@@ -43,27 +43,23 @@ impl PlanCmd {
             if self.json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
-                for s in v["steps"].as_array().into_iter().flatten() {
+                for s in &v.steps {
                     println!(
                         "{:<13} {:<4} {}",
-                        s["step"].as_str().unwrap_or(""),
-                        s["status"].as_str().unwrap_or(""),
-                        &s["key"].as_str().unwrap_or("")[..16]
+                        s.step,
+                        s.status.as_str(),
+                        s.key.get(..16).unwrap_or(&s.key)
                     );
-                    for r in s["reasons"].as_array().into_iter().flatten() {
-                        println!("    {}", r.as_str().unwrap_or(""));
+                    for r in &s.reasons {
+                        println!("    {r}");
                     }
                 }
-                println!(
-                    "{:<13} {}",
-                    "outputs",
-                    v["outputs"]["status"].as_str().unwrap_or("")
-                );
+                println!("{:<13} {}", "outputs", v.outputs.status.as_str());
             }
             return Ok(0);
         }
         if self.json {
-            println!("{}", serde_json::to_string_pretty(&plan.to_json())?);
+            println!("{}", serde_json::to_string_pretty(&plan.report())?);
         } else {
             print!("{}", plan.to_text());
         }
