@@ -107,6 +107,12 @@ impl BuildPlan {
             .or_else(|| req.var(settings::ARCH.name).map(String::from))
             .unwrap_or_else(kiln_sandbox::host_arch);
         let cache_root = cache_root(req);
+        // The output types first: a type kiln cannot make is refused before anything is read.
+        let outputs = req
+            .output_types()
+            .iter()
+            .map(|t| kiln_output::OutputType::parse(t))
+            .collect::<Result<Vec<_>, _>>()?;
         let builtin = element::builtin::extract(&cache_root)?;
         let elements_path = elements_path(req, &builtin);
         let library = Library::discover(&elements_path)?;
@@ -119,10 +125,6 @@ impl BuildPlan {
             },
         )?;
         let hooks = element::merge_hooks(&set)?;
-        let mut outputs = Vec::new();
-        for t in req.output_types() {
-            outputs.push(kiln_output::OutputType::parse(&t)?);
-        }
         req.qcow2_level()?;
         validate_packages(req, &library, &set, &hooks, &arch)?;
         let block_device = choose_block_device(req, &set, &arch)?;
@@ -145,7 +147,26 @@ impl BuildPlan {
 
     /// Whether any requested output needs a disk image.
     pub fn needs_disk(&self) -> bool {
-        self.outputs.iter().any(kiln_output::OutputType::needs_disk)
+        self.outputs
+            .iter()
+            .any(|t| kiln_output::OutputType::needs_disk(*t))
+    }
+
+    /// The options of the output producers, from the request: compression (`-u`),
+    /// `--qemu-img-options` (else `QEMU_IMG_OPTIONS`), `KILN_QCOW2_LEVEL`, `SOURCE_DATE_EPOCH`.
+    pub fn output_options(&self) -> Result<kiln_output::Options, Error> {
+        let req = &self.request;
+        Ok(kiln_output::Options {
+            compress: !req.uncompressed,
+            qemu_img_options: req
+                .qemu_img_options
+                .clone()
+                .or_else(|| req.var(settings::QEMU_IMG_OPTIONS.name).map(String::from)),
+            qcow2_level: req.qcow2_level()?,
+            source_date_epoch: req
+                .var(settings::SOURCE_DATE_EPOCH.name)
+                .and_then(|v| v.parse().ok()),
+        })
     }
 
     /// The plan as JSON (`kiln plan --json`).
@@ -180,7 +201,7 @@ impl BuildPlan {
             .outputs
             .iter()
             .map(|t| {
-                json!({"type": t.extension(), "path": kiln_output::output_path(&self.image_name, t)})
+                json!({"type": t.name(), "path": kiln_output::output_path(&self.image_name, *t)})
             })
             .collect();
         let overrides: Vec<Value> = self
@@ -266,7 +287,7 @@ impl BuildPlan {
             let _ = writeln!(
                 s,
                 "  {}",
-                kiln_output::output_path(&self.image_name, t).display()
+                kiln_output::output_path(&self.image_name, *t).display()
             );
         }
         s
