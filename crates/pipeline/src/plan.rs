@@ -436,3 +436,65 @@ fn choose_block_device(
         kiln_blockdev::fallback_config().to_string(),
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(types: &[&str], env: &[(&str, &str)], cache: &Path) -> Result<BuildPlan, Error> {
+        BuildPlan::new(&BuildRequest {
+            elements: vec!["debian-minimal".into()],
+            arch: Some("amd64".into()),
+            image_name: PathBuf::from("out/img"),
+            types: types.iter().map(|t| (*t).to_string()).collect(),
+            image_cache: Some(cache.to_path_buf()),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+                .collect(),
+            ..BuildRequest::default()
+        })
+    }
+
+    #[test]
+    fn outputs_and_their_options_come_from_the_table_and_the_request() {
+        let cache = tempfile::tempdir().unwrap();
+        let p = plan(
+            &["squash,tar.gz", "raw"],
+            &[
+                (settings::SOURCE_DATE_EPOCH.name, "1234"),
+                (settings::QEMU_IMG_OPTIONS.name, "compat=0.10"),
+            ],
+            cache.path(),
+        )
+        .unwrap();
+        assert!(p.needs_disk());
+        let json = p.to_json();
+        let outs: Vec<(&str, &str)> = json["outputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| (o["type"].as_str().unwrap(), o["path"].as_str().unwrap()))
+            .collect();
+        assert_eq!(
+            outs,
+            [
+                ("squashfs", "out/img.squash"),
+                ("tgz", "out/img.tgz"),
+                ("raw", "out/img.raw")
+            ]
+        );
+        let o = p.output_options().unwrap();
+        assert!(o.compress);
+        assert_eq!(o.source_date_epoch, Some(1234));
+        assert_eq!(o.qemu_img_options.as_deref(), Some("compat=0.10"));
+        // Without -t: the table's default, qcow2.
+        let p = plan(&[], &[], cache.path()).unwrap();
+        assert_eq!(p.outputs, [kiln_output::OutputType::default_type()]);
+        assert_eq!(p.outputs[0].name(), "qcow2");
+        // Refused before the elements are read, with exit code 2.
+        let e = plan(&["docker"], &[], cache.path()).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().contains("'docker' is not supported"), "{e}");
+    }
+}
