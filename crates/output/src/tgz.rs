@@ -34,8 +34,16 @@ impl Producer for Tgz {
         let output = fs::File::create(pending).map_err(io_err)?;
         let tar_cmd = crate::tar::command(root, Path::new("-"), opts.source_date_epoch);
         let gz_cmd = Cmd::new(gzip()).args(["-9", "-n", "-c"]).stdin(Stdin::Pipe);
-        let mut tar = tar_cmd.spawn(Stdio::piped(), Stdio::piped())?;
         let mut gz = gz_cmd.spawn(output.into(), Stdio::piped())?;
+        let mut tar = match tar_cmd.spawn(Stdio::piped(), Stdio::piped()) {
+            Ok(tar) => tar,
+            Err(e) => {
+                // gzip sees the end of its input and exits; reap it.
+                drop(gz.child_mut().stdin.take());
+                let _ = gz.wait();
+                return Err(e.into());
+            }
+        };
         let (Some(mut from), Some(mut to)) =
             (tar.child_mut().stdout.take(), gz.child_mut().stdin.take())
         else {
