@@ -178,3 +178,34 @@ fn lvm_without_device_mapper_is_refused_before_building() {
         "it built first"
     );
 }
+
+#[test]
+fn output_types_kiln_cannot_make_are_refused_alike_by_plan_and_build() {
+    let t = Tree::new();
+    t.os();
+    let cache = tempfile::tempdir().unwrap();
+    let d = tempfile::tempdir().unwrap();
+    for (types, message) in [
+        (
+            "tar,docker",
+            "output type 'docker' is not supported by kiln yet: use tar and import it",
+        ),
+        (
+            "floppy",
+            "unknown output type 'floppy': use one of qcow2, raw, vmdk, vhd, vdi, tar, tgz, squashfs",
+        ),
+    ] {
+        let mut seen = Vec::new();
+        for cmd in ["plan", "build"] {
+            let mut c = kiln(&[t.path()], cache.path());
+            // The type is refused before the elements are even resolved.
+            c.current_dir(d.path())
+                .args([cmd, "test-os", "no-such-element", "-n", "-t", types]);
+            let (code, _, err) = run(c);
+            assert_input_error(code, &err, &[message]);
+            seen.push(err);
+        }
+        assert_eq!(seen[0], seen[1], "{types}");
+    }
+    assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
+}

@@ -1,19 +1,35 @@
 //! kiln-output: turning a finished build into the files the user asked for.
 //!
-//! Two families, as in DIB: filesystem-tree outputs (`tar`, `tgz`, `squashfs`) made from the
-//! final tree, and disk outputs (`raw`, `qcow2`, `vmdk`, `vhd`, and any other qemu-img format)
-//! converted from the raw image. Every output is written as `NAME.<ext>-new` and renamed into
-//! place, after an existing file was moved aside with a timestamp (unless
-//! `OVERWRITE_OLD_IMAGE`), and may get `.md5` / `.sha256` files.
+//! [`FORMATS`] is the one table of output types: the name given to `-t` (and its aliases), the
+//! file extension, whether the output is made from the final tree or from the raw disk image,
+//! the host tools it runs, and its producer, or why kiln cannot make it yet. The `-t` help, the
+//! error for an unknown or unsupported type, `kiln plan`'s outputs, the preflight's tool list
+//! and the pipeline's dispatch all read it. Each format is written by one module (`tar.rs`,
+//! `tgz.rs`, `squashfs.rs`, `raw.rs`, `qcow2.rs`, `qemu_img.rs`) implementing [`Producer`];
+//! [`produce`] is the one entry point.
+//!
+//! Two families, as in DIB: tree outputs (`tar`, `tgz`, `squashfs`) made from the final tree,
+//! and disk outputs (`raw`, `qcow2`, `vmdk`, `vhd`, …) made from the raw image. Every output
+//! is written as `NAME.<ext>-new` and renamed into place by [`finish`], after an existing file
+//! was moved aside with a timestamp (unless `OVERWRITE_OLD_IMAGE`), and may get `.md5` /
+//! `.sha256` files.
 
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use kiln_host::{Cmd, Stdin};
+use kiln_host::Cmd;
 
 pub mod qcow2;
+pub mod qemu_img;
+pub mod raw;
+pub mod squashfs;
+pub mod tar;
+pub mod tgz;
+
+#[cfg(test)]
+mod testutil;
 
 /// Errors while writing outputs.
 #[derive(Debug, thiserror::Error)]
@@ -30,73 +46,355 @@ pub enum Error {
         source: io::Error,
     },
     /// An output type kiln does not know.
-    #[error(
-        "unknown output type '{0}': use one of raw, qcow2, vmdk, vhd, vdi, tar, tgz, squashfs"
-    )]
+    #[error("unknown output type '{0}': use one of {names}", names = listed_names().join(", "))]
     UnknownType(String),
+    /// An output type DIB knows that kiln cannot make yet.
+    #[error("output type '{name}' is not supported by kiln yet: {hint}")]
+    Unsupported {
+        /// The type as given.
+        name: String,
+        /// What to do instead.
+        hint: &'static str,
+    },
 }
 
-type Result<T> = std::result::Result<T, Error>;
-
-/// One requested output type.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub enum OutputType {
-    /// A tar of the final tree.
-    Tar,
-    /// A gzip-compressed tar.
-    Tgz,
-    /// A squashfs of the final tree (`NAME.squash`, as DIB names it).
-    Squashfs,
-    /// A disk format converted by qemu-img (`qcow2`, `vmdk`, `vdi`, `vhd` → `vpc`, …).
-    Disk(String),
-    /// The raw disk image itself.
-    Raw,
+impl Error {
+    /// Whether the user asked for something wrong (exit code 2) rather than a tool failing.
+    pub fn is_input_error(&self) -> bool {
+        matches!(self, Self::UnknownType(_) | Self::Unsupported { .. })
+    }
 }
+
+/// Results of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What an output is made from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Source {
+    /// The final root tree, after cleanup, with no chroot mounts.
+    Tree,
+    /// The raw disk image, unmounted and detached.
+    Disk,
+}
+
+/// How one format is written. Each module under `src/` implements it for its format(s).
+pub trait Producer: Sync + std::fmt::Debug {
+    /// Writes the output made from `source` (the tree or the raw image, per the table's
+    /// [`Format::source`]) to `pending` (`NAME.<ext>-new`; [`finish`] renames it into place).
+    fn produce(&self, source: &Path, pending: &Path, opts: &Options) -> Result<()>;
+
+    /// Whether, with `opts`, it runs the table's [`Format::tools`] (kiln's own qcow2 writer
+    /// runs none).
+    fn runs_tools(&self, _opts: &Options) -> bool {
+        true
+    }
+}
+
+/// Whether kiln can make a format.
+#[derive(Debug)]
+pub enum Support {
+    /// Made by this producer.
+    Yes(&'static dyn Producer),
+    /// Refused with this hint: what to do instead.
+    No(&'static str),
+}
+
+/// One row of the table of output types.
+#[derive(Debug)]
+pub struct Format {
+    /// The name given to `-t`.
+    pub name: &'static str,
+    /// Other names `-t` accepts for it.
+    pub aliases: &'static [&'static str],
+    /// The file extension: the output is `NAME.<extension>`.
+    pub extension: &'static str,
+    /// What it is made from.
+    pub source: Source,
+    /// Whether making it consumes the source (raw moves the image), so it is made last.
+    pub moves_source: bool,
+    /// The host tools it runs (for the preflight).
+    pub tools: &'static [&'static str],
+    /// Whether it is the type made when `-t` is not given.
+    pub default: bool,
+    /// Whether the `-t` help and the unknown-type error list it.
+    pub listed: bool,
+    /// Its producer, or why kiln cannot make it.
+    pub support: Support,
+}
+
+impl Format {
+    /// Whether kiln can make it.
+    pub fn is_supported(&self) -> bool {
+        matches!(self.support, Support::Yes(_))
+    }
+}
+
+const QEMU_IMG: &[&str] = &["qemu-img"];
+
+/// Every output type kiln knows, in the order the `-t` help lists them. Adding a format is one
+/// row here and one module implementing [`Producer`].
+pub static FORMATS: &[Format] = &[
+    Format {
+        name: "qcow2",
+        aliases: &[],
+        extension: "qcow2",
+        source: Source::Disk,
+        moves_source: false,
+        tools: QEMU_IMG,
+        default: true,
+        listed: true,
+        support: Support::Yes(&qcow2::Qcow2),
+    },
+    Format {
+        name: "raw",
+        aliases: &[],
+        extension: "raw",
+        source: Source::Disk,
+        moves_source: true,
+        tools: &["cp"],
+        default: false,
+        listed: true,
+        support: Support::Yes(&raw::Raw),
+    },
+    Format {
+        name: "vmdk",
+        aliases: &[],
+        extension: "vmdk",
+        source: Source::Disk,
+        moves_source: false,
+        tools: QEMU_IMG,
+        default: false,
+        listed: true,
+        support: Support::Yes(&qemu_img::QemuImg { driver: "vmdk" }),
+    },
+    Format {
+        name: "vhd",
+        aliases: &[],
+        extension: "vhd",
+        source: Source::Disk,
+        moves_source: false,
+        tools: QEMU_IMG,
+        default: false,
+        listed: true,
+        support: Support::Yes(&qemu_img::QemuImg { driver: "vpc" }),
+    },
+    Format {
+        name: "vdi",
+        aliases: &[],
+        extension: "vdi",
+        source: Source::Disk,
+        moves_source: false,
+        tools: QEMU_IMG,
+        default: false,
+        listed: true,
+        support: Support::Yes(&qemu_img::QemuImg { driver: "vdi" }),
+    },
+    Format {
+        name: "tar",
+        aliases: &[],
+        extension: "tar",
+        source: Source::Tree,
+        moves_source: false,
+        tools: &["tar"],
+        default: false,
+        listed: true,
+        support: Support::Yes(&tar::Tar),
+    },
+    Format {
+        name: "tgz",
+        aliases: &["tar.gz"],
+        extension: "tgz",
+        source: Source::Tree,
+        moves_source: false,
+        tools: &["tar", "gzip"],
+        default: false,
+        listed: true,
+        support: Support::Yes(&tgz::Tgz),
+    },
+    Format {
+        name: "squashfs",
+        aliases: &["squash"],
+        extension: "squash",
+        source: Source::Tree,
+        moves_source: false,
+        tools: &["mksquashfs"],
+        default: false,
+        listed: true,
+        support: Support::Yes(&squashfs::Squashfs),
+    },
+    Format {
+        name: "vpc",
+        aliases: &[],
+        extension: "vpc",
+        source: Source::Disk,
+        moves_source: false,
+        tools: QEMU_IMG,
+        default: false,
+        listed: false,
+        support: Support::Yes(&qemu_img::QemuImg { driver: "vpc" }),
+    },
+    Format {
+        name: "qed",
+        aliases: &[],
+        extension: "qed",
+        source: Source::Disk,
+        moves_source: false,
+        tools: QEMU_IMG,
+        default: false,
+        listed: false,
+        support: Support::Yes(&qemu_img::QemuImg { driver: "qed" }),
+    },
+    Format {
+        name: "vhdx",
+        aliases: &[],
+        extension: "vhdx",
+        source: Source::Disk,
+        moves_source: false,
+        tools: QEMU_IMG,
+        default: false,
+        listed: false,
+        support: Support::Yes(&qemu_img::QemuImg { driver: "vhdx" }),
+    },
+    Format {
+        name: "docker",
+        aliases: &[],
+        extension: "docker",
+        source: Source::Tree,
+        moves_source: false,
+        tools: &[],
+        default: false,
+        listed: false,
+        support: Support::No("use tar and import it (`docker import NAME.tar`)"),
+    },
+    Format {
+        name: "aci",
+        aliases: &[],
+        extension: "aci",
+        source: Source::Tree,
+        moves_source: false,
+        tools: &[],
+        default: false,
+        listed: false,
+        support: Support::No("use tar (an ACI is a tar of the tree with a manifest)"),
+    },
+];
+
+/// The names the `-t` help and the unknown-type error list, in table order.
+pub fn listed_names() -> Vec<&'static str> {
+    FORMATS
+        .iter()
+        .filter(|f| f.listed)
+        .map(|f| f.name)
+        .collect()
+}
+
+/// The `-t` help's list: `qcow2 (default), raw, vmdk, …`.
+pub fn types_help() -> String {
+    FORMATS
+        .iter()
+        .filter(|f| f.listed)
+        .map(|f| {
+            if f.default {
+                format!("{} (default)", f.name)
+            } else {
+                f.name.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// One requested, supported output type: a row of [`FORMATS`]. Ordered by table position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct OutputType(usize);
 
 impl OutputType {
-    /// Parses one `-t` value. `vhd` is written by qemu-img's `vpc` driver.
+    /// Parses one `-t` value (a name or an alias). Unknown names and types kiln cannot make
+    /// yet are errors saying what to use instead.
     pub fn parse(s: &str) -> Result<Self> {
-        Ok(match s {
-            "tar" => Self::Tar,
-            "tgz" | "tar.gz" => Self::Tgz,
-            "squashfs" | "squash" => Self::Squashfs,
-            "raw" => Self::Raw,
-            "qcow2" | "vmdk" | "vhd" | "vpc" | "vdi" | "qed" | "vhdx" => Self::Disk(s.to_string()),
-            other => return Err(Error::UnknownType(other.to_string())),
-        })
+        let Some(i) = FORMATS
+            .iter()
+            .position(|f| f.name == s || f.aliases.contains(&s))
+        else {
+            return Err(Error::UnknownType(s.to_string()));
+        };
+        match FORMATS[i].support {
+            Support::Yes(_) => Ok(Self(i)),
+            Support::No(hint) => Err(Error::Unsupported {
+                name: s.to_string(),
+                hint,
+            }),
+        }
     }
 
-    /// Whether this output needs a disk image (and so the block-device stage).
-    pub fn needs_disk(&self) -> bool {
-        matches!(self, Self::Disk(_) | Self::Raw)
+    /// The type made when `-t` is not given (qcow2, as in DIB).
+    pub fn default_type() -> Self {
+        Self(FORMATS.iter().position(|f| f.default).unwrap_or(0))
+    }
+
+    /// Its row of the table.
+    pub fn format(self) -> &'static Format {
+        &FORMATS[self.0]
+    }
+
+    /// Its name as `-t` takes it.
+    pub fn name(self) -> &'static str {
+        self.format().name
     }
 
     /// The file extension of this output.
-    pub fn extension(&self) -> &str {
-        match self {
-            Self::Tar => "tar",
-            Self::Tgz => "tgz",
-            Self::Squashfs => "squash",
-            Self::Raw => "raw",
-            Self::Disk(f) => f,
+    pub fn extension(self) -> &'static str {
+        self.format().extension
+    }
+
+    /// What it is made from.
+    pub fn source(self) -> Source {
+        self.format().source
+    }
+
+    /// Whether this output needs a disk image (and so the block-device stage).
+    pub fn needs_disk(self) -> bool {
+        self.source() == Source::Disk
+    }
+
+    /// The host tools writing it with `opts` runs (for the pipeline's preflight).
+    pub fn tools(self, opts: &Options) -> Vec<&'static str> {
+        match self.format().support {
+            Support::Yes(p) if p.runs_tools(opts) => self.format().tools.to_vec(),
+            _ => Vec::new(),
         }
     }
 }
 
-/// Options for disk conversion.
+/// Options of the producers, from the request.
 #[derive(Debug, Clone, Default)]
-pub struct DiskOptions {
+pub struct Options {
     /// Compress qcow2 (DIB's default; `-u` turns it off).
     pub compress: bool,
     /// Extra `-o` options for qemu-img (`--qemu-img-options`).
     pub qemu_img_options: Option<String>,
     /// zlib level of kiln's own compressed-qcow2 writer; `None` leaves qcow2 to qemu-img.
     pub qcow2_level: Option<u32>,
+    /// `SOURCE_DATE_EPOCH`: tar mtimes are clamped to it.
+    pub source_date_epoch: Option<u64>,
 }
 
-fn run(cmd: &Cmd) -> Result<()> {
-    cmd.run()?;
-    Ok(())
+/// The host tools writing output `ty` runs (for the pipeline's preflight).
+pub fn tools_for(ty: OutputType, opts: &Options) -> Vec<&'static str> {
+    ty.tools(opts)
+}
+
+/// Writes output `ty` made from `source` (the final tree for tree outputs, the raw image for
+/// disk outputs) as `dest`'s pending file; [`finish`] then puts it in place. The one entry
+/// point of every format.
+pub fn produce(ty: OutputType, source: &Path, dest: &Path, opts: &Options) -> Result<()> {
+    match ty.format().support {
+        Support::Yes(p) => p.produce(source, &pending_path(dest), opts),
+        Support::No(hint) => Err(Error::Unsupported {
+            name: ty.name().to_string(),
+            hint,
+        }),
+    }
 }
 
 /// Where an output is written before [`finish`] renames it into place (`NAME.ext-new`).
@@ -104,118 +402,6 @@ pub fn pending_path(dest: &Path) -> PathBuf {
     let mut s = dest.as_os_str().to_owned();
     s.push("-new");
     PathBuf::from(s)
-}
-
-/// Writes a tar of `root` to `dest` (numeric owners, xattrs, sorted, `/proc` and `/sys` contents
-/// excluded, mtimes clamped to `SOURCE_DATE_EPOCH` when it is set).
-pub fn write_tar(root: &Path, dest: &Path, source_date_epoch: Option<u64>) -> Result<()> {
-    let tmp = pending_path(dest);
-    let mut cmd = Cmd::new("tar")
-        .arg("--numeric-owner")
-        .arg("--xattrs")
-        .arg("--xattrs-include=*")
-        .arg("--sort=name")
-        .arg("--exclude=./proc/*")
-        .arg("--exclude=./sys/*")
-        .arg("--exclude=./tmp/in_target.d");
-    if let Some(e) = source_date_epoch {
-        cmd = cmd
-            .arg(format!("--mtime=@{e}"))
-            .arg("--clamp-mtime")
-            .arg("--pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime");
-    }
-    run(&cmd.arg("-C").arg(root).arg("-cf").arg(&tmp).arg("."))?;
-    Ok(())
-}
-
-/// Gzips `tar` into `dest` (pigz when installed, so every core is used).
-pub fn write_tgz(tar: &Path, dest: &Path) -> Result<()> {
-    let tmp = pending_path(dest);
-    let gz = if kiln_host::tools::installed("pigz") {
-        "pigz"
-    } else {
-        "gzip"
-    };
-    let output = fs::File::create(&tmp).map_err(|source| Error::Io {
-        path: tmp.clone(),
-        source,
-    })?;
-    Cmd::new(gz)
-        .args(["-9", "-n", "-c"])
-        .stdin(Stdin::File(tar.to_path_buf()))
-        .run_to(output.into())?;
-    Ok(())
-}
-
-/// Writes a squashfs of `root` to `dest` (xz, as DIB does).
-pub fn write_squashfs(root: &Path, dest: &Path) -> Result<()> {
-    let tmp = pending_path(dest);
-    run(&Cmd::new("mksquashfs")
-        .arg(root)
-        .arg(&tmp)
-        .args(["-comp", "xz", "-noappend", "-no-recovery", "-quiet"])
-        .args(["-wildcards", "-e", "proc/*", "-e", "sys/*"]))
-}
-
-/// The host tools writing output `ty` runs (for the pipeline's preflight).
-pub fn tools_for(ty: &OutputType, opts: &DiskOptions) -> Vec<&'static str> {
-    match ty {
-        OutputType::Tar => vec!["tar"],
-        OutputType::Tgz => vec!["tar", "gzip"],
-        OutputType::Squashfs => vec!["mksquashfs"],
-        OutputType::Raw => vec!["cp"],
-        OutputType::Disk(f) if f == "qcow2" && native_qcow2(opts).is_some() => vec![],
-        OutputType::Disk(_) => vec!["qemu-img"],
-    }
-}
-
-/// kiln's own qcow2 writer's options, when it (rather than qemu-img) writes a compressed qcow2.
-fn native_qcow2(opts: &DiskOptions) -> Option<qcow2::Options> {
-    if !opts.compress {
-        return None;
-    }
-    opts.qcow2_level.and_then(|level| {
-        qcow2::Options::from_qemu_img_options(opts.qemu_img_options.as_deref(), level)
-    })
-}
-
-/// Converts the raw image to a disk format: compressed qcow2 with kiln's own parallel writer
-/// (unless options it does not implement are asked for), everything else with qemu-img.
-pub fn write_disk(raw: &Path, format: &str, dest: &Path, opts: &DiskOptions) -> Result<()> {
-    let tmp = pending_path(dest);
-    if format == "qcow2" {
-        if let Some(o) = native_qcow2(opts) {
-            let stats = qcow2::write(raw, &tmp, &o)?;
-            tracing::debug!(
-                "qcow2: {} data clusters, {} stored uncompressed, {} bytes",
-                stats.data_clusters,
-                stats.raw_clusters,
-                stats.file_bytes
-            );
-            return Ok(());
-        }
-    }
-    let out_fmt = if format == "vhd" { "vpc" } else { format };
-    let mut cmd = Cmd::new("qemu-img").arg("convert");
-    if format == "qcow2" && opts.compress {
-        cmd = cmd.arg("-c");
-    }
-    // Parallel coroutines with out-of-order writes let qcow2 compression use every core.
-    cmd = cmd.args(["-m", "16", "-W", "-f", "raw", "-O", out_fmt]);
-    if let Some(o) = opts.qemu_img_options.as_deref().filter(|o| !o.is_empty()) {
-        cmd = cmd.arg("-o").arg(o);
-    }
-    run(&cmd.arg(raw).arg(&tmp))
-}
-
-/// Moves the raw image into place as the `raw` output (destructive, so done last).
-pub fn write_raw(raw: &Path, dest: &Path) -> Result<()> {
-    let tmp = pending_path(dest);
-    if fs::rename(raw, &tmp).is_err() {
-        // Across filesystems (tmpfs to disk): copy sparsely.
-        run(&Cmd::new("cp").arg("--sparse=always").arg(raw).arg(&tmp))?;
-    }
-    Ok(())
 }
 
 /// Which checksums to write, from `DIB_CHECKSUM` / `--checksum` (`1`, `md5`, `sha256`, lists).
@@ -304,15 +490,15 @@ pub fn finish(dest: &Path, overwrite: bool, sums: Checksums, stamp: &str) -> Res
 }
 
 /// The path an output of `ty` gets for image name `name`.
-pub fn output_path(name: &Path, ty: &OutputType) -> PathBuf {
+pub fn output_path(name: &Path, ty: OutputType) -> PathBuf {
     PathBuf::from(format!("{}.{}", name.display(), ty.extension()))
 }
 
-/// Sorts requested types into the order they must be produced: tree outputs first, then
-/// converted disk formats, raw last (it moves the image away).
+/// Sorts requested types into the order they must be produced, without repeats: tree outputs
+/// first, then disk outputs, the ones that consume the image (raw) last; table order within.
 pub fn production_order(types: &[OutputType]) -> Vec<OutputType> {
     let mut v = types.to_vec();
-    v.sort();
+    v.sort_by_key(|t| (t.source(), t.format().moves_source, *t));
     v.dedup();
     v
 }
@@ -321,17 +507,154 @@ pub fn production_order(types: &[OutputType]) -> Vec<OutputType> {
 mod tests {
     use super::*;
 
+    fn parse(s: &str) -> OutputType {
+        OutputType::parse(s).unwrap()
+    }
+
     #[test]
-    fn types_parse_and_order() {
-        let t: Vec<_> = ["raw", "qcow2", "tar"]
+    fn every_row_has_a_name_an_extension_and_a_producer_or_a_hint() {
+        let mut names = std::collections::BTreeSet::new();
+        let mut extensions = std::collections::BTreeSet::new();
+        for f in FORMATS {
+            assert!(!f.name.is_empty() && !f.extension.is_empty(), "{f:?}");
+            assert!(!f.extension.contains('.'), "{f:?}");
+            for n in std::iter::once(&f.name).chain(f.aliases) {
+                assert!(names.insert(*n), "{n} names two rows");
+            }
+            assert!(extensions.insert(f.extension), "{} twice", f.extension);
+            match f.support {
+                Support::Yes(_) => {
+                    assert!(!f.tools.is_empty(), "{}: no tools", f.name);
+                    // The preflight names the package of every missing tool.
+                    for t in f.tools {
+                        assert!(kiln_host::tools::package_for(t).is_some(), "{t}");
+                    }
+                    let ty = parse(f.name);
+                    assert_eq!(ty.format().name, f.name);
+                    for a in f.aliases {
+                        assert_eq!(parse(a), ty);
+                    }
+                }
+                Support::No(hint) => {
+                    assert!(!hint.is_empty() && !f.listed && !f.default, "{f:?}");
+                }
+            }
+        }
+        assert_eq!(FORMATS.iter().filter(|f| f.default).count(), 1);
+        assert_eq!(OutputType::default_type().name(), "qcow2");
+        // Only raw consumes the image.
+        let movers: Vec<_> = FORMATS
             .iter()
-            .map(|s| OutputType::parse(s).unwrap())
+            .filter(|f| f.moves_source)
+            .map(|f| f.name)
             .collect();
-        let o = production_order(&t);
-        assert_eq!(o.first(), Some(&OutputType::Tar));
-        assert_eq!(o.last(), Some(&OutputType::Raw));
-        assert!(OutputType::parse("floppy").is_err());
-        assert_eq!(OutputType::parse("vhd").unwrap().extension(), "vhd");
+        assert_eq!(movers, ["raw"]);
+    }
+
+    #[test]
+    fn names_extensions_and_sources() {
+        for (name, ext, source) in [
+            ("qcow2", "qcow2", Source::Disk),
+            ("raw", "raw", Source::Disk),
+            ("vmdk", "vmdk", Source::Disk),
+            ("vhd", "vhd", Source::Disk),
+            ("vpc", "vpc", Source::Disk),
+            ("vdi", "vdi", Source::Disk),
+            ("qed", "qed", Source::Disk),
+            ("vhdx", "vhdx", Source::Disk),
+            ("tar", "tar", Source::Tree),
+            ("tgz", "tgz", Source::Tree),
+            ("tar.gz", "tgz", Source::Tree),
+            ("squashfs", "squash", Source::Tree),
+            ("squash", "squash", Source::Tree),
+        ] {
+            let ty = parse(name);
+            assert_eq!((ty.extension(), ty.source()), (ext, source), "{name}");
+            assert_eq!(ty.needs_disk(), source == Source::Disk, "{name}");
+        }
+        assert_eq!(
+            output_path(Path::new("out/img"), parse("squashfs")),
+            Path::new("out/img.squash")
+        );
+    }
+
+    #[test]
+    fn unknown_and_unsupported_names() {
+        for bad in ["floppy", "", "QCOW2", "qcow2 ", "iso"] {
+            let e = OutputType::parse(bad).unwrap_err();
+            assert!(e.is_input_error());
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "unknown output type '{bad}': use one of qcow2, raw, vmdk, vhd, vdi, tar, tgz, squashfs"
+                )
+            );
+        }
+        let e = OutputType::parse("docker").unwrap_err();
+        assert!(e.is_input_error());
+        assert_eq!(
+            e.to_string(),
+            "output type 'docker' is not supported by kiln yet: use tar and import it (`docker import NAME.tar`)"
+        );
+        assert!(matches!(
+            OutputType::parse("aci"),
+            Err(Error::Unsupported { name, .. }) if name == "aci"
+        ));
+    }
+
+    #[test]
+    fn help_lists_the_listed_rows() {
+        assert_eq!(
+            types_help(),
+            "qcow2 (default), raw, vmdk, vhd, vdi, tar, tgz, squashfs"
+        );
+    }
+
+    #[test]
+    fn tools_per_type() {
+        let native = Options {
+            compress: true,
+            qcow2_level: Some(qcow2::DEFAULT_LEVEL),
+            ..Options::default()
+        };
+        let qemu = Options {
+            qcow2_level: None,
+            ..native.clone()
+        };
+        for (name, with_native, with_qemu) in [
+            ("qcow2", &[][..], &["qemu-img"][..]),
+            ("raw", &["cp"], &["cp"]),
+            ("vmdk", &["qemu-img"], &["qemu-img"]),
+            ("vhd", &["qemu-img"], &["qemu-img"]),
+            ("vdi", &["qemu-img"], &["qemu-img"]),
+            ("tar", &["tar"], &["tar"]),
+            ("tgz", &["tar", "gzip"], &["tar", "gzip"]),
+            ("squashfs", &["mksquashfs"], &["mksquashfs"]),
+        ] {
+            assert_eq!(tools_for(parse(name), &native), with_native, "{name}");
+            assert_eq!(tools_for(parse(name), &qemu), with_qemu, "{name}");
+        }
+        // Options kiln's writer does not implement hand qcow2 back to qemu-img.
+        let zstd = Options {
+            qemu_img_options: Some("compression_type=zstd".into()),
+            ..native
+        };
+        assert_eq!(tools_for(parse("qcow2"), &zstd), ["qemu-img"]);
+    }
+
+    #[test]
+    fn production_order_trees_first_raw_last() {
+        let t: Vec<_> = [
+            "raw", "qcow2", "squashfs", "vmdk", "tar", "tgz", "tar", "tar.gz",
+        ]
+        .iter()
+        .map(|s| parse(s))
+        .collect();
+        let names: Vec<_> = production_order(&t)
+            .into_iter()
+            .map(OutputType::name)
+            .collect();
+        assert_eq!(names, ["tar", "tgz", "squashfs", "qcow2", "vmdk", "raw"]);
     }
 
     #[test]
@@ -377,21 +700,5 @@ mod tests {
         fs::write(pending_path(&dest), b"newer").unwrap();
         finish(&dest, true, Checksums::default(), "x").unwrap();
         assert_eq!(fs::read(&dest).unwrap(), b"newer");
-    }
-
-    #[test]
-    fn tar_of_a_tree() {
-        let d = tempfile::tempdir().unwrap();
-        let root = d.path().join("root");
-        fs::create_dir_all(root.join("proc/1")).unwrap();
-        fs::write(root.join("hello"), b"hi").unwrap();
-        fs::write(root.join("proc/1/x"), b"no").unwrap();
-        let dest = d.path().join("t.tar");
-        write_tar(&root, &dest, Some(0)).unwrap();
-        finish(&dest, true, Checksums::default(), "x").unwrap();
-        let list = Cmd::new("tar").arg("-tf").arg(&dest).run().unwrap();
-        let list = list.stdout_str();
-        assert!(list.contains("./hello"));
-        assert!(!list.contains("proc/1/x"));
     }
 }

@@ -448,6 +448,43 @@ fn header(
     h
 }
 
+/// The `qcow2` output: compressed with kiln's own writer when the options allow it (see
+/// [`Options::from_qemu_img_options`]), otherwise converted by qemu-img (`-c` unless `-u`).
+#[derive(Debug)]
+pub struct Qcow2;
+
+impl Qcow2 {
+    /// kiln's own writer's options, when it (rather than qemu-img) writes this qcow2.
+    pub fn native(opts: &crate::Options) -> Option<Options> {
+        if !opts.compress {
+            return None;
+        }
+        opts.qcow2_level.and_then(|level| {
+            Options::from_qemu_img_options(opts.qemu_img_options.as_deref(), level)
+        })
+    }
+}
+
+impl crate::Producer for Qcow2 {
+    fn produce(&self, raw: &Path, pending: &Path, opts: &crate::Options) -> crate::Result<()> {
+        if let Some(o) = Self::native(opts) {
+            let stats = write(raw, pending, &o)?;
+            tracing::debug!(
+                "qcow2: {} data clusters, {} stored uncompressed, {} bytes",
+                stats.data_clusters,
+                stats.raw_clusters,
+                stats.file_bytes
+            );
+            return Ok(());
+        }
+        crate::qemu_img::QemuImg { driver: "qcow2" }.convert(raw, pending, opts, opts.compress)
+    }
+
+    fn runs_tools(&self, opts: &crate::Options) -> bool {
+        Self::native(opts).is_none()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -611,5 +648,59 @@ mod tests {
         )
         .unwrap();
         assert!(std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap());
+    }
+
+    #[test]
+    fn qcow2_output_native_or_qemu_img() {
+        if qemu_img(&["--version"]).is_none() {
+            kiln_testkit::skip(
+                "qcow2::qcow2_output_native_or_qemu_img",
+                "qemu-img is not installed",
+            );
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let disk = crate::testutil::sparse_disk(d.path());
+        let ty = crate::OutputType::parse("qcow2").unwrap();
+        let native = crate::Options {
+            compress: true,
+            qcow2_level: Some(DEFAULT_LEVEL),
+            ..crate::Options::default()
+        };
+        assert!(ty.tools(&native).is_empty());
+        for (name, opts) in [
+            ("native", native.clone()),
+            (
+                "qemu-img-compressed",
+                crate::Options {
+                    qcow2_level: None,
+                    ..native.clone()
+                },
+            ),
+            (
+                "uncompressed",
+                crate::Options {
+                    compress: false,
+                    ..native.clone()
+                },
+            ),
+            (
+                "zstd",
+                crate::Options {
+                    qemu_img_options: Some("compression_type=zstd".into()),
+                    ..native.clone()
+                },
+            ),
+        ] {
+            if name != "native" {
+                assert_eq!(ty.tools(&opts), ["qemu-img"], "{name}");
+            }
+            let dest = d.path().join(format!("{name}.qcow2"));
+            crate::produce(ty, &disk, &dest, &opts).unwrap();
+            let pending = crate::pending_path(&dest);
+            let info = kiln_host::json::qemu_img_info(&pending).unwrap();
+            assert_eq!(info.format, "qcow2", "{name}");
+            crate::testutil::qemu_img_compare(&disk, &pending);
+        }
     }
 }

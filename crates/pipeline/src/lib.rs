@@ -100,11 +100,9 @@ impl Error {
     /// for a signal.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Self::Element(_)
-            | Self::Usage(_)
-            | Self::Output(kiln_output::Error::UnknownType(_))
-            | Self::Sandbox(kiln_sandbox::Error::Binfmt(_)) => 2,
+            Self::Element(_) | Self::Usage(_) | Self::Sandbox(kiln_sandbox::Error::Binfmt(_)) => 2,
             Self::BlockDevice(e) if e.is_input_error() => 2,
+            Self::Output(e) if e.is_input_error() => 2,
             Self::Interrupted { signal } => 128 + signal,
             _ => 1,
         }

@@ -13,7 +13,6 @@ use std::time::Instant;
 
 use kiln_element::Phase;
 use kiln_host::Cmd;
-use kiln_output::OutputType;
 use serde_json::json;
 
 use crate::cache;
@@ -222,17 +221,10 @@ pub fn required_tools(plan: &BuildPlan) -> Result<Vec<kiln_host::tools::Need>, E
         }
         needs.push(Need::new("lsattr", "the copy into the image"));
     }
-    let disk_opts = kiln_output::DiskOptions {
-        compress: !req.uncompressed,
-        qemu_img_options: req
-            .qemu_img_options
-            .clone()
-            .or_else(|| req.var("QEMU_IMG_OPTIONS").map(String::from)),
-        qcow2_level: req.qcow2_level()?,
-    };
+    let output_opts = plan.output_options()?;
     for ty in &plan.outputs {
         let why = format!("the {} output", ty.extension());
-        for tool in kiln_output::tools_for(ty, &disk_opts) {
+        for tool in kiln_output::tools_for(*ty, &output_opts) {
             needs.push(Need::new(tool, &why));
         }
     }
@@ -751,7 +743,7 @@ impl Ctx<'_> {
         let stamp = timestamp();
         let mut outs = Vec::new();
         for ty in kiln_output::production_order(&self.plan.outputs) {
-            let dest = kiln_output::output_path(&self.plan.image_name, &ty);
+            let dest = kiln_output::output_path(&self.plan.image_name, ty);
             let name = dest.file_name().unwrap_or_default();
             let src = entry.join("files").join(name);
             cache::copy_file(&src, &kiln_output::pending_path(&dest))?;
@@ -898,32 +890,7 @@ impl Ctx<'_> {
         let raw = created.image_path().to_path_buf();
         created.umount(&mut runner)?;
         self.timing("block-device-umount", t, Vec::new());
-        let disk_opts = kiln_output::DiskOptions {
-            compress: !req.uncompressed,
-            qemu_img_options: req
-                .qemu_img_options
-                .clone()
-                .or_else(|| req.var(settings::QEMU_IMG_OPTIONS.name).map(String::from)),
-            qcow2_level: req.qcow2_level()?,
-        };
-        let sums = self.checksums();
-        let overwrite = self.overwrite();
-        let stamp = timestamp();
-        for ty in kiln_output::production_order(&plan.outputs) {
-            check_interrupt()?;
-            let dest = kiln_output::output_path(&plan.image_name, &ty);
-            let t = Instant::now();
-            match &ty {
-                OutputType::Disk(f) => kiln_output::write_disk(&raw, f, &dest, &disk_opts)?,
-                OutputType::Raw => kiln_output::write_raw(&raw, &dest)?,
-                _ => continue,
-            }
-            kiln_output::finish(&dest, overwrite, sums, &stamp)?;
-            self.console.say(&format!("wrote {}", dest.display()));
-            self.timing(ty.extension(), t, Vec::new());
-            outputs.push(dest);
-        }
-        Ok(())
+        self.outputs_from(kiln_output::Source::Disk, &raw, outputs)
     }
 
     fn checksums(&self) -> kiln_output::Checksums {
@@ -938,44 +905,34 @@ impl Ctx<'_> {
     }
 
     fn tree_outputs(&mut self, root: &Path, outputs: &mut Vec<PathBuf>) -> Result<(), Error> {
+        self.outputs_from(kiln_output::Source::Tree, root, outputs)
+    }
+
+    /// Makes every requested output made from `kind` (the tree at `source`, or the raw image
+    /// at `source`) through kiln-output's one entry point, in production order.
+    fn outputs_from(
+        &mut self,
+        kind: kiln_output::Source,
+        source: &Path,
+        outputs: &mut Vec<PathBuf>,
+    ) -> Result<(), Error> {
         let plan = self.plan;
-        let sde = plan
-            .request
-            .var(settings::SOURCE_DATE_EPOCH.name)
-            .and_then(|v| v.parse().ok());
+        let opts = plan.output_options()?;
         let sums = self.checksums();
         let overwrite = self.overwrite();
         let stamp = timestamp();
-        let wants = |t: &OutputType| plan.outputs.contains(t);
-        if wants(&OutputType::Tar) || wants(&OutputType::Tgz) {
-            let t = Instant::now();
-            let tar = kiln_output::output_path(&plan.image_name, &OutputType::Tar);
-            kiln_output::write_tar(root, &tar, sde)?;
-            let pending = kiln_output::pending_path(&tar);
-            if wants(&OutputType::Tgz) {
-                let tgz = kiln_output::output_path(&plan.image_name, &OutputType::Tgz);
-                kiln_output::write_tgz(&pending, &tgz)?;
-                kiln_output::finish(&tgz, overwrite, sums, &stamp)?;
-                self.console.say(&format!("wrote {}", tgz.display()));
-                outputs.push(tgz);
+        for ty in kiln_output::production_order(&plan.outputs) {
+            if ty.source() != kind {
+                continue;
             }
-            if wants(&OutputType::Tar) {
-                kiln_output::finish(&tar, overwrite, sums, &stamp)?;
-                self.console.say(&format!("wrote {}", tar.display()));
-                outputs.push(tar);
-            } else {
-                let _ = fs::remove_file(&pending);
-            }
-            self.timing("tar", t, Vec::new());
-        }
-        if wants(&OutputType::Squashfs) {
+            check_interrupt()?;
+            let dest = kiln_output::output_path(&plan.image_name, ty);
             let t = Instant::now();
-            let dest = kiln_output::output_path(&plan.image_name, &OutputType::Squashfs);
-            kiln_output::write_squashfs(root, &dest)?;
+            kiln_output::produce(ty, source, &dest, &opts)?;
             kiln_output::finish(&dest, overwrite, sums, &stamp)?;
             self.console.say(&format!("wrote {}", dest.display()));
+            self.timing(ty.name(), t, Vec::new());
             outputs.push(dest);
-            self.timing("squashfs", t, Vec::new());
         }
         Ok(())
     }

@@ -107,6 +107,12 @@ impl BuildPlan {
             .or_else(|| req.var(settings::ARCH.name).map(String::from))
             .unwrap_or_else(kiln_sandbox::host_arch);
         let cache_root = cache_root(req);
+        // The output types first: a type kiln cannot make is refused before anything is read.
+        let outputs = req
+            .output_types()
+            .iter()
+            .map(|t| kiln_output::OutputType::parse(t))
+            .collect::<Result<Vec<_>, _>>()?;
         let builtin = element::builtin::extract(&cache_root)?;
         let elements_path = elements_path(req, &builtin);
         let library = Library::discover(&elements_path)?;
@@ -119,10 +125,6 @@ impl BuildPlan {
             },
         )?;
         let hooks = element::merge_hooks(&set)?;
-        let mut outputs = Vec::new();
-        for t in req.output_types() {
-            outputs.push(kiln_output::OutputType::parse(&t)?);
-        }
         req.qcow2_level()?;
         validate_packages(req, &library, &set, &hooks, &arch)?;
         let block_device = choose_block_device(req, &set, &arch)?;
@@ -145,7 +147,26 @@ impl BuildPlan {
 
     /// Whether any requested output needs a disk image.
     pub fn needs_disk(&self) -> bool {
-        self.outputs.iter().any(kiln_output::OutputType::needs_disk)
+        self.outputs
+            .iter()
+            .any(|t| kiln_output::OutputType::needs_disk(*t))
+    }
+
+    /// The options of the output producers, from the request: compression (`-u`),
+    /// `--qemu-img-options` (else `QEMU_IMG_OPTIONS`), `KILN_QCOW2_LEVEL`, `SOURCE_DATE_EPOCH`.
+    pub fn output_options(&self) -> Result<kiln_output::Options, Error> {
+        let req = &self.request;
+        Ok(kiln_output::Options {
+            compress: !req.uncompressed,
+            qemu_img_options: req
+                .qemu_img_options
+                .clone()
+                .or_else(|| req.var(settings::QEMU_IMG_OPTIONS.name).map(String::from)),
+            qcow2_level: req.qcow2_level()?,
+            source_date_epoch: req
+                .var(settings::SOURCE_DATE_EPOCH.name)
+                .and_then(|v| v.parse().ok()),
+        })
     }
 
     /// The plan as a typed report; `kiln plan --json` prints it.
@@ -199,8 +220,8 @@ impl BuildPlan {
                 .outputs
                 .iter()
                 .map(|t| PlanOutput {
-                    kind: t.extension().to_string(),
-                    path: kiln_output::output_path(&self.image_name, t),
+                    kind: t.name().to_string(),
+                    path: kiln_output::output_path(&self.image_name, *t),
                 })
                 .collect(),
         }
@@ -269,7 +290,7 @@ impl BuildPlan {
             let _ = writeln!(
                 s,
                 "  {}",
-                kiln_output::output_path(&self.image_name, t).display()
+                kiln_output::output_path(&self.image_name, *t).display()
             );
         }
         s
@@ -417,4 +438,66 @@ fn choose_block_device(
         BlockDeviceSource::Fallback,
         kiln_blockdev::fallback_config().to_string(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(types: &[&str], env: &[(&str, &str)], cache: &Path) -> Result<BuildPlan, Error> {
+        BuildPlan::new(&BuildRequest {
+            elements: vec!["debian-minimal".into()],
+            arch: Some("amd64".into()),
+            image_name: PathBuf::from("out/img"),
+            types: types.iter().map(|t| (*t).to_string()).collect(),
+            image_cache: Some(cache.to_path_buf()),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+                .collect(),
+            ..BuildRequest::default()
+        })
+    }
+
+    #[test]
+    fn outputs_and_their_options_come_from_the_table_and_the_request() {
+        let cache = tempfile::tempdir().unwrap();
+        let p = plan(
+            &["squash,tar.gz", "raw"],
+            &[
+                (settings::SOURCE_DATE_EPOCH.name, "1234"),
+                (settings::QEMU_IMG_OPTIONS.name, "compat=0.10"),
+            ],
+            cache.path(),
+        )
+        .unwrap();
+        assert!(p.needs_disk());
+        let json = serde_json::to_value(p.report()).unwrap();
+        let outs: Vec<(&str, &str)> = json["outputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| (o["type"].as_str().unwrap(), o["path"].as_str().unwrap()))
+            .collect();
+        assert_eq!(
+            outs,
+            [
+                ("squashfs", "out/img.squash"),
+                ("tgz", "out/img.tgz"),
+                ("raw", "out/img.raw")
+            ]
+        );
+        let o = p.output_options().unwrap();
+        assert!(o.compress);
+        assert_eq!(o.source_date_epoch, Some(1234));
+        assert_eq!(o.qemu_img_options.as_deref(), Some("compat=0.10"));
+        // Without -t: the table's default, qcow2.
+        let p = plan(&[], &[], cache.path()).unwrap();
+        assert_eq!(p.outputs, [kiln_output::OutputType::default_type()]);
+        assert_eq!(p.outputs[0].name(), "qcow2");
+        // Refused before the elements are read, with exit code 2.
+        let e = plan(&["docker"], &[], cache.path()).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().contains("'docker' is not supported"), "{e}");
+    }
 }

@@ -102,7 +102,7 @@ impl BuildRequest {
             .map(String::from)
             .collect();
         if t.is_empty() {
-            t.push("qcow2".into());
+            t.push(kiln_output::OutputType::default_type().name().into());
         }
         // `-t tgz` implies the tar it is made from (DIB), but kiln keeps `tar` only when asked.
         t
