@@ -4,6 +4,7 @@
 
 mod cli;
 mod errors;
+mod in_image;
 mod lint;
 mod plan;
 mod preflight;

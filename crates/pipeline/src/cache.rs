@@ -439,7 +439,10 @@ fn apply_delta(dir: &Path, name: &str, root: &Path) -> Result<(), Error> {
     let mut paths: Vec<&[u8]> = del.split(|b| *b == 0).filter(|p| !p.is_empty()).collect();
     paths.reverse();
     for p in paths {
-        let path = root.join(Path::new(std::ffi::OsStr::from_bytes_compat(p)));
+        // Resolved inside the tree (the last component not followed), so a symlinked parent
+        // directory in the image never leads the removal out to the host.
+        let rel = Path::new(std::ffi::OsStr::from_bytes_compat(p));
+        let path = kiln_sandbox::path::resolve_in_root_nofollow(root, rel)?;
         match fs::symlink_metadata(&path) {
             Ok(m) if m.is_dir() => {
                 let _ = fs::remove_dir_all(&path);
@@ -806,6 +809,32 @@ mod tests {
         assert!(!c.contains(&"keep".to_string()));
         assert!(del.contains(&"gone".to_string()));
         assert!(del.contains(&"morph".to_string()));
+    }
+
+    #[test]
+    fn restoring_deletions_never_follows_a_link_out_of_the_tree() {
+        let d = tempfile::tempdir().unwrap();
+        let base = fs::canonicalize(d.path()).unwrap();
+        let (layer, root, outside) = (base.join("layer"), base.join("root"), base.join("out"));
+        for p in [&layer, &root, &outside] {
+            fs::create_dir_all(p).unwrap();
+        }
+        fs::write(outside.join("precious"), "host").unwrap();
+        fs::write(root.join("gone"), "x").unwrap();
+        std::os::unix::fs::symlink("../out", root.join("link")).unwrap();
+        fs::write(layer.join("layer.deleted"), b"link/precious\0gone\0").unwrap();
+        let empty = Cmd::new("tar")
+            .arg("-cf")
+            .arg(layer.join("layer.tar"))
+            .args(["-T", "/dev/null"])
+            .run();
+        assert!(empty.is_ok(), "{empty:?}");
+        apply_delta(&layer, "layer", &root).unwrap();
+        assert_eq!(
+            fs::read_to_string(outside.join("precious")).unwrap(),
+            "host"
+        );
+        assert!(!root.join("gone").exists());
     }
 
     #[test]

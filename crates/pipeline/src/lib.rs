@@ -10,6 +10,7 @@
 
 pub mod cache;
 pub mod env;
+pub mod in_image;
 pub mod lint;
 pub mod packages;
 pub mod pipeline;

@@ -612,10 +612,9 @@ impl Ctx<'_> {
         }
         // Layers after root were taken with the build's resolv.conf in place already.
         if hits <= 1 {
-            Self::resolv_conf_in(&mnt)?;
+            crate::in_image::resolv_conf_in(&mnt)?;
         }
-        fs::create_dir_all(mnt.join("tmp")).map_err(io(&mnt))?;
-        kiln_sandbox::mount_chroot_fs(&mnt)?;
+        self.ws.mount_chroot()?;
         for (i, s) in steps.iter().enumerate().skip(1) {
             if i < hits {
                 continue;
@@ -643,12 +642,12 @@ impl Ctx<'_> {
             self.build_disk(&mut outputs)?;
         } else {
             // A root filesystem only: finalise runs in the tree itself.
-            kiln_sandbox::mount_chroot_fs(&mnt)?;
+            self.ws.mount_chroot()?;
             self.run_phase(Phase::PreFinalise, &Place::Host, None)?;
             self.run_phase(Phase::Finalise, &Place::Chroot(mnt.clone()), None)?;
             self.run_phase(Phase::Cleanup, &Place::Host, Some(&mnt))?;
             self.ws.umount_chroot()?;
-            Self::tidy(&mnt)?;
+            self.tidy(&mnt)?;
             self.tree_outputs(&mnt, &mut outputs)?;
         }
         self.store_outputs(&outputs);
@@ -864,7 +863,7 @@ impl Ctx<'_> {
         self.ws.blockdev = Some(created);
         self.timing("block-device-create", t, Vec::new());
         let created = self.ws.blockdev.as_ref().expect("just set");
-        created.write_fstab(&built.join("etc/fstab"))?;
+        created.write_fstab(&crate::in_image::path(&built, "etc/fstab")?)?;
 
         // One copy of the tree into the image filesystem.
         let t = Instant::now();
@@ -874,13 +873,12 @@ impl Ctx<'_> {
         self.timing("copy-into-image", t, Vec::new());
         check_interrupt()?;
 
-        fs::create_dir_all(mnt.join("tmp")).map_err(io(&mnt))?;
-        kiln_sandbox::mount_chroot_fs(&mnt)?;
+        self.ws.mount_chroot()?;
         self.run_phase(Phase::PreFinalise, &Place::Host, None)?;
         self.run_phase(Phase::Finalise, &Place::Chroot(mnt.clone()), None)?;
         self.run_phase(Phase::Cleanup, &Place::Host, Some(&mnt))?;
         self.ws.umount_chroot()?;
-        Self::tidy(&mnt)?;
+        self.tidy(&mnt)?;
         self.tree_outputs(&mnt, outputs)?;
 
         // Unmount the image (this copies offline filesystems in and detaches the loop device),
@@ -937,68 +935,11 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    /// DIB's resolv.conf dance, first half: keep the target's, use the host's during the build.
-    fn resolv_conf_in(mnt: &Path) -> Result<(), Error> {
-        let etc = mnt.join("etc");
-        fs::create_dir_all(&etc).map_err(io(&etc))?;
-        let target = etc.join("resolv.conf");
-        let orig = etc.join("resolv.conf.ORIG");
-        if fs::symlink_metadata(&target).is_ok() {
-            fs::rename(&target, &orig).map_err(io(&target))?;
-        }
-        let host = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-        let text = if host.trim().is_empty() {
-            "nameserver 127.0.0.1\n".to_string()
-        } else {
-            host
-        };
-        fs::write(&target, text).map_err(io(&target))?;
-        Ok(())
-    }
-
-    /// After cleanup.d: restore resolv.conf, empty /tmp, truncate /var/log, drop /root/*.log.
-    fn tidy(mnt: &Path) -> Result<(), Error> {
-        let etc = mnt.join("etc");
-        let target = etc.join("resolv.conf");
-        let orig = etc.join("resolv.conf.ORIG");
-        let is_link = fs::symlink_metadata(&target).is_ok_and(|m| m.file_type().is_symlink());
-        let immutable = Cmd::new("lsattr")
-            .arg("-d")
-            .arg(&target)
-            .run_unchecked()
-            .is_ok_and(|o| {
-                o.stdout_str()
-                    .split_whitespace()
-                    .next()
-                    .is_some_and(|a| a.contains('i'))
-            });
-        if is_link || immutable {
-            let _ = fs::remove_file(&orig);
-        } else {
-            let _ = fs::remove_file(&target);
-            if fs::symlink_metadata(&orig).is_ok() {
-                fs::rename(&orig, &target).map_err(io(&orig))?;
-            }
-        }
-        let tmp = mnt.join("tmp");
-        let _ = kiln_sandbox::umount_all_under(&tmp);
-        if let Ok(rd) = fs::read_dir(&tmp) {
-            for e in rd.flatten() {
-                let p = e.path();
-                if p.is_dir() && !p.is_symlink() {
-                    let _ = fs::remove_dir_all(&p);
-                } else {
-                    let _ = fs::remove_file(&p);
-                }
-            }
-        }
-        truncate_logs(&mnt.join("var/log"));
-        if let Ok(rd) = fs::read_dir(mnt.join("root")) {
-            for e in rd.flatten() {
-                if e.path().extension().is_some_and(|x| x == "log") {
-                    let _ = fs::remove_file(e.path());
-                }
-            }
+    /// After cleanup.d: the tidy-up of the tree ([`crate::in_image::tidy`]); what it could not
+    /// remove is a warning.
+    fn tidy(&self, mnt: &Path) -> Result<(), Error> {
+        for p in crate::in_image::tidy(mnt)? {
+            self.console.say(&format!("warning: tidy: {p}"));
         }
         Ok(())
     }
@@ -1061,9 +1002,9 @@ impl Ctx<'_> {
                 )
             }
             Place::Chroot(root) => {
-                let in_target = root.join("tmp/in_target.d");
-                fs::create_dir_all(&in_target).map_err(io(&in_target))?;
-                kiln_sandbox::bind(&hooks, &in_target, true)?;
+                let in_target =
+                    kiln_sandbox::path::create_dir_all_in_root(root, Path::new("tmp/in_target.d"))?;
+                let hooks_mount = kiln_sandbox::Mount::bind(&hooks, &in_target, true)?;
                 let argv = vec![
                     "bash".to_string(),
                     "/tmp/in_target.d/dib-run-parts".to_string(),
@@ -1085,7 +1026,9 @@ impl Ctx<'_> {
                     }
                 }
                 kiln_sandbox::kill_processes_rooted_under(root);
-                let _ = kiln_sandbox::umount(&in_target);
+                if let Err(e) = hooks_mount.unmount() {
+                    self.console.say(&format!("warning: {e}"));
+                }
                 let _ = fs::remove_dir(&in_target);
                 r
             }
@@ -1184,21 +1127,6 @@ fn copy_tree(from: &Path, to: &Path) -> Result<(), Error> {
             step: "copy-into-image".into(),
             message: e.to_string(),
         })
-}
-
-fn truncate_logs(dir: &Path) {
-    let Ok(rd) = fs::read_dir(dir) else { return };
-    for e in rd.flatten() {
-        let p = e.path();
-        let Ok(m) = fs::symlink_metadata(&p) else {
-            continue;
-        };
-        if m.is_dir() {
-            truncate_logs(&p);
-        } else if m.is_file() {
-            let _ = fs::OpenOptions::new().write(true).truncate(true).open(&p);
-        }
-    }
 }
 
 fn timestamp() -> String {

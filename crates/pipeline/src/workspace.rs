@@ -5,6 +5,11 @@
 //! in the build, unmount the chroot mounts, tear down the block devices (which copies offline
 //! filesystems in and detaches loop devices), unmount whatever is left, and remove the
 //! directories. `teardown` runs explicitly on every path; `Drop` is the safety net.
+//!
+//! The base directory (`TMPDIR`) is canonicalised once, here: the kernel lists mount points in
+//! `/proc/self/mountinfo` by their canonical path, so a `TMPDIR` reached through a symlink would
+//! otherwise match none of the build's mounts and teardown would leave them (and the host's
+//! `/dev` bound inside the tree) behind. Every path kept here derives from the canonical base.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -21,12 +26,20 @@ pub struct Workspace {
     pub blockdev: Option<kiln_blockdev::Created>,
     /// Whether a tmpfs was mounted on the two directories.
     pub tmpfs: bool,
+    /// The chroot's mounts inside `mnt`, while they are mounted.
+    chroot: Option<kiln_sandbox::ChrootMounts>,
     done: bool,
 }
 
 impl Workspace {
-    /// Creates both directories under `base` and mounts a tmpfs on them when `use_tmpfs`.
+    /// Creates both directories under `base` (canonicalised first, so every later comparison
+    /// with mountinfo matches) and mounts a tmpfs on them when `use_tmpfs`.
     pub fn create(base: &Path, use_tmpfs: bool) -> Result<Self, Error> {
+        let canonical = fs::canonicalize(base).map_err(|source| Error::Io {
+            path: base.to_path_buf(),
+            source,
+        })?;
+        let base = canonical.as_path();
         let mk = |prefix: &str| -> Result<PathBuf, Error> {
             tempfile::Builder::new()
                 .prefix(prefix)
@@ -52,6 +65,7 @@ impl Workspace {
             image_dir,
             blockdev: None,
             tmpfs: false,
+            chroot: None,
             done: false,
         };
         if use_tmpfs {
@@ -67,20 +81,40 @@ impl Workspace {
         self.build_dir.join("mnt")
     }
 
+    /// Creates `mnt/tmp` (resolved inside the tree) and mounts what a chroot phase needs in
+    /// `mnt` ([`kiln_sandbox::ChrootMounts`]); does nothing when they are already mounted.
+    pub fn mount_chroot(&mut self) -> Result<(), Error> {
+        if self.chroot.is_some() {
+            return Ok(());
+        }
+        let mnt = self.mnt();
+        kiln_sandbox::path::create_dir_all_in_root(&mnt, Path::new("tmp"))?;
+        self.chroot = Some(kiln_sandbox::ChrootMounts::mount(&mnt)?);
+        Ok(())
+    }
+
     /// Unmounts the chroot mounts (and anything hooks mounted) under `mnt`, leaving the block
     /// device's own filesystems mounted.
-    pub fn umount_chroot(&self) -> Result<(), Error> {
+    pub fn umount_chroot(&mut self) -> Result<(), Error> {
         let keep: Vec<PathBuf> = self
             .blockdev
             .as_ref()
             .map(kiln_blockdev::Created::mounted_paths)
             .unwrap_or_default();
         let mut failed = Vec::new();
+        // Everything mounted below mnt, found in mountinfo (deepest and latest first): what hooks
+        // mounted, stacked over or below the chroot's own mounts, and those themselves ...
         for m in kiln_sandbox::mounts_under(&self.mnt()) {
             if keep.contains(&m) {
                 continue;
             }
             if let Err(e) = kiln_sandbox::umount(&m) {
+                failed.push(e.to_string());
+            }
+        }
+        // ... then the chroot's mounts as values: already gone unless mountinfo missed them.
+        if let Some(c) = self.chroot.take() {
+            if let Err(e) = c.unmount() {
                 failed.push(e.to_string());
             }
         }

@@ -16,6 +16,8 @@ use nix::sched::{unshare, CloneFlags};
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 
+pub mod mountinfo;
+pub mod path;
 pub mod watchdog;
 
 /// Errors of the sandbox layer; each names what it was working on.
@@ -45,9 +47,18 @@ pub enum Error {
     /// Paths that could not be unmounted.
     #[error("could not unmount: {}", .0.join(", "))]
     Busy(Vec<String>),
+    /// Resolving a path inside an image root met too many symlinks.
+    #[error("{}: too many levels of symbolic links resolving {} inside it", root.display(), path.display())]
+    SymlinkLoop {
+        /// The image root.
+        root: PathBuf,
+        /// The path being resolved inside it.
+        path: PathBuf,
+    },
 }
 
-type Result<T> = std::result::Result<T, Error>;
+/// The sandbox layer's result.
+pub type Result<T> = std::result::Result<T, Error>;
 
 /// Moves this process into a private mount namespace. Call before any thread is started.
 ///
@@ -116,83 +127,163 @@ pub fn mount_tmpfs(dst: &Path, size_bytes: u64) -> Result<()> {
     .map_err(sys("mount tmpfs on", dst))
 }
 
-/// Mounts what a chroot phase needs inside `root`, as DIB does: proc, a bind of the host's
-/// `/dev` (so grub-install sees loop devices), devpts, and sysfs read-only.
-pub fn mount_chroot_fs(root: &Path) -> Result<()> {
-    let p = |s: &str| root.join(s);
-    for d in ["proc", "dev", "sys"] {
-        fs::create_dir_all(p(d)).map_err(|source| Error::Io { path: p(d), source })?;
+/// One mount this process made, unmounted by [`Mount::unmount`] (which reports failure) or, as a
+/// safety net, when dropped (which can only log it).
+#[derive(Debug)]
+#[must_use = "dropping a Mount unmounts it"]
+pub struct Mount {
+    path: PathBuf,
+    mounted: bool,
+}
+
+impl Mount {
+    /// Bind-mounts `src` on `dst` (read-only when asked) and returns the mount.
+    pub fn bind(src: &Path, dst: &Path, readonly: bool) -> Result<Self> {
+        bind(src, dst, readonly)?;
+        Ok(Self::adopt(dst))
     }
-    mount(
-        Some("proc"),
-        &p("proc"),
-        Some("proc"),
-        MsFlags::empty(),
-        None::<&str>,
-    )
-    .map_err(sys("mount proc on", &p("proc")))?;
-    mount(
-        Some(Path::new("/dev")),
-        &p("dev"),
-        None::<&str>,
-        MsFlags::MS_BIND,
-        None::<&str>,
-    )
-    .map_err(sys("bind /dev on", &p("dev")))?;
-    let pts = p("dev/pts");
-    let _ = fs::create_dir_all(&pts);
-    mount(
-        Some("devpts"),
-        &pts,
-        Some("devpts"),
-        MsFlags::empty(),
-        Some("newinstance,ptmxmode=0666,mode=620,gid=5"),
-    )
-    .map_err(sys("mount devpts on", &pts))?;
-    mount(
-        Some("sysfs"),
-        &p("sys"),
-        Some("sysfs"),
-        MsFlags::MS_RDONLY,
-        None::<&str>,
-    )
-    .map_err(sys("mount sysfs on", &p("sys")))?;
-    Ok(())
+
+    /// Takes charge of a mount already made on `path`.
+    fn adopt(path: &Path) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            mounted: true,
+        }
+    }
+
+    /// Where it is mounted.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Unmounts it (retrying a busy mount, then lazily), reporting failure.
+    pub fn unmount(mut self) -> Result<()> {
+        self.mounted = false;
+        umount(&self.path)
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if self.mounted {
+            if let Err(e) = umount(&self.path) {
+                tracing::warn!("{e}");
+            }
+        }
+    }
+}
+
+/// The mounts a chroot phase needs inside an image root, made by [`ChrootMounts::mount`] and
+/// undone in reverse order by [`ChrootMounts::unmount`] (or, as a safety net, on drop).
+#[derive(Debug)]
+#[must_use = "dropping ChrootMounts unmounts them"]
+pub struct ChrootMounts {
+    root: PathBuf,
+    mounts: Vec<Mount>,
+}
+
+impl ChrootMounts {
+    /// Mounts, as DIB does, proc, a bind of the host's `/dev` (so grub-install sees loop
+    /// devices), devpts and a read-only sysfs inside `root`. Each mount point is resolved inside
+    /// the root ([`path::resolve_in_root`]), so an image whose `/dev` or `/proc` is a symlink
+    /// cannot make kiln mount over a host directory. A failure undoes the mounts made so far.
+    pub fn mount(root: &Path) -> Result<Self> {
+        let mut me = Self {
+            root: root.to_path_buf(),
+            mounts: Vec::new(),
+        };
+        let proc_ = path::create_dir_all_in_root(root, Path::new("proc"))?;
+        mount(
+            Some("proc"),
+            &proc_,
+            Some("proc"),
+            MsFlags::empty(),
+            None::<&str>,
+        )
+        .map_err(sys("mount proc on", &proc_))?;
+        me.mounts.push(Mount::adopt(&proc_));
+        let dev = path::create_dir_all_in_root(root, Path::new("dev"))?;
+        mount(
+            Some(Path::new("/dev")),
+            &dev,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(sys("bind /dev on", &dev))?;
+        me.mounts.push(Mount::adopt(&dev));
+        let pts = path::create_dir_all_in_root(root, Path::new("dev/pts"))?;
+        mount(
+            Some("devpts"),
+            &pts,
+            Some("devpts"),
+            MsFlags::empty(),
+            Some("newinstance,ptmxmode=0666,mode=620,gid=5"),
+        )
+        .map_err(sys("mount devpts on", &pts))?;
+        me.mounts.push(Mount::adopt(&pts));
+        let sys_ = path::create_dir_all_in_root(root, Path::new("sys"))?;
+        mount(
+            Some("sysfs"),
+            &sys_,
+            Some("sysfs"),
+            MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
+        .map_err(sys("mount sysfs on", &sys_))?;
+        me.mounts.push(Mount::adopt(&sys_));
+        Ok(me)
+    }
+
+    /// The image root they are mounted in.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Their mount points, in the order they were mounted.
+    pub fn paths(&self) -> impl Iterator<Item = &Path> {
+        self.mounts.iter().map(Mount::path)
+    }
+
+    /// Unmounts them, last first; reports every one that could not be unmounted.
+    pub fn unmount(mut self) -> Result<()> {
+        let mut failed = Vec::new();
+        while let Some(m) = self.mounts.pop() {
+            let p = m.path().display().to_string();
+            if let Err(e) = m.unmount() {
+                tracing::warn!("{e}");
+                failed.push(p);
+            }
+        }
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Busy(failed))
+        }
+    }
+}
+
+impl Drop for ChrootMounts {
+    fn drop(&mut self) {
+        // Last first; each Mount's own Drop unmounts it and logs a failure.
+        while let Some(m) = self.mounts.pop() {
+            drop(m);
+        }
+    }
 }
 
 /// Every mount point at or below `dir`, deepest first, read from `/proc/self/mountinfo`.
+///
+/// The kernel lists canonical paths, so `dir` must be canonical too (the workspace canonicalises
+/// its base directory once, when it is created); the comparison is by bytes.
 pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
-    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
-        return Vec::new();
-    };
-    let mut found: Vec<PathBuf> = info
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|m| PathBuf::from(unescape_mountinfo(m)))
-        .filter(|m| m.starts_with(dir))
-        .collect();
-    // Deepest first; for equal depth the later mount first (stacked mounts).
-    found.reverse();
-    found.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
-    found
-}
-
-fn unescape_mountinfo(s: &str) -> String {
-    let mut out = String::new();
-    let b = s.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
-                out.push(v as char);
-                i += 4;
-                continue;
-            }
+    match fs::read("/proc/self/mountinfo") {
+        Ok(info) => mountinfo::mounts_under_in(&info, dir),
+        Err(e) => {
+            tracing::warn!("/proc/self/mountinfo: {e}");
+            Vec::new()
         }
-        out.push(b[i] as char);
-        i += 1;
     }
-    out
 }
 
 /// Unmounts one mount point, retrying a busy one and falling back to a lazy unmount.
@@ -388,12 +479,6 @@ mod tests {
         assert_eq!(debian_arch("armv7l"), "armhf");
         assert_eq!(qemu_arch("arm64"), "aarch64");
         assert_eq!(qemu_arch("ppc64el"), "ppc64le");
-    }
-
-    #[test]
-    fn mountinfo_escapes() {
-        assert_eq!(unescape_mountinfo("/a\\040b"), "/a b");
-        assert_eq!(unescape_mountinfo("/plain"), "/plain");
     }
 
     #[test]
