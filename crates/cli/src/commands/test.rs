@@ -106,22 +106,16 @@ fn find_ovmf() -> Option<(PathBuf, PathBuf)> {
 }
 
 impl TestCmd {
-    /// Boots the image and reports.
-    pub fn run(&self) -> anyhow::Result<i32> {
-        if !self.image.exists() {
-            return Err(UsageError(format!("{}: no such image", self.image.display())).into());
-        }
-        let tmp = tempfile::tempdir()?;
-        let seed = make_seed(tmp.path())?;
-        let accel = self.accel.clone().unwrap_or_else(|| {
-            if kvm_usable() {
-                "kvm".into()
-            } else {
-                "tcg".into()
-            }
-        });
-        let qemu = format!("qemu-system-{}", self.arch);
-        let mut cmd = Command::new(&qemu);
+    /// The qemu command line: the image (a throwaway snapshot), the cloud-init seed, user
+    /// networking, and OVMF for `--uefi` (its variables copied into `tmp`).
+    fn qemu_command(
+        &self,
+        qemu: &str,
+        accel: &str,
+        seed: &Path,
+        tmp: &Path,
+    ) -> anyhow::Result<Command> {
+        let mut cmd = Command::new(qemu);
         cmd.args([
             "-nodefaults",
             "-nographic",
@@ -131,7 +125,7 @@ impl TestCmd {
             "none",
         ])
         .args(["-m", &self.memory.to_string(), "-smp", "2"])
-        .args(["-accel", &accel]);
+        .args(["-accel", accel]);
         if accel == "tcg" {
             cmd.args(["-cpu", "max"]);
         } else {
@@ -164,12 +158,31 @@ impl TestCmd {
                 code.display()
             ));
             if !vars.as_os_str().is_empty() {
-                let v = tmp.path().join("vars.fd");
+                let v = tmp.join("vars.fd");
                 std::fs::copy(&vars, &v)?;
                 cmd.arg("-drive")
                     .arg(format!("if=pflash,format=raw,file={}", v.display()));
             }
         }
+        Ok(cmd)
+    }
+
+    /// Boots the image and reports.
+    pub fn run(&self) -> anyhow::Result<i32> {
+        if !self.image.exists() {
+            return Err(UsageError(format!("{}: no such image", self.image.display())).into());
+        }
+        let tmp = tempfile::tempdir()?;
+        let seed = make_seed(tmp.path())?;
+        let accel = self.accel.clone().unwrap_or_else(|| {
+            if kvm_usable() {
+                "kvm".into()
+            } else {
+                "tcg".into()
+            }
+        });
+        let qemu = format!("qemu-system-{}", self.arch);
+        let mut cmd = self.qemu_command(&qemu, &accel, &seed, tmp.path())?;
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

@@ -42,10 +42,7 @@ impl Ctx<'_> {
         }
         fs::create_dir_all(mnt.join("tmp")).map_err(io(&mnt))?;
         kiln_sandbox::mount_chroot_fs(&mnt)?;
-        for i in 1..snap.steps.len() {
-            if i < hits {
-                continue;
-            }
+        for i in hits.max(1)..snap.steps.len() {
             match snap.steps[i].phase {
                 Some(p) => {
                     let place = if p.in_chroot() {
