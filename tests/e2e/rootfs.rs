@@ -140,14 +140,46 @@ fn rootfs_outputs_checksums_and_manifests() {
         "-p less was not installed"
     );
     // The tgz and the squashfs hold the same tree as the tar.
+    assert_same_tree(&dir, &r.tar);
+    // SOURCE_DATE_EPOCH honoured; nothing of the host's /dev, /proc or /sys.
+    assert_tar_is_clean(&r.tar);
+    // NAME.d/: the installed packages, the environment, the arguments, the timings.
+    let d = dir.join("debian-rootfs.d");
+    let pkgs = walk(&d)
+        .into_iter()
+        .filter(|e| e.file_name().unwrap().to_string_lossy().contains("dpkg"))
+        .map(|e| fs::read_to_string(e).unwrap())
+        .collect::<Vec<_>>();
+    assert!(
+        !pkgs.is_empty(),
+        "no installed-package list in {}",
+        d.display()
+    );
+    assert!(pkgs
+        .iter()
+        .any(|t| t.lines().any(|l| l.starts_with("apt "))));
+    assert!(pkgs
+        .iter()
+        .any(|t| t.lines().any(|l| l.starts_with("less "))));
+    let timings: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(d.join("timings.json")).unwrap()).unwrap();
+    assert!(timings["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|s| s["step"] == "install"));
+}
+
+/// The tgz and the squashfs next to `tar_file` hold the same tree as it.
+fn assert_same_tree(dir: &std::path::Path, tar_file: &std::path::Path) {
     let tgz = tar_listing(&dir.join("debian-rootfs.tgz"), true);
-    let tar = tar_listing(&r.tar, true);
+    let tar = tar_listing(tar_file, true);
     assert_eq!(tgz, tar, "the tgz differs from the tar");
     let sq = sh(&format!(
         "unsquashfs -l '{}' | sed -n 's|^squashfs-root/|/|p' | sort",
         dir.join("debian-rootfs.squash").display()
     ));
-    let mut tar_paths: Vec<String> = sh(&format!("tar -tf '{}'", r.tar.display()))
+    let mut tar_paths: Vec<String> = sh(&format!("tar -tf '{}'", tar_file.display()))
         .lines()
         .map(|l| l.trim_start_matches('.').trim_end_matches('/').to_string())
         .filter(|l| !l.is_empty())
@@ -167,8 +199,13 @@ fn rootfs_outputs_checksums_and_manifests() {
         only_tar.is_empty() && only_sq.is_empty(),
         "tar and squashfs differ: only in the tar {only_tar:?}, only in the squashfs {only_sq:?}"
     );
+}
+
+/// No entry of `tar_file` is newer than SOURCE_DATE_EPOCH, and it holds nothing of the host's
+/// /dev, /proc or /sys, nor the hook tree's bind mount.
+fn assert_tar_is_clean(tar_file: &std::path::Path) {
     // SOURCE_DATE_EPOCH: no entry is newer than it.
-    let mut archive = tar::Archive::new(fs::File::open(&r.tar).unwrap());
+    let mut archive = tar::Archive::new(fs::File::open(tar_file).unwrap());
     let mut newest = 0;
     let mut dev_entries = Vec::new();
     let mut proc_sys = Vec::new();
@@ -202,31 +239,6 @@ fn rootfs_outputs_checksums_and_manifests() {
         proc_sys.is_empty(),
         "/proc or /sys contents in the tar: {proc_sys:?}"
     );
-    // NAME.d/: the installed packages, the environment, the arguments, the timings.
-    let d = dir.join("debian-rootfs.d");
-    let pkgs = walk(&d)
-        .into_iter()
-        .filter(|e| e.file_name().unwrap().to_string_lossy().contains("dpkg"))
-        .map(|e| fs::read_to_string(e).unwrap())
-        .collect::<Vec<_>>();
-    assert!(
-        !pkgs.is_empty(),
-        "no installed-package list in {}",
-        d.display()
-    );
-    assert!(pkgs
-        .iter()
-        .any(|t| t.lines().any(|l| l.starts_with("apt "))));
-    assert!(pkgs
-        .iter()
-        .any(|t| t.lines().any(|l| l.starts_with("less "))));
-    let timings: serde_json::Value =
-        serde_json::from_str(&fs::read_to_string(d.join("timings.json")).unwrap()).unwrap();
-    assert!(timings["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|s| s["step"] == "install"));
 }
 
 #[test]

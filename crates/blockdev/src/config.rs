@@ -175,6 +175,72 @@ fn base_text(y: &Y) -> Option<String> {
     }
 }
 
+/// The nodes nested in partitions, each with the name of its partition (its parent).
+type Nested<'y> = Vec<(Plugin, &'y Y, u32, String)>;
+
+/// The `partitions` list of the partitioning node `name`: its partitions, and the nodes nested
+/// in them.
+fn partitions<'y>(
+    plugin: Plugin,
+    v: &'y Y,
+    name: &str,
+    line: u32,
+    source: &str,
+) -> Result<(Vec<RawPartition>, Nested<'y>), Error> {
+    let at = |l: u32| At::new(source, if l > 0 { l } else { line });
+    let mut partitions = Vec::new();
+    let mut partition_children: Nested<'y> = Vec::new();
+    let V::Seq(parts) = &v.v else {
+        return Err(Error::InvalidValue {
+            at: at(v.line),
+            plugin: plugin.key(),
+            node: name.to_owned(),
+            key: "partitions".into(),
+            value: v.kind().into(),
+            reason: "`partitions` must be a list of partitions".into(),
+        });
+    };
+    for p in parts {
+        let Some(pentries) = p.as_map() else {
+            return Err(Error::InvalidValue {
+                at: at(p.line),
+                plugin: plugin.key(),
+                node: name.to_owned(),
+                key: "partitions".into(),
+                value: p.scalar_text().unwrap_or_else(|| p.kind().into()),
+                reason: "each partition must be a mapping with at least `name` and `size`".into(),
+            });
+        };
+        let pname = pentries
+            .iter()
+            .find(|(k, _)| k == "name")
+            .and_then(|(_, n)| text_of(n))
+            .ok_or_else(|| Error::MissingKey {
+                at: at(p.line),
+                plugin: "partition",
+                node: format!("(partition of {name})"),
+                key: "name".into(),
+            })?;
+        let mut cfg = Vec::new();
+        for (pk, pv) in pentries {
+            if pk == "name" {
+                continue;
+            }
+            if let Some(child) = Plugin::from_key(pk) {
+                partition_children.push((child, pv, pv.line, pname.clone()));
+            } else {
+                cfg.push((pk.clone(), pv.clone()));
+            }
+        }
+        partitions.push(RawPartition {
+            name: pname,
+            line: if p.line > 0 { p.line } else { line },
+            cfg,
+        });
+    }
+    Ok((partitions, partition_children))
+}
+
 fn recurse(
     plugin: Plugin,
     value: &Y,
@@ -260,55 +326,9 @@ fn recurse(
             continue;
         }
         if k == "partitions" && plugin == Plugin::Partitioning {
-            let V::Seq(parts) = &v.v else {
-                return Err(Error::InvalidValue {
-                    at: at(v.line),
-                    plugin: plugin.key(),
-                    node: name.clone(),
-                    key: "partitions".into(),
-                    value: v.kind().into(),
-                    reason: "`partitions` must be a list of partitions".into(),
-                });
-            };
-            for p in parts {
-                let Some(pentries) = p.as_map() else {
-                    return Err(Error::InvalidValue {
-                        at: at(p.line),
-                        plugin: plugin.key(),
-                        node: name.clone(),
-                        key: "partitions".into(),
-                        value: p.scalar_text().unwrap_or_else(|| p.kind().into()),
-                        reason: "each partition must be a mapping with at least `name` and `size`"
-                            .into(),
-                    });
-                };
-                let pname = pentries
-                    .iter()
-                    .find(|(k, _)| k == "name")
-                    .and_then(|(_, n)| text_of(n))
-                    .ok_or_else(|| Error::MissingKey {
-                        at: at(p.line),
-                        plugin: "partition",
-                        node: format!("(partition of {name})"),
-                        key: "name".into(),
-                    })?;
-                let mut cfg = Vec::new();
-                for (pk, pv) in pentries {
-                    if pk == "name" {
-                        continue;
-                    }
-                    if let Some(child) = Plugin::from_key(pk) {
-                        partition_children.push((child, pv, pv.line, pname.clone()));
-                    } else {
-                        cfg.push((pk.clone(), pv.clone()));
-                    }
-                }
-                node.partitions.push(RawPartition {
-                    name: pname,
-                    line: if p.line > 0 { p.line } else { line },
-                    cfg,
-                });
-            }
+            let (parts, nested) = partitions(plugin, v, &name, line, source)?;
+            node.partitions.extend(parts);
+            partition_children.extend(nested);
             continue;
         }
         node.cfg.push((k.clone(), v.clone()));

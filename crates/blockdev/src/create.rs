@@ -183,49 +183,7 @@ impl Plan {
                 st.devices.push((n.name.clone(), device));
             }
             NodeKind::PartitionTable { label, disk_id, .. } => {
-                let device = st.device_of(&n.base[0]);
-                let layout = self
-                    .layouts
-                    .get(&n.name)
-                    .expect("a plan with a known size has a layout for every table");
-                match label {
-                    TableLabel::Mbr => {
-                        let parts: Vec<MbrPart> = self
-                            .partitions_of(n)
-                            .iter()
-                            .map(|p| match &p.kind {
-                                NodeKind::Partition { boot, ptype, .. } => MbrPart {
-                                    boot: *boot,
-                                    ptype: u8::from_str_radix(ptype.trim_start_matches("0x"), 16)
-                                        .unwrap_or(0x83),
-                                },
-                                _ => unreachable!("partitions are partitions"),
-                            })
-                            .collect();
-                        let id =
-                            u32::from_str_radix(disk_id.trim_start_matches("0x"), 16).unwrap_or(1);
-                        for (offset, record) in mbr::encode(layout, &parts, id) {
-                            runner.write_at(Path::new(&device), offset, &record)?;
-                        }
-                    }
-                    TableLabel::Gpt => {
-                        runner.run(&self.sgdisk_argv(n, &device))?;
-                    }
-                }
-                st.undo.push(Undo::PartxDelete {
-                    device: device.clone(),
-                });
-                let expected: Vec<String> = self
-                    .partitions_of(n)
-                    .iter()
-                    .filter_map(|p| match p.kind {
-                        NodeKind::Partition { number, .. } => {
-                            Some(partition_device(&device, number))
-                        }
-                        _ => None,
-                    })
-                    .collect();
-                add_partitions(runner, &device, &expected)?;
+                self.create_table(n, *label, disk_id, runner, st)?;
             }
             NodeKind::Partition { table, number, .. } => {
                 let table_node = self.node(table).expect("tables exist");
@@ -268,75 +226,140 @@ impl Plan {
             NodeKind::Mount {
                 mount_point,
                 target,
-            } => {
-                if self.is_swap_mount(n) {
-                    return Ok(());
-                }
-                let fstype = match self.base_node(n).map(|b| &b.kind) {
-                    Some(NodeKind::Mkfs { fstype, .. }) => fstype.clone(),
-                    _ => String::new(),
-                };
-                let device = st.device_of(&self.device_node_of(n).name);
-                let t = target.display().to_string();
-                runner.run(&argv(&["mkdir", "-p", &t]))?;
-                let offline = !runner.kernel_can_mount(&fstype);
-                if offline {
-                    if !is_fat(&fstype) {
-                        return Err(Error::CannotMount {
-                            node: n.name.clone(),
-                            fstype,
-                        });
-                    }
-                    // The copy happens at teardown; make sure it can, before anything is
-                    // written into the directory.
-                    if let Err(e) = runner.run(&argv(&["mcopy", "--version"])) {
-                        return Err(Error::NoMtools {
-                            node: n.name.clone(),
-                            reason: e.to_string(),
-                        });
-                    }
-                    tracing::info!(
-                        "the kernel cannot mount {fstype}: {t} is a tmpfs whose contents are \
-                         copied into {device} at teardown"
-                    );
-                    // A tmpfs whose source is the partition device: tools that insist the
-                    // directory is a mount point of that device (grub-install's EFI checks read
-                    // the device from mountinfo and probe it themselves) are satisfied, and the
-                    // files land outside the parent filesystem.
-                    runner.run(&argv(&[
-                        "mount",
-                        "-t",
-                        "tmpfs",
-                        "-o",
-                        "mode=0755",
-                        &device,
-                        &t,
-                    ]))?;
-                    st.undo.push(Undo::Unmount {
-                        target: target.clone(),
-                        fstype: "tmpfs".to_owned(),
-                    });
-                    st.undo.push(Undo::CopyIntoFat {
-                        dir: target.clone(),
-                        device: device.clone(),
-                    });
-                } else {
-                    runner.run(&argv(&["mount", &device, &t]))?;
-                    st.undo.push(Undo::Unmount {
-                        target: target.clone(),
-                        fstype: fstype.clone(),
-                    });
-                }
-                st.mounts.push(MountInfo {
-                    mount_point: mount_point.clone(),
-                    target: target.clone(),
-                    device,
-                    fstype,
-                    offline,
-                });
-            }
+            } => self.create_mount(n, mount_point, target, runner, st)?,
             NodeKind::Fstab { .. } => {}
         }
+        Ok(())
+    }
+
+    /// Writes a partition table (MBR by kiln itself, GPT with sgdisk) and makes the kernel
+    /// see its partitions.
+    fn create_table(
+        &self,
+        n: &Node,
+        label: TableLabel,
+        disk_id: &str,
+        runner: &mut dyn Runner,
+        st: &mut Created,
+    ) -> Result<(), Error> {
+        let device = st.device_of(&n.base[0]);
+        let layout = self
+            .layouts
+            .get(&n.name)
+            .expect("a plan with a known size has a layout for every table");
+        match label {
+            TableLabel::Mbr => {
+                let parts: Vec<MbrPart> = self
+                    .partitions_of(n)
+                    .iter()
+                    .map(|p| match &p.kind {
+                        NodeKind::Partition { boot, ptype, .. } => MbrPart {
+                            boot: *boot,
+                            ptype: u8::from_str_radix(ptype.trim_start_matches("0x"), 16)
+                                .unwrap_or(0x83),
+                        },
+                        _ => unreachable!("partitions are partitions"),
+                    })
+                    .collect();
+                let id = u32::from_str_radix(disk_id.trim_start_matches("0x"), 16).unwrap_or(1);
+                for (offset, record) in mbr::encode(layout, &parts, id) {
+                    runner.write_at(Path::new(&device), offset, &record)?;
+                }
+            }
+            TableLabel::Gpt => {
+                runner.run(&self.sgdisk_argv(n, &device))?;
+            }
+        }
+        st.undo.push(Undo::PartxDelete {
+            device: device.clone(),
+        });
+        let expected: Vec<String> = self
+            .partitions_of(n)
+            .iter()
+            .filter_map(|p| match p.kind {
+                NodeKind::Partition { number, .. } => Some(partition_device(&device, number)),
+                _ => None,
+            })
+            .collect();
+        add_partitions(runner, &device, &expected)?;
+        Ok(())
+    }
+
+    /// Mounts a filesystem (or, where the kernel cannot mount it, a tmpfs copied into it
+    /// offline at teardown); swap is not mounted.
+    fn create_mount(
+        &self,
+        n: &Node,
+        mount_point: &str,
+        target: &Path,
+        runner: &mut dyn Runner,
+        st: &mut Created,
+    ) -> Result<(), Error> {
+        if self.is_swap_mount(n) {
+            return Ok(());
+        }
+        let fstype = match self.base_node(n).map(|b| &b.kind) {
+            Some(NodeKind::Mkfs { fstype, .. }) => fstype.clone(),
+            _ => String::new(),
+        };
+        let device = st.device_of(&self.device_node_of(n).name);
+        let t = target.display().to_string();
+        runner.run(&argv(&["mkdir", "-p", &t]))?;
+        let offline = !runner.kernel_can_mount(&fstype);
+        if offline {
+            if !is_fat(&fstype) {
+                return Err(Error::CannotMount {
+                    node: n.name.clone(),
+                    fstype,
+                });
+            }
+            // The copy happens at teardown; make sure it can, before anything is
+            // written into the directory.
+            if let Err(e) = runner.run(&argv(&["mcopy", "--version"])) {
+                return Err(Error::NoMtools {
+                    node: n.name.clone(),
+                    reason: e.to_string(),
+                });
+            }
+            tracing::info!(
+                "the kernel cannot mount {fstype}: {t} is a tmpfs whose contents are \
+                 copied into {device} at teardown"
+            );
+            // A tmpfs whose source is the partition device: tools that insist the
+            // directory is a mount point of that device (grub-install's EFI checks read
+            // the device from mountinfo and probe it themselves) are satisfied, and the
+            // files land outside the parent filesystem.
+            runner.run(&argv(&[
+                "mount",
+                "-t",
+                "tmpfs",
+                "-o",
+                "mode=0755",
+                &device,
+                &t,
+            ]))?;
+            st.undo.push(Undo::Unmount {
+                target: target.to_path_buf(),
+                fstype: "tmpfs".to_owned(),
+            });
+            st.undo.push(Undo::CopyIntoFat {
+                dir: target.to_path_buf(),
+                device: device.clone(),
+            });
+        } else {
+            runner.run(&argv(&["mount", &device, &t]))?;
+            st.undo.push(Undo::Unmount {
+                target: target.to_path_buf(),
+                fstype: fstype.clone(),
+            });
+        }
+        st.mounts.push(MountInfo {
+            mount_point: mount_point.to_owned(),
+            target: target.to_path_buf(),
+            device,
+            fstype,
+            offline,
+        });
         Ok(())
     }
 }

@@ -390,40 +390,7 @@ impl<'a> Builder<'a> {
             }
         }
         let ptype = match label {
-            TableLabel::Mbr => {
-                if let Some(y) = k.get("type") {
-                    // The text as written: `0x83`, '0x83', `83` and `ef` all mean a hex byte.
-                    let Some(t) = y
-                        .scalar_text()
-                        .filter(|_| matches!(y.v, V::Str(_)) || y.raw.is_some())
-                    else {
-                        return Err(k.invalid(
-                            "type",
-                            y,
-                            "write the MBR type as a hex string, e.g. '0x83'",
-                        ));
-                    };
-                    let hex = t.trim().trim_start_matches("0x").trim_start_matches("0X");
-                    let v = u8::from_str_radix(hex, 16).map_err(|_| {
-                        k.invalid(
-                            "type",
-                            y,
-                            "an MBR type is one hex byte, e.g. '0x83' or '0xef'",
-                        )
-                    })?;
-                    if v == 0 || v == 0x05 || v == 0x0F || v == 0x85 {
-                        return Err(k.invalid(
-                            "type",
-                            y,
-                            "this type is reserved (empty or extended partition); kiln makes the \
-                             extended partition itself for non-primary partitions",
-                        ));
-                    }
-                    format!("0x{v:02x}")
-                } else {
-                    "0x83".to_owned()
-                }
-            }
+            TableLabel::Mbr => mbr_type(&k)?,
             TableLabel::Gpt => {
                 if primary {
                     return Err(Error::PrimaryOnGpt {
@@ -432,43 +399,7 @@ impl<'a> Builder<'a> {
                         partition: p.name.clone(),
                     });
                 }
-                match k.get("type") {
-                    None => "8300".to_owned(),
-                    Some(y) => {
-                        // sgdisk codes as DIB's layouts write them: 'EF00', '8300', and with
-                        // a 0x prefix ('0x4100' in DIB's ppc64el layout).
-                        let mut t = y
-                            .scalar_text()
-                            .unwrap_or_default()
-                            .trim()
-                            .to_ascii_uppercase();
-                        if let Some(hex) = t.strip_prefix("0X") {
-                            if (1..=4).contains(&hex.len())
-                                && hex.chars().all(|c| c.is_ascii_hexdigit())
-                            {
-                                t = format!("{hex:0>4}");
-                            }
-                        }
-                        let code = t.len() == 4 && t.chars().all(|c| c.is_ascii_hexdigit());
-                        let guid = t.len() == 36
-                            && t.chars().enumerate().all(|(i, c)| {
-                                if [8, 13, 18, 23].contains(&i) {
-                                    c == '-'
-                                } else {
-                                    c.is_ascii_hexdigit()
-                                }
-                            });
-                        if !code && !guid {
-                            return Err(k.invalid(
-                                "type",
-                                y,
-                                "a GPT type is an sgdisk code such as '8300' or 'EF00', or a \
-                                 type GUID",
-                            ));
-                        }
-                        t
-                    }
-                }
+                gpt_type(&k)?
             }
         };
         let guid = (label == TableLabel::Gpt).then(|| self.ids.uuid("gpt-part-guid", &p.name));
@@ -552,53 +483,7 @@ impl<'a> Builder<'a> {
                             options,
                         }
                     }
-                    _ => {
-                        ik.warn_unknown(&[
-                            "name",
-                            "base",
-                            "options",
-                            "size",
-                            "extents",
-                            "type",
-                            "thin-pool",
-                        ]);
-                        if base.len() != 1 {
-                            let y = ik.get("base").expect("base was read");
-                            return Err(ik.invalid("base", y, "an lv belongs to exactly one vg"));
-                        }
-                        let size = ik.size("size")?;
-                        let extents = ik.string("extents")?;
-                        let lv_type = ik.string("type")?;
-                        let thin_pool = ik.string("thin-pool")?;
-                        if let (Some(t), Some(y)) = (&lv_type, ik.get("type")) {
-                            if t != "thin" && t != "thin-pool" {
-                                return Err(ik.invalid(
-                                    "type",
-                                    y,
-                                    "an lv `type` is `thin` or `thin-pool`",
-                                ));
-                            }
-                        }
-                        if size.is_none() && extents.is_none() {
-                            return Err(ik.missing("size"));
-                        }
-                        if lv_type.as_deref() == Some("thin") {
-                            if thin_pool.is_none() {
-                                return Err(ik.missing("thin-pool"));
-                            }
-                            if size.is_none() {
-                                return Err(ik.missing("size"));
-                            }
-                        }
-                        NodeKind::LvmLv {
-                            vg: base[0].clone(),
-                            size,
-                            extents,
-                            lv_type,
-                            thin_pool,
-                            options,
-                        }
-                    }
+                    _ => lvm_lv(&ik, &base, options)?,
                 };
                 let mut bases = base;
                 if let NodeKind::LvmLv {
@@ -913,6 +798,31 @@ pub(crate) fn mount_target(base: &Path, mount_point: &str) -> PathBuf {
     }
 }
 
+/// The partitions of a table: their node indexes and what each asks for, in table order.
+fn partition_requests(nodes: &[Node], partitions: &[String]) -> (Vec<usize>, Vec<PartReq>) {
+    let part_idx: Vec<usize> = partitions
+        .iter()
+        .map(|p| {
+            nodes
+                .iter()
+                .position(|n| &n.name == p)
+                .expect("partition node exists")
+        })
+        .collect();
+    let reqs: Vec<PartReq> = part_idx
+        .iter()
+        .map(|&i| match &nodes[i].kind {
+            NodeKind::Partition { size, primary, .. } => PartReq {
+                name: nodes[i].name.clone(),
+                size: *size,
+                primary: *primary,
+            },
+            _ => unreachable!("partition nodes are partitions"),
+        })
+        .collect();
+    (part_idx, reqs)
+}
+
 /// Numbers partitions and, when the image size is known, places them.
 fn lay_out(
     nodes: &mut [Node],
@@ -945,26 +855,7 @@ fn lay_out(
         else {
             continue;
         };
-        let part_idx: Vec<usize> = partitions
-            .iter()
-            .map(|p| {
-                nodes
-                    .iter()
-                    .position(|n| &n.name == p)
-                    .expect("partition node exists")
-            })
-            .collect();
-        let reqs: Vec<PartReq> = part_idx
-            .iter()
-            .map(|&i| match &nodes[i].kind {
-                NodeKind::Partition { size, primary, .. } => PartReq {
-                    name: nodes[i].name.clone(),
-                    size: *size,
-                    primary: *primary,
-                },
-                _ => unreachable!("partition nodes are partitions"),
-            })
-            .collect();
+        let (part_idx, reqs) = partition_requests(nodes, partitions);
         if *align % block_size != 0 {
             return Err(Error::InvalidValue {
                 at: Box::new(at_node(source, &table)),
@@ -1091,4 +982,120 @@ fn order(
         .map(|n| by_name.remove(n).expect("ordered names are node names"))
         .collect();
     Ok((nodes, graph))
+}
+
+/// An lv of an lvm entry: its checked settings (`size` or `extents`, `type`, `thin-pool`).
+fn lvm_lv(ik: &Keys<'_>, base: &[String], options: Vec<String>) -> Result<NodeKind, Error> {
+    ik.warn_unknown(&[
+        "name",
+        "base",
+        "options",
+        "size",
+        "extents",
+        "type",
+        "thin-pool",
+    ]);
+    if base.len() != 1 {
+        let y = ik.get("base").expect("base was read");
+        return Err(ik.invalid("base", y, "an lv belongs to exactly one vg"));
+    }
+    let size = ik.size("size")?;
+    let extents = ik.string("extents")?;
+    let lv_type = ik.string("type")?;
+    let thin_pool = ik.string("thin-pool")?;
+    if let (Some(t), Some(y)) = (&lv_type, ik.get("type")) {
+        if t != "thin" && t != "thin-pool" {
+            return Err(ik.invalid("type", y, "an lv `type` is `thin` or `thin-pool`"));
+        }
+    }
+    if size.is_none() && extents.is_none() {
+        return Err(ik.missing("size"));
+    }
+    if lv_type.as_deref() == Some("thin") {
+        if thin_pool.is_none() {
+            return Err(ik.missing("thin-pool"));
+        }
+        if size.is_none() {
+            return Err(ik.missing("size"));
+        }
+    }
+    Ok(NodeKind::LvmLv {
+        vg: base[0].clone(),
+        size,
+        extents,
+        lv_type,
+        thin_pool,
+        options,
+    })
+}
+
+/// The MBR type of a partition: one hex byte as written (`0x83` by default).
+fn mbr_type(k: &Keys<'_>) -> Result<String, Error> {
+    Ok(if let Some(y) = k.get("type") {
+        // The text as written: `0x83`, '0x83', `83` and `ef` all mean a hex byte.
+        let Some(t) = y
+            .scalar_text()
+            .filter(|_| matches!(y.v, V::Str(_)) || y.raw.is_some())
+        else {
+            return Err(k.invalid("type", y, "write the MBR type as a hex string, e.g. '0x83'"));
+        };
+        let hex = t.trim().trim_start_matches("0x").trim_start_matches("0X");
+        let v = u8::from_str_radix(hex, 16).map_err(|_| {
+            k.invalid(
+                "type",
+                y,
+                "an MBR type is one hex byte, e.g. '0x83' or '0xef'",
+            )
+        })?;
+        if v == 0 || v == 0x05 || v == 0x0F || v == 0x85 {
+            return Err(k.invalid(
+                "type",
+                y,
+                "this type is reserved (empty or extended partition); kiln makes the \
+                 extended partition itself for non-primary partitions",
+            ));
+        }
+        format!("0x{v:02x}")
+    } else {
+        "0x83".to_owned()
+    })
+}
+
+/// The GPT type of a partition: an sgdisk code or a type GUID (`8300` by default).
+fn gpt_type(k: &Keys<'_>) -> Result<String, Error> {
+    Ok(match k.get("type") {
+        None => "8300".to_owned(),
+        Some(y) => {
+            // sgdisk codes as DIB's layouts write them: 'EF00', '8300', and with
+            // a 0x prefix ('0x4100' in DIB's ppc64el layout).
+            let mut t = y
+                .scalar_text()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_uppercase();
+            if let Some(hex) = t.strip_prefix("0X") {
+                if (1..=4).contains(&hex.len()) && hex.chars().all(|c| c.is_ascii_hexdigit()) {
+                    t = format!("{hex:0>4}");
+                }
+            }
+            let code = t.len() == 4 && t.chars().all(|c| c.is_ascii_hexdigit());
+            let guid = t.len() == 36
+                && t.chars().enumerate().all(|(i, c)| {
+                    if [8, 13, 18, 23].contains(&i) {
+                        c == '-'
+                    } else {
+                        c.is_ascii_hexdigit()
+                    }
+                });
+            if !code && !guid {
+                return Err(k.invalid(
+                    "type",
+                    y,
+                    "a GPT type is an sgdisk code such as '8300' or 'EF00', or a \
+                     type GUID",
+                ));
+            }
+            t
+        }
+    })
 }

@@ -193,186 +193,232 @@ fn mib(bytes: u64) -> String {
     format!("{} MiB", bytes >> 20)
 }
 
-/// Judges the parsed facts: one row per fact, in a fixed order, `report` first.
-pub fn evaluate(parsed: &ParsedFacts, exp: &Expectations) -> Vec<FactRow> {
-    let f = &parsed.facts;
-    let get = |k: &str| f.get(k).map(String::as_str);
-    let missing = |name: &str, keys: &[&str]| {
+/// The parsed facts and what was asked, from which each fact's row is judged.
+struct Judge<'a> {
+    f: &'a BTreeMap<String, String>,
+    end_count: Option<usize>,
+    exp: &'a Expectations,
+}
+
+impl Judge<'_> {
+    fn get(&self, k: &str) -> Option<&str> {
+        self.f.get(k).map(String::as_str)
+    }
+
+    fn int(&self, k: &str) -> Option<i64> {
+        self.get(k).and_then(|v| v.parse::<i64>().ok())
+    }
+
+    /// Whether a file time lies in this boot (None when either time is unknown).
+    fn this_boot(&self, mtime: Option<i64>) -> Option<bool> {
+        match (mtime, self.int("boot-time")) {
+            (Some(m), Some(b)) => Some(m + CLOCK_SLACK >= b),
+            _ => None,
+        }
+    }
+
+    /// A failed row naming the facts of `keys` the guest did not report.
+    fn missing(&self, name: &str, keys: &[&str]) -> FactRow {
         let absent: Vec<&str> = keys
             .iter()
             .copied()
-            .filter(|k| !f.contains_key(*k))
+            .filter(|k| !self.f.contains_key(*k))
             .collect();
         row(
             name,
             format!("missing: the guest did not report {}", absent.join(", ")),
             false,
         )
-    };
-    let int = |k: &str| get(k).and_then(|v| v.parse::<i64>().ok());
-    let boot_time = int("boot-time");
-    let this_boot = |mtime: Option<i64>| match (mtime, boot_time) {
-        (Some(m), Some(b)) => Some(m + CLOCK_SLACK >= b),
-        _ => None,
-    };
-    let mut rows = Vec::new();
+    }
 
-    rows.push(match parsed.end_count {
-        None => row(
-            "report",
-            "incomplete: no KILN-FACTS-END line (the check script did not finish)",
-            false,
-        ),
-        Some(n) if n != f.len() => row(
-            "report",
-            format!(
-                "the guest sent {n} facts, {} were read from the console",
-                f.len()
+    fn report(&self) -> FactRow {
+        match self.end_count {
+            None => row(
+                "report",
+                "incomplete: no KILN-FACTS-END line (the check script did not finish)",
+                false,
             ),
-            false,
-        ),
-        Some(n) => row("report", format!("complete: {n} facts"), true),
-    });
-
-    rows.push(match (get("cloud-init-status"), get("cloud-init-errors")) {
-        (Some(status), Some(errors)) => {
-            let mut value = format!("status {status}, {errors} errors");
-            // Warnings are shown, not judged: cloud-init itself finishes with them.
-            if let Some(w) = get("cloud-init-warnings").filter(|w| *w != "0") {
-                let _ = write!(value, ", {w} warnings");
-            }
-            row("cloud-init", value, status == "done" && errors == "0")
-        }
-        _ => missing("cloud-init", &["cloud-init-status", "cloud-init-errors"]),
-    });
-
-    rows.push(match get("datasource") {
-        Some(ds) => {
-            let shown = ds.strip_prefix("DataSource").unwrap_or(ds);
-            let name = shown.split_whitespace().next().unwrap_or("");
-            if name == "NoCloud" {
-                row("datasource", shown, true)
-            } else if shown.is_empty() {
-                row("datasource", "none (expected NoCloud)", false)
-            } else {
-                row("datasource", format!("{shown} (expected NoCloud)"), false)
-            }
-        }
-        None => missing("datasource", &["datasource"]),
-    });
-
-    rows.push(match (get("failed-units"), get("system-state")) {
-        (Some(units), state) => {
-            let list: Vec<&str> = units.split(',').filter(|u| !u.is_empty()).collect();
-            let state_ok = state == Some("running");
-            let mut value = if list.is_empty() {
-                "none".to_string()
-            } else {
-                list.join(", ")
-            };
-            if !state_ok {
-                let _ = write!(value, " (system {})", state.unwrap_or("state unknown"));
-            }
-            row("failed-units", value, list.is_empty() && state_ok)
-        }
-        _ => missing("failed-units", &["failed-units"]),
-    });
-
-    rows.push(root_fs_row(f, exp));
-
-    rows.push(match get("firmware") {
-        Some(fw) if fw == exp.firmware.name() => row("firmware", fw, true),
-        Some(fw) => row(
-            "firmware",
-            format!("{fw} (booted with {})", exp.firmware.name()),
-            false,
-        ),
-        None => missing("firmware", &["firmware"]),
-    });
-
-    rows.push(match (get("machine-id"), get("systemd-first-boot")) {
-        (Some(id), Some(first)) => {
-            let valid = id.len() == 32
-                && id
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-                && id.bytes().any(|b| b != b'0');
-            let fresh_file = this_boot(int("machine-id-mtime"));
-            let first_boot = first == "yes";
-            if id.is_empty() {
-                row("machine-id", "empty: no machine id", false)
-            } else if !valid {
-                row(
-                    "machine-id",
-                    format!("{id:?} is not a valid machine id"),
-                    false,
-                )
-            } else if first_boot {
-                row("machine-id", format!("{id}, generated at first boot"), true)
-            } else if fresh_file == Some(true) {
-                row(
-                    "machine-id",
-                    format!("{id}, written this boot (not a systemd first boot)"),
-                    true,
-                )
-            } else {
-                row(
-                    "machine-id",
-                    format!("{id}, from the image: not generated at first boot"),
-                    false,
-                )
-            }
-        }
-        _ => missing("machine-id", &["machine-id", "systemd-first-boot"]),
-    });
-
-    rows.push(match get("cmdline-consoles") {
-        Some(c) => {
-            let want = format!("console={}", exp.arch.serial_tty());
-            let consoles: Vec<&str> = c.split_whitespace().collect();
-            let ok = consoles
-                .iter()
-                .any(|a| *a == want || a.starts_with(&format!("{want},")));
-            let shown = if consoles.is_empty() {
-                "no console= on the kernel command line".to_string()
-            } else {
-                consoles.join(" ")
-            };
-            if ok {
-                row("serial-console", shown, true)
-            } else {
-                row("serial-console", format!("{shown} (missing {want})"), false)
-            }
-        }
-        None => missing("serial-console", &["cmdline-consoles"]),
-    });
-
-    rows.push(match get("ssh-host-keys") {
-        Some("not-installed") => row("ssh-host-keys", "not installed", true),
-        Some(n) => match n.parse::<u32>() {
-            Ok(0) => row("ssh-host-keys", "none, with an SSH server installed", false),
-            Ok(n) => match this_boot(int("ssh-host-keys-oldest-mtime")) {
-                Some(true) => row(
-                    "ssh-host-keys",
-                    format!("{n} keys, created this boot"),
-                    true,
+            Some(n) if n != self.f.len() => row(
+                "report",
+                format!(
+                    "the guest sent {n} facts, {} were read from the console",
+                    self.f.len()
                 ),
-                Some(false) => row(
-                    "ssh-host-keys",
-                    format!("{n} keys, created before this boot (they come from the image)"),
-                    false,
-                ),
-                None => missing(
-                    "ssh-host-keys",
-                    &["ssh-host-keys-oldest-mtime", "boot-time"],
-                ),
+                false,
+            ),
+            Some(n) => row("report", format!("complete: {n} facts"), true),
+        }
+    }
+
+    fn cloud_init(&self) -> FactRow {
+        match (self.get("cloud-init-status"), self.get("cloud-init-errors")) {
+            (Some(status), Some(errors)) => {
+                let mut value = format!("status {status}, {errors} errors");
+                // Warnings are shown, not judged: cloud-init itself finishes with them.
+                if let Some(w) = self.get("cloud-init-warnings").filter(|w| *w != "0") {
+                    let _ = write!(value, ", {w} warnings");
+                }
+                row("cloud-init", value, status == "done" && errors == "0")
+            }
+            _ => self.missing("cloud-init", &["cloud-init-status", "cloud-init-errors"]),
+        }
+    }
+
+    fn datasource(&self) -> FactRow {
+        match self.get("datasource") {
+            Some(ds) => {
+                let shown = ds.strip_prefix("DataSource").unwrap_or(ds);
+                let name = shown.split_whitespace().next().unwrap_or("");
+                if name == "NoCloud" {
+                    row("datasource", shown, true)
+                } else if shown.is_empty() {
+                    row("datasource", "none (expected NoCloud)", false)
+                } else {
+                    row("datasource", format!("{shown} (expected NoCloud)"), false)
+                }
+            }
+            None => self.missing("datasource", &["datasource"]),
+        }
+    }
+
+    fn failed_units(&self) -> FactRow {
+        match (self.get("failed-units"), self.get("system-state")) {
+            (Some(units), state) => {
+                let list: Vec<&str> = units.split(',').filter(|u| !u.is_empty()).collect();
+                let state_ok = state == Some("running");
+                let mut value = if list.is_empty() {
+                    "none".to_string()
+                } else {
+                    list.join(", ")
+                };
+                if !state_ok {
+                    let _ = write!(value, " (system {})", state.unwrap_or("state unknown"));
+                }
+                row("failed-units", value, list.is_empty() && state_ok)
+            }
+            _ => self.missing("failed-units", &["failed-units"]),
+        }
+    }
+
+    fn firmware(&self) -> FactRow {
+        match self.get("firmware") {
+            Some(fw) if fw == self.exp.firmware.name() => row("firmware", fw, true),
+            Some(fw) => row(
+                "firmware",
+                format!("{fw} (booted with {})", self.exp.firmware.name()),
+                false,
+            ),
+            None => self.missing("firmware", &["firmware"]),
+        }
+    }
+
+    fn machine_id(&self) -> FactRow {
+        match (self.get("machine-id"), self.get("systemd-first-boot")) {
+            (Some(id), Some(first)) => {
+                let valid = id.len() == 32
+                    && id
+                        .bytes()
+                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+                    && id.bytes().any(|b| b != b'0');
+                let fresh_file = self.this_boot(self.int("machine-id-mtime"));
+                let first_boot = first == "yes";
+                if id.is_empty() {
+                    row("machine-id", "empty: no machine id", false)
+                } else if !valid {
+                    row(
+                        "machine-id",
+                        format!("{id:?} is not a valid machine id"),
+                        false,
+                    )
+                } else if first_boot {
+                    row("machine-id", format!("{id}, generated at first boot"), true)
+                } else if fresh_file == Some(true) {
+                    row(
+                        "machine-id",
+                        format!("{id}, written this boot (not a systemd first boot)"),
+                        true,
+                    )
+                } else {
+                    row(
+                        "machine-id",
+                        format!("{id}, from the image: not generated at first boot"),
+                        false,
+                    )
+                }
+            }
+            _ => self.missing("machine-id", &["machine-id", "systemd-first-boot"]),
+        }
+    }
+
+    fn serial_console(&self) -> FactRow {
+        match self.get("cmdline-consoles") {
+            Some(c) => {
+                let want = format!("console={}", self.exp.arch.serial_tty());
+                let consoles: Vec<&str> = c.split_whitespace().collect();
+                let ok = consoles
+                    .iter()
+                    .any(|a| *a == want || a.starts_with(&format!("{want},")));
+                let shown = if consoles.is_empty() {
+                    "no console= on the kernel command line".to_string()
+                } else {
+                    consoles.join(" ")
+                };
+                if ok {
+                    row("serial-console", shown, true)
+                } else {
+                    row("serial-console", format!("{shown} (missing {want})"), false)
+                }
+            }
+            None => self.missing("serial-console", &["cmdline-consoles"]),
+        }
+    }
+
+    fn ssh_host_keys(&self) -> FactRow {
+        match self.get("ssh-host-keys") {
+            Some("not-installed") => row("ssh-host-keys", "not installed", true),
+            Some(n) => match n.parse::<u32>() {
+                Ok(0) => row("ssh-host-keys", "none, with an SSH server installed", false),
+                Ok(n) => match self.this_boot(self.int("ssh-host-keys-oldest-mtime")) {
+                    Some(true) => row(
+                        "ssh-host-keys",
+                        format!("{n} keys, created this boot"),
+                        true,
+                    ),
+                    Some(false) => row(
+                        "ssh-host-keys",
+                        format!("{n} keys, created before this boot (they come from the image)"),
+                        false,
+                    ),
+                    None => self.missing(
+                        "ssh-host-keys",
+                        &["ssh-host-keys-oldest-mtime", "boot-time"],
+                    ),
+                },
+                Err(_) => row("ssh-host-keys", format!("unreadable count {n:?}"), false),
             },
-            Err(_) => row("ssh-host-keys", format!("unreadable count {n:?}"), false),
-        },
-        None => missing("ssh-host-keys", &["ssh-host-keys"]),
-    });
+            None => self.missing("ssh-host-keys", &["ssh-host-keys"]),
+        }
+    }
+}
 
-    rows
+/// Judges the parsed facts: one row per fact, in a fixed order, `report` first.
+pub fn evaluate(parsed: &ParsedFacts, exp: &Expectations) -> Vec<FactRow> {
+    let j = Judge {
+        f: &parsed.facts,
+        end_count: parsed.end_count,
+        exp,
+    };
+    vec![
+        j.report(),
+        j.cloud_init(),
+        j.datasource(),
+        j.failed_units(),
+        root_fs_row(&parsed.facts, exp),
+        j.firmware(),
+        j.machine_id(),
+        j.serial_console(),
+        j.ssh_host_keys(),
+    ]
 }
 
 /// The root filesystem fills the disk: the guest sees the grown disk, the root partition
@@ -730,120 +776,122 @@ mod tests {
         );
     }
 
+    /// Changes to a good report, each of which must fail exactly one fact, and why.
+    type Change = &'static [(&'static str, Option<&'static str>)];
+    const BAD_FACTS: &[(Change, &str, &str)] = &[
+        (
+            &[("cloud-init-status", Some("error"))],
+            "cloud-init",
+            "status error",
+        ),
+        (
+            &[
+                ("cloud-init-errors", Some("1")),
+                ("cloud-init-warnings", Some("3")),
+            ],
+            "cloud-init",
+            "1 errors, 3 warnings",
+        ),
+        (
+            &[("cloud-init-errors", Some("2"))],
+            "cloud-init",
+            "2 errors",
+        ),
+        (
+            &[("datasource", Some("DataSourceNone"))],
+            "datasource",
+            "expected NoCloud",
+        ),
+        (
+            &[("datasource", Some("DataSourceNoCloudNet [seed=x]"))],
+            "datasource",
+            "NoCloudNet",
+        ),
+        (
+            &[("failed-units", Some("a.service,b.mount"))],
+            "failed-units",
+            "a.service, b.mount",
+        ),
+        (
+            &[("system-state", Some("starting"))],
+            "failed-units",
+            "system starting",
+        ),
+        (
+            &[("disk-bytes", Some("3221225472"))],
+            "root-fs",
+            "qemu gave it 4294967296",
+        ),
+        (
+            &[("root-dev-end-bytes", Some("3221225472"))],
+            "root-fs",
+            "ends 1024 MiB before",
+        ),
+        (
+            &[("root-fs-bytes", Some("3221225472"))],
+            "root-fs",
+            "1022 MiB smaller",
+        ),
+        (
+            &[("root-fs-bytes", None)],
+            "root-fs",
+            "did not report root-fs-bytes",
+        ),
+        (
+            &[("firmware", Some("uefi"))],
+            "firmware",
+            "booted with bios",
+        ),
+        (&[("machine-id", Some(""))], "machine-id", "empty"),
+        (
+            &[("machine-id", Some("uninitialized"))],
+            "machine-id",
+            "not a valid",
+        ),
+        (
+            &[("machine-id", Some("00000000000000000000000000000000"))],
+            "machine-id",
+            "not a valid",
+        ),
+        (
+            &[
+                ("systemd-first-boot", Some("no")),
+                ("machine-id-mtime", Some("1796000000")),
+            ],
+            "machine-id",
+            "from the image",
+        ),
+        (
+            &[("cmdline-consoles", Some("console=tty0"))],
+            "serial-console",
+            "missing console=ttyS0",
+        ),
+        (
+            &[("cmdline-consoles", Some("console=ttyS00"))],
+            "serial-console",
+            "missing",
+        ),
+        (
+            &[("cmdline-consoles", Some(""))],
+            "serial-console",
+            "no console=",
+        ),
+        (&[("ssh-host-keys", Some("0"))], "ssh-host-keys", "none"),
+        (
+            &[("ssh-host-keys-oldest-mtime", Some("1796400000"))],
+            "ssh-host-keys",
+            "from the image",
+        ),
+        (
+            &[("ssh-host-keys", None)],
+            "ssh-host-keys",
+            "did not report ssh-host-keys",
+        ),
+    ];
+
     #[test]
     fn each_bad_fact_fails_alone_and_says_why() {
-        type Change<'a> = &'a [(&'a str, Option<&'a str>)];
-        let cases: &[(Change, &str, &str)] = &[
-            (
-                &[("cloud-init-status", Some("error"))],
-                "cloud-init",
-                "status error",
-            ),
-            (
-                &[
-                    ("cloud-init-errors", Some("1")),
-                    ("cloud-init-warnings", Some("3")),
-                ],
-                "cloud-init",
-                "1 errors, 3 warnings",
-            ),
-            (
-                &[("cloud-init-errors", Some("2"))],
-                "cloud-init",
-                "2 errors",
-            ),
-            (
-                &[("datasource", Some("DataSourceNone"))],
-                "datasource",
-                "expected NoCloud",
-            ),
-            (
-                &[("datasource", Some("DataSourceNoCloudNet [seed=x]"))],
-                "datasource",
-                "NoCloudNet",
-            ),
-            (
-                &[("failed-units", Some("a.service,b.mount"))],
-                "failed-units",
-                "a.service, b.mount",
-            ),
-            (
-                &[("system-state", Some("starting"))],
-                "failed-units",
-                "system starting",
-            ),
-            (
-                &[("disk-bytes", Some("3221225472"))],
-                "root-fs",
-                "qemu gave it 4294967296",
-            ),
-            (
-                &[("root-dev-end-bytes", Some("3221225472"))],
-                "root-fs",
-                "ends 1024 MiB before",
-            ),
-            (
-                &[("root-fs-bytes", Some("3221225472"))],
-                "root-fs",
-                "1022 MiB smaller",
-            ),
-            (
-                &[("root-fs-bytes", None)],
-                "root-fs",
-                "did not report root-fs-bytes",
-            ),
-            (
-                &[("firmware", Some("uefi"))],
-                "firmware",
-                "booted with bios",
-            ),
-            (&[("machine-id", Some(""))], "machine-id", "empty"),
-            (
-                &[("machine-id", Some("uninitialized"))],
-                "machine-id",
-                "not a valid",
-            ),
-            (
-                &[("machine-id", Some("00000000000000000000000000000000"))],
-                "machine-id",
-                "not a valid",
-            ),
-            (
-                &[
-                    ("systemd-first-boot", Some("no")),
-                    ("machine-id-mtime", Some("1796000000")),
-                ],
-                "machine-id",
-                "from the image",
-            ),
-            (
-                &[("cmdline-consoles", Some("console=tty0"))],
-                "serial-console",
-                "missing console=ttyS0",
-            ),
-            (
-                &[("cmdline-consoles", Some("console=ttyS00"))],
-                "serial-console",
-                "missing",
-            ),
-            (
-                &[("cmdline-consoles", Some(""))],
-                "serial-console",
-                "no console=",
-            ),
-            (&[("ssh-host-keys", Some("0"))], "ssh-host-keys", "none"),
-            (
-                &[("ssh-host-keys-oldest-mtime", Some("1796400000"))],
-                "ssh-host-keys",
-                "from the image",
-            ),
-            (
-                &[("ssh-host-keys", None)],
-                "ssh-host-keys",
-                "did not report ssh-host-keys",
-            ),
-        ];
-        for (changes, name, words) in cases {
+        for (changes, name, words) in BAD_FACTS {
             let rows = judge(&with(changes));
             assert_eq!(failed(&rows), vec![*name], "{changes:?}: {rows:#?}");
             let v = &get(&rows, name).value;

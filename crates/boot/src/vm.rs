@@ -384,8 +384,46 @@ pub fn boot(cfg: &BootConfig) -> Result<BootOutcome, Error> {
         Arch::X86_64 => "qemu-system-x86",
         Arch::Aarch64 => "qemu-system-arm",
     };
+    let watched = watch_qemu(&qemu, package, &args, cfg)?;
+    let console = watched.console;
+    let (hit, qemu_exit, qemu_stderr, seconds) = (
+        watched.hit,
+        watched.qemu_exit,
+        watched.qemu_stderr,
+        watched.seconds,
+    );
+    // A marker that arrived between the last poll and qemu's exit still counts.
+    let reached = hit || reached(&console, &cfg.wait);
+    Ok(BootOutcome {
+        reached,
+        seconds,
+        accel,
+        disk_bytes,
+        console,
+        qemu_stderr: qemu_stderr.trim().to_string(),
+        qemu_exit,
+    })
+}
+
+/// What watching a qemu run saw.
+struct Watched {
+    hit: bool,
+    qemu_exit: Option<String>,
+    qemu_stderr: String,
+    seconds: f64,
+    console: String,
+}
+
+/// Runs qemu, collecting its serial console, until the awaited text appears, qemu exits or the
+/// timeout passes; then stops it.
+fn watch_qemu(
+    qemu: &str,
+    package: &str,
+    args: &[String],
+    cfg: &BootConfig,
+) -> Result<Watched, Error> {
     let start = Instant::now();
-    let mut running = exec::spawn(&qemu, package, &args)?;
+    let mut running = exec::spawn(qemu, package, args)?;
     let child = running.child_mut();
     let log = Arc::new(Mutex::new(Vec::<u8>::new()));
     let mut out = child.stdout.take().expect("stdout is piped");
@@ -435,16 +473,12 @@ pub fn boot(cfg: &BootConfig) -> Result<BootOutcome, Error> {
     let _ = reader.join();
     let qemu_stderr = err_reader.join().unwrap_or_default();
     let console = snapshot(&log);
-    // A marker that arrived between the last poll and qemu's exit still counts.
-    let reached = hit || reached(&console, &cfg.wait);
-    Ok(BootOutcome {
-        reached,
-        seconds,
-        accel,
-        disk_bytes,
-        console,
-        qemu_stderr: qemu_stderr.trim().to_string(),
+    Ok(Watched {
+        hit,
         qemu_exit,
+        qemu_stderr,
+        seconds,
+        console,
     })
 }
 

@@ -210,21 +210,14 @@ pub fn write(raw: &Path, dest: &Path, opts: &Options) -> Result<Stats, crate::Er
     let out = File::create(dest).map_err(io_err(dest))?;
     let mut l2: BTreeMap<u64, u64> = BTreeMap::new();
     let mut refs = Refcounts(Vec::new());
-    for c in 0..=l1_clusters {
-        refs.add(c);
-    }
+    // The header and the L1 table.
+    (0..=l1_clusters).for_each(|c| refs.add(c));
     let mut stats = Stats::default();
     let mut pos = data_start;
 
     let clusters = data_clusters(&data_ranges(&src, raw_len), cb);
-    let threads = if opts.threads == 0 {
-        std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
-    } else {
-        opts.threads
-    };
+    let threads = thread_count(opts);
     let level = opts.level.clamp(1, 9);
-    let csize_shift = 62 - (cb - 8);
-    let offset_mask = (1u64 << csize_shift) - 1;
 
     let result: Result<u64, crate::Error> = std::thread::scope(|scope| {
         // Reader → workers (bounded, so memory stays at a few clusters per thread).
@@ -233,42 +226,11 @@ pub fn write(raw: &Path, dest: &Path, opts: &Options) -> Result<Stats, crate::Er
         let (done_tx, done_rx) = channel::<(usize, u64, Packed)>();
         let src = &src;
         let clusters = &clusters;
-        let reader = scope.spawn(move || -> io::Result<u64> {
-            let mut seq = 0;
-            for &c in clusters {
-                let mut buf = vec![0u8; cs as usize];
-                let off = c << cb;
-                let want = (raw_len.saturating_sub(off)).min(cs) as usize;
-                src.read_exact_at(&mut buf[..want], off)?;
-                if buf.iter().all(|&b| b == 0) {
-                    continue;
-                }
-                if job_tx.send((seq, c, buf)).is_err() {
-                    break;
-                }
-                seq += 1;
-            }
-            Ok(seq as u64)
-        });
+        let reader = scope.spawn(move || read_clusters(src, clusters, raw_len, cb, &job_tx));
         for _ in 0..threads {
             let rx: Arc<Mutex<Receiver<Job>>> = Arc::clone(&job_rx);
             let tx = done_tx.clone();
-            scope.spawn(move || {
-                let mut c = Compress::new_with_window_bits(Compression::new(level), false, 12);
-                let mut scratch = Vec::new();
-                loop {
-                    let job = rx.lock().map(|r| r.recv());
-                    let Ok(Ok((seq, cluster, buf))) = job else {
-                        break;
-                    };
-                    if tx
-                        .send((seq, cluster, pack(&mut c, buf, &mut scratch)))
-                        .is_err()
-                    {
-                        break;
-                    }
-                }
-            });
+            scope.spawn(move || compress_worker(&rx, &tx, level));
         }
         drop(done_tx);
 
@@ -293,25 +255,12 @@ pub fn write(raw: &Path, dest: &Path, opts: &Options) -> Result<Stats, crate::Er
                     Packed::Compressed(bytes) => {
                         let off = pos;
                         write_at_end(&mut w, &mut pos, &bytes).map_err(io_err(dest))?;
-                        let first_sector = off >> 9;
-                        let last_sector = (off + bytes.len() as u64 - 1) >> 9;
-                        let extra = last_sector - first_sector;
-                        l2.insert(
-                            cluster,
-                            COMPRESSED | (extra << csize_shift) | (off & offset_mask),
-                        );
-                        // qemu counts the whole sectors the descriptor names.
-                        let start = first_sector << 9;
-                        let end = (last_sector + 1) << 9;
-                        for hc in (start >> cb)..=((end - 1) >> cb) {
-                            refs.add(hc);
-                        }
+                        let entry = compressed_entry(off, bytes.len() as u64, cb, &mut refs);
+                        l2.insert(cluster, entry);
                     }
                     Packed::Raw(bytes) => {
                         stats.raw_clusters += 1;
-                        let aligned = pos.div_ceil(cs) * cs;
-                        let pad = vec![0u8; (aligned - pos) as usize];
-                        write_at_end(&mut w, &mut pos, &pad).map_err(io_err(dest))?;
+                        pad_to_cluster(&mut w, &mut pos, cs).map_err(io_err(dest))?;
                         let off = pos;
                         write_at_end(&mut w, &mut pos, &bytes).map_err(io_err(dest))?;
                         l2.insert(cluster, off | COPIED);
@@ -321,9 +270,7 @@ pub fn write(raw: &Path, dest: &Path, opts: &Options) -> Result<Stats, crate::Er
             }
         }
         // The padding up to the next cluster keeps the metadata aligned.
-        let aligned = pos.div_ceil(cs) * cs;
-        let pad = vec![0u8; (aligned - pos) as usize];
-        write_at_end(&mut w, &mut pos, &pad).map_err(io_err(dest))?;
+        pad_to_cluster(&mut w, &mut pos, cs).map_err(io_err(dest))?;
         w.flush().map_err(io_err(dest))?;
         match reader.join() {
             Ok(r) => r.map_err(io_err(raw)),
@@ -342,9 +289,127 @@ pub fn write(raw: &Path, dest: &Path, opts: &Options) -> Result<Stats, crate::Er
     }
 
     // L2 tables, one cluster each, for every L1 entry that maps anything.
+    let l1 = write_l2_tables(&out, dest, &l2, l1_size, cb, &mut pos, &mut refs)?;
+
+    // Refcount blocks (16-bit entries) and the table that points at them.
+    let (table_off, table, end) = write_refcounts(&out, dest, &mut refs, pos, cb)?;
+
+    let l1_bytes: Vec<u8> = l1.iter().flat_map(|e| e.to_be_bytes()).collect();
+    out.write_all_at(&l1_bytes, cs).map_err(io_err(dest))?;
+    let header = header(
+        opts.version,
+        cb,
+        virtual_size,
+        l1_size,
+        cs,
+        table_off,
+        table,
+    );
+    out.write_all_at(&header, 0).map_err(io_err(dest))?;
+    out.set_len(end).map_err(io_err(dest))?;
+    stats.file_bytes = end;
+    Ok(stats)
+}
+
+/// The compressing threads: `opts.threads`, or one per core when it is 0.
+fn thread_count(opts: &Options) -> usize {
+    if opts.threads == 0 {
+        std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+    } else {
+        opts.threads
+    }
+}
+
+/// The L2 descriptor of a compressed cluster of `len` bytes at `off`; counts the host
+/// clusters its sectors touch.
+fn compressed_entry(off: u64, len: u64, cb: u32, refs: &mut Refcounts) -> u64 {
+    let csize_shift = 62 - (cb - 8);
+    let offset_mask = (1u64 << csize_shift) - 1;
+    let first_sector = off >> 9;
+    let last_sector = (off + len - 1) >> 9;
+    let extra = last_sector - first_sector;
+    // qemu counts the whole sectors the descriptor names.
+    let start = first_sector << 9;
+    let end = (last_sector + 1) << 9;
+    for hc in (start >> cb)..=((end - 1) >> cb) {
+        refs.add(hc);
+    }
+    COMPRESSED | (extra << csize_shift) | (off & offset_mask)
+}
+
+/// Writes zeros from `pos` up to the next cluster boundary.
+fn pad_to_cluster(w: &mut io::BufWriter<&File>, pos: &mut u64, cs: u64) -> io::Result<()> {
+    let aligned = pos.div_ceil(cs) * cs;
+    let pad = vec![0u8; (aligned - *pos) as usize];
+    w.write_all(&pad)?;
+    *pos = aligned;
+    Ok(())
+}
+
+/// The reading thread: every cluster with data, in guest order, sent to the compressors
+/// (all-zero clusters are skipped). Returns how many were sent.
+fn read_clusters(
+    src: &File,
+    clusters: &[u64],
+    raw_len: u64,
+    cb: u32,
+    job_tx: &std::sync::mpsc::SyncSender<Job>,
+) -> io::Result<u64> {
+    let cs = 1u64 << cb;
+    let mut seq = 0;
+    for &c in clusters {
+        let mut buf = vec![0u8; cs as usize];
+        let off = c << cb;
+        let want = (raw_len.saturating_sub(off)).min(cs) as usize;
+        src.read_exact_at(&mut buf[..want], off)?;
+        if buf.iter().all(|&b| b == 0) {
+            continue;
+        }
+        if job_tx.send((seq, c, buf)).is_err() {
+            break;
+        }
+        seq += 1;
+    }
+    Ok(seq as u64)
+}
+
+/// One compressing thread: raw deflate with the 4 KiB window qemu's reader expects.
+fn compress_worker(
+    rx: &Mutex<Receiver<Job>>,
+    tx: &std::sync::mpsc::Sender<(usize, u64, Packed)>,
+    level: u32,
+) {
+    let mut c = Compress::new_with_window_bits(Compression::new(level), false, 12);
+    let mut scratch = Vec::new();
+    loop {
+        let job = rx.lock().map(|r| r.recv());
+        let Ok(Ok((seq, cluster, buf))) = job else {
+            break;
+        };
+        if tx
+            .send((seq, cluster, pack(&mut c, buf, &mut scratch)))
+            .is_err()
+        {
+            break;
+        }
+    }
+}
+
+/// Writes the L2 tables at `pos` (advanced past them) and returns the L1 table.
+fn write_l2_tables(
+    out: &File,
+    dest: &Path,
+    l2: &BTreeMap<u64, u64>,
+    l1_size: u64,
+    cb: u32,
+    pos: &mut u64,
+    refs: &mut Refcounts,
+) -> Result<Vec<u64>, crate::Error> {
+    let cs = 1u64 << cb;
+    let l2_entries = cs / 8;
     let mut l1 = vec![0u64; l1_size as usize];
     let mut tables: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
-    for (&cluster, &entry) in &l2 {
+    for (&cluster, &entry) in l2 {
         let t = tables
             .entry(cluster / l2_entries)
             .or_insert_with(|| vec![0u8; cs as usize]);
@@ -352,14 +417,25 @@ pub fn write(raw: &Path, dest: &Path, opts: &Options) -> Result<Stats, crate::Er
         t[i..i + 8].copy_from_slice(&entry.to_be_bytes());
     }
     for (idx, table) in &tables {
-        out.write_all_at(table, pos).map_err(io_err(dest))?;
-        l1[*idx as usize] = pos | COPIED;
-        refs.add(pos >> cb);
-        pos += cs;
+        out.write_all_at(table, *pos).map_err(io_err(dest))?;
+        l1[*idx as usize] = *pos | COPIED;
+        refs.add(*pos >> cb);
+        *pos += cs;
     }
+    Ok(l1)
+}
 
-    // Refcount blocks (16-bit entries) and the table that points at them; they count
-    // themselves, so size them until the numbers settle.
+/// Writes the refcount blocks (16-bit entries) and the table that points at them at `pos`;
+/// they count themselves, so they are sized until the numbers settle. Returns the table's
+/// offset, its size in clusters, and the end of the file.
+fn write_refcounts(
+    out: &File,
+    dest: &Path,
+    refs: &mut Refcounts,
+    pos: u64,
+    cb: u32,
+) -> Result<(u64, u64, u64), crate::Error> {
+    let cs = 1u64 << cb;
     let rb_entries = cs / 2;
     let used = pos >> cb;
     let (mut blocks, mut table) = (0u64, 0u64);
@@ -395,22 +471,7 @@ pub fn write(raw: &Path, dest: &Path, opts: &Options) -> Result<Stats, crate::Er
     out.write_all_at(&table_bytes, table_off)
         .map_err(io_err(dest))?;
     let end = blocks_off + blocks * cs;
-
-    let l1_bytes: Vec<u8> = l1.iter().flat_map(|e| e.to_be_bytes()).collect();
-    out.write_all_at(&l1_bytes, cs).map_err(io_err(dest))?;
-    let header = header(
-        opts.version,
-        cb,
-        virtual_size,
-        l1_size,
-        cs,
-        table_off,
-        table,
-    );
-    out.write_all_at(&header, 0).map_err(io_err(dest))?;
-    out.set_len(end).map_err(io_err(dest))?;
-    stats.file_bytes = end;
-    Ok(stats)
+    Ok((table_off, table, end))
 }
 
 fn header(

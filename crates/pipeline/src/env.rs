@@ -13,6 +13,8 @@ use crate::settings as S;
 
 /// The fixed variables of a build, before per-phase additions (TARGET_ROOT and the block
 /// devices).
+// Tabular: one `set` per exported variable, in the order DIB exports them.
+#[allow(clippy::too_many_lines)]
 pub fn base_env(
     plan: &BuildPlan,
     build_dir: &Path,

@@ -42,6 +42,9 @@ pub enum Error {
     /// A problem producing outputs.
     #[error(transparent)]
     Output(#[from] kiln_output::Error),
+    /// A phase-cache or output-cache problem (storing, restoring, copying).
+    #[error(transparent)]
+    Cache(#[from] kiln_cache::Error),
     /// A sandbox problem (namespace, mounts, binfmt).
     #[error(transparent)]
     Sandbox(#[from] kiln_sandbox::Error),

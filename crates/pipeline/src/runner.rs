@@ -153,20 +153,7 @@ pub fn run(
     capture_prefix: Option<&str>,
 ) -> Result<Finished, Error> {
     check_interrupt()?;
-    let cmd = match place {
-        Place::Host => Cmd::from_argv(argv),
-        Place::Chroot(root) => Cmd::new("chroot")
-            .arg(root)
-            .arg("/usr/bin/env")
-            .arg("-u")
-            .arg("TMPDIR")
-            .arg("-u")
-            .arg("VIRTUAL_ENV")
-            .arg("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-            .arg("HOME=/root")
-            .args(argv)
-            .current_dir("/"),
-    };
+    let cmd = phase_cmd(place, argv);
     // Its own process group, so the whole phase can be signalled at once.
     let cmd = cmd.env_clear().envs(env).process_group();
     let (rd, wr) = std::io::pipe().map_err(|source| Error::Io {
@@ -186,72 +173,17 @@ pub fn run(
     // reader sees end-of-file when the phase and everything it started are gone.
     let pgid = i32::try_from(child.id()).unwrap_or(0);
 
-    let log = Arc::clone(&console.log);
-    let verbose = console.verbose;
     let tty = console.tty && !console.quiet;
-    let quiet = console.quiet;
-    let phase_s = phase.to_string();
-    let elements_c = elements.clone();
-    let prefix = capture_prefix.map(String::from);
-    let reader = std::thread::spawn(move || {
-        let mut tail: VecDeque<String> = VecDeque::with_capacity(TAIL_LINES + 1);
-        let mut hooks = Vec::new();
-        let mut current: Option<String> = None;
-        let mut captured = Vec::new();
-        for line in BufReader::new(rd).split(b'\n') {
-            let Ok(line) = line else { break };
-            let line = String::from_utf8_lossy(&line).into_owned();
-            if let Ok(mut g) = log.lock() {
-                if let Some(f) = g.as_mut() {
-                    let _ = writeln!(f, "[{phase_s}] {line}");
-                }
-            }
-            if let Some(rest) = line.strip_prefix("kiln-run-parts: start ") {
-                let name = rest.trim().to_string();
-                let el = elements_c.get(&name).cloned().unwrap_or_default();
-                if !quiet {
-                    if tty && verbose == 0 {
-                        eprint!("\r\x1b[K[{phase_s}] {name} ({el})");
-                    } else {
-                        eprintln!("[{phase_s}] {name} ({el})");
-                    }
-                }
-                current = Some(name);
-                tail.clear();
-                continue;
-            }
-            if let Some(rest) = line.strip_prefix("kiln-run-parts: done ") {
-                let mut it = rest.split_whitespace();
-                let name = it.next().unwrap_or_default().to_string();
-                let status = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-                let seconds = it.next().and_then(|s| s.parse().ok()).unwrap_or(0.0);
-                let element = elements_c.get(&name).cloned().unwrap_or_default();
-                hooks.push(HookTiming {
-                    name,
-                    element,
-                    status,
-                    seconds,
-                });
-                if status == 0 {
-                    current = None;
-                }
-                continue;
-            }
-            if let Some(p) = &prefix {
-                if line.starts_with(p.as_str()) {
-                    captured.push(line.clone());
-                }
-            }
-            if verbose > 0 && !quiet {
-                eprintln!("{line}");
-            }
-            if tail.len() == TAIL_LINES {
-                tail.pop_front();
-            }
-            tail.push_back(line);
-        }
-        (tail, hooks, current, captured)
-    });
+    let sink = OutputReader {
+        log: Arc::clone(&console.log),
+        verbose: console.verbose,
+        tty,
+        quiet: console.quiet,
+        phase: phase.to_string(),
+        elements: elements.clone(),
+        prefix: capture_prefix.map(String::from),
+    };
+    let reader = std::thread::spawn(move || sink.read(rd));
 
     let status = loop {
         match child.try_wait() {
@@ -296,6 +228,108 @@ pub fn run(
         tail: tail.into_iter().collect(),
         hooks,
     })
+}
+
+/// The command of a phase: `argv` on the host, or in the chroot with DIB's fixed PATH and HOME.
+fn phase_cmd(place: &Place, argv: &[String]) -> Cmd {
+    match place {
+        Place::Host => Cmd::from_argv(argv),
+        Place::Chroot(root) => Cmd::new("chroot")
+            .arg(root)
+            .arg("/usr/bin/env")
+            .arg("-u")
+            .arg("TMPDIR")
+            .arg("-u")
+            .arg("VIRTUAL_ENV")
+            .arg("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            .arg("HOME=/root")
+            .args(argv)
+            .current_dir("/"),
+    }
+}
+
+/// What a phase's output leaves for `Finished` and the failure report: the last lines,
+/// the hooks' timings, the hook running when it ended, and the captured lines.
+type ReadOutput = (
+    VecDeque<String>,
+    Vec<HookTiming>,
+    Option<String>,
+    Vec<String>,
+);
+
+/// Reads a phase's output on its own thread: every line into the build log, hook starts on
+/// the console, hook ends as timings, the last lines for the report.
+struct OutputReader {
+    log: Arc<Mutex<Option<File>>>,
+    verbose: u8,
+    tty: bool,
+    quiet: bool,
+    phase: String,
+    elements: BTreeMap<String, String>,
+    prefix: Option<String>,
+}
+
+impl OutputReader {
+    fn read(self, rd: std::io::PipeReader) -> ReadOutput {
+        let phase_s = &self.phase;
+        let mut tail: VecDeque<String> = VecDeque::with_capacity(TAIL_LINES + 1);
+        let mut hooks = Vec::new();
+        let mut current: Option<String> = None;
+        let mut captured = Vec::new();
+        for line in BufReader::new(rd).split(b'\n') {
+            let Ok(line) = line else { break };
+            let line = String::from_utf8_lossy(&line).into_owned();
+            if let Ok(mut g) = self.log.lock() {
+                if let Some(f) = g.as_mut() {
+                    let _ = writeln!(f, "[{phase_s}] {line}");
+                }
+            }
+            if let Some(rest) = line.strip_prefix("kiln-run-parts: start ") {
+                let name = rest.trim().to_string();
+                let el = self.elements.get(&name).cloned().unwrap_or_default();
+                if !self.quiet {
+                    if self.tty && self.verbose == 0 {
+                        eprint!("\r\x1b[K[{phase_s}] {name} ({el})");
+                    } else {
+                        eprintln!("[{phase_s}] {name} ({el})");
+                    }
+                }
+                current = Some(name);
+                tail.clear();
+                continue;
+            }
+            if let Some(rest) = line.strip_prefix("kiln-run-parts: done ") {
+                let mut it = rest.split_whitespace();
+                let name = it.next().unwrap_or_default().to_string();
+                let status = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+                let seconds = it.next().and_then(|s| s.parse().ok()).unwrap_or(0.0);
+                let element = self.elements.get(&name).cloned().unwrap_or_default();
+                hooks.push(HookTiming {
+                    name,
+                    element,
+                    status,
+                    seconds,
+                });
+                if status == 0 {
+                    current = None;
+                }
+                continue;
+            }
+            if let Some(p) = &self.prefix {
+                if line.starts_with(p.as_str()) {
+                    captured.push(line.clone());
+                }
+            }
+            if self.verbose > 0 && !self.quiet {
+                eprintln!("{line}");
+            }
+            if tail.len() == TAIL_LINES {
+                tail.pop_front();
+            }
+            tail.push_back(line);
+        }
+        (tail, hooks, current, captured)
+    }
 }
 
 fn kill_group(pgid: i32) {

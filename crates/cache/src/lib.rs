@@ -1,0 +1,901 @@
+//! kiln-cache: the content-addressed phase cache and the output cache.
+//!
+//! This crate stores and restores layers, computes keys from [`Inputs`], indexes and diffs trees,
+//! and lists and trims the cache. It never touches the network: what a key needs from outside
+//! (the digest of the mirror's `InRelease`, the filtered environment) is computed by the
+//! pipeline and passed in as a value.
+//!
+//! After each phase that changes the root filesystem (root, extra-data, pre-install, install,
+//! the `-p` packages, post-install, post-root) the change it made is kept as a *layer* under a
+//! key that hashes everything the phase depends on: the parent layer's key, the phase name, the
+//! hook tree it can see (every file of the merged tree except other phases' hook directories:
+//! names, modes, contents, link targets), the environment after environment.d (less per-build
+//! paths and session noise), the architecture, the digest of the mirror's `InRelease` file
+//! (unless offline) and kiln's identity (version and binary digest). A build whose leading phases are unchanged restores the
+//! chain of layers and starts after it.
+//!
+//! A layer is a tar of the entries that changed (by ctime, size, mode, owner, inode) plus the
+//! list of paths that disappeared, taken from a non-recursive bind mount of the tree, so mounts
+//! made by hooks or the engine are never captured and the directories under them are. Measured
+//! here: a cold debian-minimal build writes about 1.1 GB of layers in about 4 s, and restoring
+//! the whole chain into tmpfs takes about 3 s (overlayfs would make the restore free, but the
+//! tree is copied into the image anyway, and overlay's copy-up and rename rules would be visible
+//! to hooks; tar layers are invisible to them).
+//!
+//! Outputs are cached too: an identical request copies its cached outputs.
+
+use kiln_host::Cmd;
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write as _;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// What can go wrong storing, restoring or copying cache entries.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An I/O error on a path.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A tool (tar, cp) failed.
+    #[error("{step} failed: {message}")]
+    Step {
+        /// What was being done (`snapshot layer`, `restore layer`, `copy`, …).
+        step: String,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// Maps an I/O error on `path` to [`Error::Io`]; for `map_err(io(path))`.
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Everything a phase depends on; its key is the hash of this value.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Inputs {
+    /// The step (`root`, `install`, `packages`, …).
+    pub phase: String,
+    /// The parent layer's key.
+    pub parent: Option<String>,
+    /// Architecture.
+    pub arch: String,
+    /// sha256 of the mirror's InRelease (None when offline or unknown).
+    pub release_digest: Option<String>,
+    /// kiln's identity: version and a digest of its binary.
+    pub version: String,
+    /// Environment (filtered).
+    pub env: BTreeMap<String, String>,
+    /// Files of the hook tree this phase can see: relative path → "mode:sha256" / "link:target".
+    pub files: BTreeMap<String, String>,
+    /// Extra inputs (the `-p` package list).
+    pub extra: Vec<String>,
+}
+
+impl Inputs {
+    /// The key: sha256 of the canonical JSON of the inputs.
+    pub fn key(&self) -> String {
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        hex::encode(Sha256::digest(&json))
+    }
+}
+
+/// Digest of every entry of the hook tree, keyed by relative path.
+pub fn hook_tree_files(hooks: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    walk_hooks(hooks, hooks, &mut out);
+    out
+}
+
+fn walk_hooks(base: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
+    let Ok(rd) = fs::read_dir(dir) else { return };
+    let mut entries: Vec<_> = rd.flatten().collect();
+    entries.sort_by_key(fs::DirEntry::file_name);
+    for e in entries {
+        let p = e.path();
+        let rel = p.strip_prefix(base).unwrap_or(&p).display().to_string();
+        let Ok(m) = fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if m.file_type().is_symlink() {
+            let t = fs::read_link(&p).unwrap_or_default();
+            out.insert(rel, format!("link:{}", t.display()));
+        } else if m.is_dir() {
+            out.insert(rel, format!("dir:{:o}", m.permissions().mode() & 0o7777));
+            walk_hooks(base, &p, out);
+        } else {
+            let data = fs::read(&p).unwrap_or_default();
+            out.insert(
+                rel,
+                format!(
+                    "{:o}:{}",
+                    m.permissions().mode() & 0o7777,
+                    hex::encode(Sha256::digest(&data))
+                ),
+            );
+        }
+    }
+}
+
+/// The files of the tree a phase can see: everything but other phases' hook directories.
+pub fn visible_to(
+    files: &BTreeMap<String, String>,
+    phase_dir: Option<&str>,
+) -> BTreeMap<String, String> {
+    files
+        .iter()
+        .filter(|(k, _)| {
+            let top = k.split('/').next().unwrap_or("");
+            let is_phase_dir = kiln_element::Phase::ALL.iter().any(|p| p.dir_name() == top);
+            !is_phase_dir || Some(top) == phase_dir
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// Metadata of one tree entry, enough to tell that it changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryMeta {
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    size: u64,
+    ino: u64,
+    nlink: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+    rdev: u64,
+}
+
+impl EntryMeta {
+    /// KiB this entry occupies, roughly as `du` counts it (regular files only).
+    pub fn kib(&self) -> u64 {
+        if self.mode & 0o170_000 == 0o100_000 {
+            self.size.div_ceil(4096) * 4
+        } else {
+            0
+        }
+    }
+}
+
+/// A change to record: the entries of `root` listed in `changed`, and the `deleted` paths.
+pub struct Delta<'a> {
+    /// The tree (a non-recursive view of it).
+    pub root: &'a Path,
+    /// Entries to archive.
+    pub changed: &'a [PathBuf],
+    /// Paths to delete before extracting.
+    pub deleted: &'a [PathBuf],
+}
+
+/// An index of a tree: relative path → metadata.
+pub type Index = BTreeMap<PathBuf, EntryMeta>;
+
+/// Indexes `root` (not crossing into other filesystems).
+pub fn index(root: &Path) -> Index {
+    let mut out = Index::new();
+    let dev = fs::symlink_metadata(root).map_or(0, |m| m.dev());
+    index_dir(root, root, dev, &mut out);
+    out
+}
+
+fn index_dir(root: &Path, dir: &Path, dev: u64, out: &mut Index) {
+    let Ok(rd) = fs::read_dir(dir) else { return };
+    for e in rd.flatten() {
+        let p = e.path();
+        let Ok(m) = fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if m.dev() != dev {
+            continue;
+        }
+        let rel = p.strip_prefix(root).unwrap_or(&p).to_path_buf();
+        out.insert(
+            rel,
+            EntryMeta {
+                mode: m.mode(),
+                uid: m.uid(),
+                gid: m.gid(),
+                size: m.size(),
+                ino: m.ino(),
+                nlink: m.nlink(),
+                mtime: (m.mtime(), m.mtime_nsec()),
+                ctime: (m.ctime(), m.ctime_nsec()),
+                rdev: m.rdev(),
+            },
+        );
+        if m.is_dir() {
+            index_dir(root, &p, dev, out);
+        }
+    }
+}
+
+/// What changed between two indexes: entries to archive, and paths to delete first.
+pub fn diff(prev: &Index, cur: &Index) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    let mut changed = Vec::new();
+    let mut deleted = Vec::new();
+    for (p, m) in cur {
+        match prev.get(p) {
+            Some(old) if old == m => {}
+            Some(old) if (old.mode & 0o170_000) != (m.mode & 0o170_000) => {
+                deleted.push(p.clone());
+                changed.push(p.clone());
+            }
+            _ => changed.push(p.clone()),
+        }
+    }
+    for p in prev.keys() {
+        if !cur.contains_key(p) {
+            deleted.push(p.clone());
+        }
+    }
+    (changed, deleted)
+}
+
+/// Stored description of a layer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LayerMeta {
+    /// The layer's key.
+    pub key: String,
+    /// Its inputs.
+    pub inputs: Inputs,
+    /// `du -k` of the whole tree after this phase.
+    pub tree_kib: u64,
+    /// Size of the stored layer in bytes.
+    pub bytes: u64,
+    /// When it was made (seconds since the epoch).
+    pub created: u64,
+}
+
+/// The cache directory of phase layers and outputs.
+pub struct PhaseCache {
+    /// `<cache root>/phases`.
+    pub dir: PathBuf,
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn run_tool(cmd: &Cmd, what: &str) -> Result<(), Error> {
+    cmd.run().map(|_| ()).map_err(|e| Error::Step {
+        step: what.to_string(),
+        message: e.to_string(),
+    })
+}
+
+impl PhaseCache {
+    /// The phase cache under kiln's cache root.
+    pub fn new(cache_root: &Path) -> Self {
+        Self {
+            dir: cache_root.join("phases"),
+        }
+    }
+
+    fn layer_dir(&self, key: &str) -> PathBuf {
+        self.dir.join(key)
+    }
+
+    /// The stored layer for `key`, if complete.
+    pub fn get(&self, key: &str) -> Option<LayerMeta> {
+        let text = fs::read_to_string(self.layer_dir(key).join("meta.json")).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// Every stored layer.
+    pub fn all(&self) -> Vec<LayerMeta> {
+        let mut v: Vec<LayerMeta> = fs::read_dir(&self.dir)
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|e| {
+                        let t = fs::read_to_string(e.path().join("meta.json")).ok()?;
+                        serde_json::from_str(&t).ok()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort_by(|a, b| a.created.cmp(&b.created).then(a.key.cmp(&b.key)));
+        v
+    }
+
+    /// Marks a layer as used now (for LRU garbage collection).
+    pub fn touch(&self, key: &str) {
+        let p = self.layer_dir(key).join("used");
+        let _ = fs::write(p, now().to_string());
+    }
+
+    /// Records a layer: the change to the tree and the change to the hook tree that a step
+    /// made, under the key of its inputs.
+    pub fn store(
+        &self,
+        inputs: &Inputs,
+        tree: &Delta<'_>,
+        hooks: &Delta<'_>,
+        tree_kib: u64,
+    ) -> Result<String, Error> {
+        let key = inputs.key();
+        let final_dir = self.layer_dir(&key);
+        if final_dir.join("meta.json").exists() {
+            return Ok(key);
+        }
+        fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
+        let tmp = tempfile::Builder::new()
+            .prefix(".tmp-")
+            .tempdir_in(&self.dir)
+            .map_err(io(&self.dir))?;
+        write_delta(tmp.path(), "layer", tree)?;
+        write_delta(tmp.path(), "hooks", hooks)?;
+        let bytes = du_bytes(tmp.path());
+        let meta = LayerMeta {
+            key: key.clone(),
+            inputs: inputs.clone(),
+            tree_kib,
+            bytes,
+            created: now(),
+        };
+        fs::write(
+            tmp.path().join("meta.json"),
+            serde_json::to_vec_pretty(&meta).unwrap_or_default(),
+        )
+        .map_err(io(tmp.path()))?;
+        let tmp_path = tmp.keep();
+        if fs::rename(&tmp_path, &final_dir).is_err() {
+            // The same layer was stored meanwhile.
+            let _ = fs::remove_dir_all(&tmp_path);
+        }
+        Ok(key)
+    }
+
+    /// Restores the chain `keys` (oldest first): each layer's tree change into the empty
+    /// directory `root`, and its hook-tree change onto the freshly laid out `hooks`.
+    pub fn restore(&self, keys: &[String], root: &Path, hooks: &Path) -> Result<(), Error> {
+        for key in keys {
+            let dir = self.layer_dir(key);
+            apply_delta(&dir, "layer", root)?;
+            apply_delta(&dir, "hooks", hooks)?;
+            self.touch(key);
+        }
+        Ok(())
+    }
+
+    /// Total bytes stored (layers and outputs).
+    pub fn size(cache_root: &Path) -> u64 {
+        du_bytes(&cache_root.join("phases")) + du_bytes(&cache_root.join("outputs"))
+    }
+}
+
+/// How layers are compressed: zstd's fastest level on every core. A cold debian-minimal chain
+/// shrinks from about 1.1 GB to about 0.4 GB, and restoring it costs well under a second more.
+const ZSTD_WRITE: &str = "zstd -1 -T0 -q";
+
+fn write_delta(dir: &Path, name: &str, delta: &Delta<'_>) -> Result<(), Error> {
+    let list = dir.join(format!("{name}.list"));
+    let mut f = fs::File::create(&list).map_err(io(&list))?;
+    for p in delta.changed {
+        f.write_all(p.as_os_str().as_encoded_bytes())
+            .map_err(io(&list))?;
+        f.write_all(b"\0").map_err(io(&list))?;
+    }
+    drop(f);
+    run_tool(
+        &Cmd::new("tar")
+            .arg("--create")
+            .arg("--file")
+            .arg(dir.join(format!("{name}.tar.zst")))
+            .arg(format!("--use-compress-program={ZSTD_WRITE}"))
+            .args([
+                "--null",
+                "--no-recursion",
+                "--numeric-owner",
+                "--xattrs",
+                "--xattrs-include=*",
+            ])
+            .arg("-C")
+            .arg(delta.root)
+            .arg("--files-from")
+            .arg(&list),
+        "snapshot layer",
+    )?;
+    let _ = fs::remove_file(&list);
+    let del = dir.join(format!("{name}.deleted"));
+    let mut f = fs::File::create(&del).map_err(io(&del))?;
+    for p in delta.deleted {
+        f.write_all(p.as_os_str().as_encoded_bytes())
+            .map_err(io(&del))?;
+        f.write_all(b"\0").map_err(io(&del))?;
+    }
+    Ok(())
+}
+
+fn apply_delta(dir: &Path, name: &str, root: &Path) -> Result<(), Error> {
+    let del = fs::read(dir.join(format!("{name}.deleted"))).unwrap_or_default();
+    let mut paths: Vec<&[u8]> = del.split(|b| *b == 0).filter(|p| !p.is_empty()).collect();
+    paths.reverse();
+    for p in paths {
+        // Resolved inside the tree (the last component not followed), so a symlinked parent
+        // directory in the image never leads the removal out to the host.
+        let rel = Path::new(std::ffi::OsStr::from_bytes_compat(p));
+        let path =
+            kiln_sandbox::path::resolve_in_root_nofollow(root, rel).map_err(|e| Error::Step {
+                step: "restore layer".into(),
+                message: e.to_string(),
+            })?;
+        match fs::symlink_metadata(&path) {
+            Ok(m) if m.is_dir() => {
+                let _ = fs::remove_dir_all(&path);
+            }
+            Ok(_) => {
+                let _ = fs::remove_file(&path);
+            }
+            Err(_) => {}
+        }
+    }
+    // Layers are zstd-compressed tars; a plain tar (an older cache) still restores.
+    let zst = dir.join(format!("{name}.tar.zst"));
+    let mut tar = Cmd::new("tar").arg("--extract");
+    if zst.exists() {
+        tar = tar
+            .arg("--file")
+            .arg(&zst)
+            .arg("--use-compress-program=zstd -d");
+    } else {
+        tar = tar.arg("--file").arg(dir.join(format!("{name}.tar")));
+    }
+    run_tool(
+        &tar.args([
+            "--numeric-owner",
+            "--same-permissions",
+            "--same-owner",
+            "--xattrs",
+            "--xattrs-include=*",
+        ])
+        .arg("-C")
+        .arg(root),
+        "restore layer",
+    )
+}
+
+/// Bytes used by a tree.
+pub fn du_bytes(p: &Path) -> u64 {
+    let Ok(m) = fs::symlink_metadata(p) else {
+        return 0;
+    };
+    if m.is_dir() {
+        fs::read_dir(p).map_or(0, |rd| rd.flatten().map(|e| du_bytes(&e.path())).sum())
+    } else {
+        m.blocks() * 512
+    }
+}
+
+/// Byte slices as OS strings (paths in lists are raw bytes).
+trait FromBytesCompat {
+    fn from_bytes_compat(b: &[u8]) -> &std::ffi::OsStr;
+}
+
+impl FromBytesCompat for std::ffi::OsStr {
+    fn from_bytes_compat(b: &[u8]) -> &std::ffi::OsStr {
+        std::os::unix::ffi::OsStrExt::from_bytes(b)
+    }
+}
+
+/// The cached outputs of whole requests.
+pub struct OutputCache {
+    /// `<cache root>/outputs`.
+    pub dir: PathBuf,
+}
+
+impl OutputCache {
+    /// The output cache under kiln's cache root.
+    pub fn new(cache_root: &Path) -> Self {
+        Self {
+            dir: cache_root.join("outputs"),
+        }
+    }
+
+    /// The directory of a complete entry for `key`.
+    pub fn get(&self, key: &str) -> Option<PathBuf> {
+        let d = self.dir.join(key);
+        d.join("complete").exists().then_some(d)
+    }
+
+    /// Stores `files` (outputs) and the `NAME.d` directory under `key`.
+    pub fn store(&self, key: &str, files: &[PathBuf], name_d: &Path) -> Result<(), Error> {
+        fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
+        let tmp = tempfile::Builder::new()
+            .prefix(".tmp-")
+            .tempdir_in(&self.dir)
+            .map_err(io(&self.dir))?;
+        for f in files {
+            let name = f.file_name().unwrap_or_default();
+            copy_file(f, &tmp.path().join("files").join(name))?;
+        }
+        if name_d.is_dir() {
+            run_tool(
+                &Cmd::new("cp")
+                    .arg("-a")
+                    .arg(name_d)
+                    .arg(tmp.path().join("name.d")),
+                "store NAME.d",
+            )?;
+            let _ = fs::remove_file(tmp.path().join("name.d/build.log"));
+        }
+        fs::write(tmp.path().join("complete"), now().to_string()).map_err(io(tmp.path()))?;
+        let p = tmp.keep();
+        let dest = self.dir.join(key);
+        let _ = fs::remove_dir_all(&dest);
+        if fs::rename(&p, &dest).is_err() {
+            let _ = fs::remove_dir_all(&p);
+        }
+        Ok(())
+    }
+}
+
+/// One entry of the cache: a phase layer or a request's outputs.
+#[derive(Debug, Clone)]
+pub struct CacheEntry {
+    /// Its directory.
+    pub path: PathBuf,
+    /// `layer` or `outputs`.
+    pub kind: &'static str,
+    /// The phase of a layer, the file names of outputs.
+    pub label: String,
+    /// Bytes on disk.
+    pub bytes: u64,
+    /// Last use, seconds since the epoch.
+    pub used: u64,
+}
+
+fn used_time(p: &Path) -> u64 {
+    for f in ["used", "complete"] {
+        if let Ok(Ok(v)) = fs::read_to_string(p.join(f)).map(|t| t.trim().parse::<u64>()) {
+            return v;
+        }
+    }
+    fs::metadata(p.join("meta.json"))
+        .or_else(|_| fs::metadata(p))
+        .ok()
+        .and_then(|m| m.modified().ok())
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Every entry of the cache under `root`, least recently used first.
+pub fn entries(root: &Path) -> Vec<CacheEntry> {
+    let mut v = Vec::new();
+    for (kind, sub) in [("layer", "phases"), ("outputs", "outputs")] {
+        let Ok(rd) = fs::read_dir(root.join(sub)) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if e.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            let label = if kind == "layer" {
+                fs::read_to_string(p.join("meta.json"))
+                    .ok()
+                    .and_then(|t| serde_json::from_str::<LayerMeta>(&t).ok())
+                    .map(|m| m.inputs.phase)
+                    .unwrap_or_default()
+            } else {
+                fs::read_dir(p.join("files"))
+                    .map(|rd| {
+                        let mut names: Vec<String> = rd
+                            .flatten()
+                            .map(|f| f.file_name().to_string_lossy().into_owned())
+                            .collect();
+                        names.sort();
+                        names.join(",")
+                    })
+                    .unwrap_or_default()
+            };
+            v.push(CacheEntry {
+                bytes: du_bytes(&p),
+                used: used_time(&p),
+                path: p,
+                kind,
+                label,
+            });
+        }
+    }
+    v.sort_by(|a, b| a.used.cmp(&b.used).then(a.path.cmp(&b.path)));
+    v
+}
+
+/// Deletes the least recently used entries until the cache is at most `max` bytes. Returns how
+/// many were removed and the size left. A layer whose parent is gone is never restored (a
+/// chain is used only from its first layer on), so removing any entry is safe.
+pub fn gc(root: &Path, max: u64) -> std::io::Result<(usize, u64)> {
+    let es = entries(root);
+    let mut total: u64 = es.iter().map(|e| e.bytes).sum();
+    let mut removed = 0;
+    for e in &es {
+        if total <= max {
+            break;
+        }
+        fs::remove_dir_all(&e.path)?;
+        total = total.saturating_sub(e.bytes);
+        removed += 1;
+    }
+    Ok((removed, total))
+}
+
+/// A size for people: `1.5 GiB`.
+pub fn human(b: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i + 1 < units.len() {
+        v /= 1024.0;
+        i += 1;
+    }
+    format!("{v:.1} {}", units[i])
+}
+
+/// Copies a file, reflinking where the filesystem can.
+pub fn copy_file(from: &Path, to: &Path) -> Result<(), Error> {
+    if let Some(parent) = to.parent() {
+        fs::create_dir_all(parent).map_err(io(parent))?;
+    }
+    run_tool(
+        &Cmd::new("cp")
+            .args(["--reflink=auto", "--sparse=always", "-p"])
+            .arg(from)
+            .arg(to),
+        "copy",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Change = Box<dyn Fn(&mut Inputs)>;
+
+    #[test]
+    fn inputs_key_changes_with_any_input() {
+        let base = Inputs {
+            phase: "install".into(),
+            parent: Some("p".into()),
+            arch: "amd64".into(),
+            release_digest: None,
+            version: "1".into(),
+            env: BTreeMap::new(),
+            files: BTreeMap::new(),
+            extra: Vec::new(),
+        };
+        // Each input on its own changes the key.
+        let variants: Vec<(&str, Change)> = vec![
+            ("phase", Box::new(|i| i.phase = "post-install".into())),
+            ("parent", Box::new(|i| i.parent = Some("q".into()))),
+            ("no parent", Box::new(|i| i.parent = None)),
+            ("arch", Box::new(|i| i.arch = "arm64".into())),
+            ("release", Box::new(|i| i.release_digest = Some("d".into()))),
+            ("kiln", Box::new(|i| i.version = "2".into())),
+            (
+                "env",
+                Box::new(|i| {
+                    i.env.insert("DIB_X".into(), "1".into());
+                }),
+            ),
+            (
+                "file",
+                Box::new(|i| {
+                    i.files.insert("install.d/10-x".into(), "755:ab".into());
+                }),
+            ),
+            ("extra", Box::new(|i| i.extra.push("less".into()))),
+        ];
+        let mut seen = std::collections::BTreeSet::from([base.key()]);
+        for (what, change) in &variants {
+            let mut other = base.clone();
+            change(&mut other);
+            assert!(
+                seen.insert(other.key()),
+                "changing {what} left the key as another"
+            );
+        }
+        // A file's mode or content, and an env value, count, not just their names.
+        let mut a = base.clone();
+        a.files.insert("install.d/10-x".into(), "755:ab".into());
+        let mut b = a.clone();
+        b.files.insert("install.d/10-x".into(), "644:ab".into());
+        assert_ne!(a.key(), b.key());
+        let mut c = base.clone();
+        c.env.insert("DIB_X".into(), "1".into());
+        let mut d = base.clone();
+        d.env.insert("DIB_X".into(), "2".into());
+        assert_ne!(c.key(), d.key());
+        // Nothing else does: the same inputs give the same key.
+        assert_eq!(base.key(), base.clone().key());
+    }
+
+    #[test]
+    fn visible_files_hide_other_phases() {
+        let mut f = BTreeMap::new();
+        f.insert("install.d/10-a".to_string(), "x".to_string());
+        f.insert("finalise.d/10-b".to_string(), "x".to_string());
+        f.insert("environment.d/10-c".to_string(), "x".to_string());
+        let v = visible_to(&f, Some("install.d"));
+        assert!(v.contains_key("install.d/10-a"));
+        assert!(v.contains_key("environment.d/10-c"));
+        assert!(!v.contains_key("finalise.d/10-b"));
+    }
+
+    #[test]
+    fn diff_finds_changes_deletions_and_type_changes() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        fs::write(r.join("keep"), "1").unwrap();
+        fs::write(r.join("gone"), "1").unwrap();
+        fs::write(r.join("edit"), "1").unwrap();
+        fs::write(r.join("morph"), "1").unwrap();
+        let before = index(r);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        fs::remove_file(r.join("gone")).unwrap();
+        fs::write(r.join("edit"), "22").unwrap();
+        fs::remove_file(r.join("morph")).unwrap();
+        fs::create_dir(r.join("morph")).unwrap();
+        fs::write(r.join("new"), "n").unwrap();
+        let after = index(r);
+        let (changed, deleted) = diff(&before, &after);
+        let c: Vec<_> = changed.iter().map(|p| p.display().to_string()).collect();
+        let del: Vec<_> = deleted.iter().map(|p| p.display().to_string()).collect();
+        assert!(c.contains(&"edit".to_string()));
+        assert!(c.contains(&"new".to_string()));
+        assert!(c.contains(&"morph".to_string()));
+        assert!(!c.contains(&"keep".to_string()));
+        assert!(del.contains(&"gone".to_string()));
+        assert!(del.contains(&"morph".to_string()));
+    }
+
+    #[test]
+    fn restoring_deletions_never_follows_a_link_out_of_the_tree() {
+        let d = tempfile::tempdir().unwrap();
+        let base = fs::canonicalize(d.path()).unwrap();
+        let (layer, root, outside) = (base.join("layer"), base.join("root"), base.join("out"));
+        for p in [&layer, &root, &outside] {
+            fs::create_dir_all(p).unwrap();
+        }
+        fs::write(outside.join("precious"), "host").unwrap();
+        fs::write(root.join("gone"), "x").unwrap();
+        std::os::unix::fs::symlink("../out", root.join("link")).unwrap();
+        fs::write(layer.join("layer.deleted"), b"link/precious\0gone\0").unwrap();
+        let empty = Cmd::new("tar")
+            .arg("-cf")
+            .arg(layer.join("layer.tar"))
+            .args(["-T", "/dev/null"])
+            .run();
+        assert!(empty.is_ok(), "{empty:?}");
+        apply_delta(&layer, "layer", &root).unwrap();
+        assert_eq!(
+            fs::read_to_string(outside.join("precious")).unwrap(),
+            "host"
+        );
+        assert!(!root.join("gone").exists());
+    }
+
+    #[test]
+    fn store_and_restore_round_trip() {
+        let d = tempfile::tempdir().unwrap();
+        let cache = PhaseCache::new(&d.path().join("cache"));
+        let tree = d.path().join("tree");
+        let hooks = d.path().join("hooks");
+        fs::create_dir_all(tree.join("etc")).unwrap();
+        fs::create_dir_all(&hooks).unwrap();
+        fs::write(hooks.join("h"), "hook").unwrap();
+        fs::write(tree.join("etc/a"), "A").unwrap();
+        fs::hard_link(tree.join("etc/a"), tree.join("etc/a-link")).unwrap();
+        std::os::unix::fs::symlink("a", tree.join("etc/sym")).unwrap();
+        fs::set_permissions(tree.join("etc/a"), fs::Permissions::from_mode(0o4750)).unwrap();
+        let idx = index(&tree);
+        let (changed, deleted) = diff(&Index::new(), &idx);
+        let inputs = Inputs {
+            phase: "root".into(),
+            parent: None,
+            arch: "amd64".into(),
+            release_digest: None,
+            version: "t".into(),
+            env: BTreeMap::new(),
+            files: BTreeMap::new(),
+            extra: Vec::new(),
+        };
+        let hidx = index(&hooks);
+        let (hc, hd) = diff(&Index::new(), &hidx);
+        let k1 = cache
+            .store(
+                &inputs,
+                &Delta {
+                    root: &tree,
+                    changed: &changed,
+                    deleted: &deleted,
+                },
+                &Delta {
+                    root: &hooks,
+                    changed: &hc,
+                    deleted: &hd,
+                },
+                1,
+            )
+            .unwrap();
+        // Second layer: delete one file, add another.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        fs::remove_file(tree.join("etc/sym")).unwrap();
+        fs::write(tree.join("etc/b"), "B").unwrap();
+        let idx2 = index(&tree);
+        let (c2, d2) = diff(&idx, &idx2);
+        let mut in2 = inputs.clone();
+        in2.phase = "install".into();
+        in2.parent = Some(k1.clone());
+        let k2 = cache
+            .store(
+                &in2,
+                &Delta {
+                    root: &tree,
+                    changed: &c2,
+                    deleted: &d2,
+                },
+                &Delta {
+                    root: &hooks,
+                    changed: &[],
+                    deleted: &[],
+                },
+                1,
+            )
+            .unwrap();
+        let out = d.path().join("out");
+        let out_hooks = d.path().join("out-hooks");
+        fs::create_dir_all(&out).unwrap();
+        fs::create_dir_all(&out_hooks).unwrap();
+        cache.restore(&[k1, k2], &out, &out_hooks).unwrap();
+        assert_eq!(fs::read_to_string(out.join("etc/b")).unwrap(), "B");
+        assert!(fs::symlink_metadata(out.join("etc/sym")).is_err());
+        let m = fs::metadata(out.join("etc/a")).unwrap();
+        assert_eq!(m.permissions().mode() & 0o7777, 0o4750);
+        assert_eq!(m.nlink(), 2);
+        assert_eq!(fs::read_to_string(out_hooks.join("h")).unwrap(), "hook");
+    }
+
+    #[test]
+    fn gc_removes_least_recently_used_first() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        for (sub, name, used) in [
+            ("phases", "old", 100u64),
+            ("phases", "new", 300),
+            ("outputs", "mid", 200),
+        ] {
+            let e = root.join(sub).join(name);
+            fs::create_dir_all(&e).unwrap();
+            fs::write(e.join("blob"), vec![1u8; 64 * 1024]).unwrap();
+            let stamp = if sub == "phases" { "used" } else { "complete" };
+            fs::write(e.join(stamp), used.to_string()).unwrap();
+        }
+        let es = entries(root);
+        let order: Vec<_> = es
+            .iter()
+            .map(|e| e.path.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(order, ["old", "mid", "new"]);
+        let one = es[0].bytes;
+        let (removed, left) = gc(root, one * 2).unwrap();
+        assert_eq!(removed, 1);
+        assert!(left <= one * 2);
+        assert!(!root.join("phases/old").exists());
+        assert!(root.join("outputs/mid").exists() && root.join("phases/new").exists());
+    }
+}

@@ -1,0 +1,171 @@
+//! The disk stage: the tree moved aside, the image sized, block-device.d run, the block devices
+//! created and the fstab written, the tree copied into the image once; after finalise, the
+//! image unmounted (offline filesystems filled, loop device detached).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use kiln_element::Phase;
+use kiln_host::Cmd;
+
+use super::preflight::blockdev_params;
+use super::Ctx;
+use crate::{io, settings, Error};
+
+impl Ctx<'_> {
+    /// Everything from the finished tree to a mounted image holding it: steps `size`,
+    /// `block-device` (the phase), `block-device-create`, `copy-into-image`.
+    pub(super) fn make_image(&mut self) -> Result<(), Error> {
+        let mnt = self.ws.mnt();
+        let built = self.ws.build_dir.join("built");
+        fs::rename(&mnt, &built).map_err(io(&mnt))?;
+        fs::create_dir_all(&mnt).map_err(io(&mnt))?;
+
+        // Size (reference 4.5), with --image-extra-size and --mkfs-journal-size working.
+        let bp = self.step("size", |ctx| ctx.size_layout(&built))?;
+
+        // Legacy block-device.d hooks may hand over a device themselves.
+        let legacy = self.run_phase_capture(Phase::BlockDevice, "IMAGE_BLOCK_DEVICE=")?;
+        if let Some(line) = legacy.last() {
+            return Err(Error::Step {
+                step: "block-device.d".into(),
+                message: format!("a hook set {line}; kiln does not support block-device.d hooks that create their own device yet: use a block-device-*.yaml layout instead"),
+            });
+        }
+        self.step("block-device-create", |ctx| ctx.create_devices(&bp))?;
+        let created = self.ws.blockdev.as_ref().expect("just set");
+        created.write_fstab(&crate::in_image::path(&built, "etc/fstab")?)?;
+
+        // One copy of the tree into the image filesystem.
+        self.step("copy-into-image", |_| {
+            copy_tree(&built, &mnt)?;
+            // As DIB does: the tree now lives in the image; free the memory it held.
+            let _ = fs::remove_dir_all(&built);
+            Ok(())
+        })
+    }
+
+    /// Measures the tree and plans the block devices at the size it needs; sets
+    /// `DIB_IMAGE_SIZE` (KiB) for the hooks.
+    fn size_layout(&mut self, built: &Path) -> Result<kiln_blockdev::Plan, Error> {
+        let plan = self.plan;
+        let du = du_kib(built)?;
+        let req = &plan.request;
+        let fs_type = self
+            .env
+            .get(settings::FS_TYPE.name)
+            .cloned()
+            .unwrap_or_else(|| settings::FS_TYPE.default_value().into());
+        let opts = kiln_blockdev::SizeOpts {
+            image_size_gb: self
+                .env
+                .get(settings::DIB_IMAGE_SIZE.name)
+                .and_then(|v| v.parse().ok()),
+            extra_size_mb: self
+                .env
+                .get(settings::DIB_IMAGE_EXTRA_SIZE.name)
+                .and_then(|v| v.parse().ok()),
+            journal_size_mb: settings::DIB_JOURNAL_SIZE
+                .parse(&self.env)
+                .unwrap_or_default(),
+            root_fs_type: fs_type.clone(),
+            efi: plan
+                .set
+                .names()
+                .iter()
+                .any(|n| n.starts_with("block-device-efi")),
+        };
+        let size_kib = kiln_blockdev::image_size_kib(du, &opts);
+        self.env
+            .insert(settings::DIB_IMAGE_SIZE.name.into(), size_kib.to_string());
+        let mut mkfs_opts = req.mkfs_options.clone().unwrap_or_default();
+        if fs_type == "ext4" {
+            mkfs_opts = format!("-i 4096 -J size={} {mkfs_opts}", opts.journal_size_mb);
+        }
+        if let Some(n) = self
+            .env
+            .get(settings::MAX_ONLINE_RESIZE.name)
+            .filter(|v| !v.is_empty())
+        {
+            mkfs_opts = format!("-E resize={n} {mkfs_opts}");
+        }
+        let mut params = blockdev_params(
+            plan,
+            &self.ws.build_dir,
+            &self.ws.image_dir,
+            Some(size_kib * 1024),
+        );
+        params.root_fs_opts = Some(mkfs_opts.trim().to_string());
+        Ok(kiln_blockdev::plan(
+            &plan.block_device.1,
+            &plan.block_device.0.describe(),
+            &params,
+        )?)
+    }
+
+    /// Creates the image and its block devices, tells the watchdog the loop device, and sets
+    /// `IMAGE_BLOCK_DEVICE(S)` for the hooks.
+    fn create_devices(&mut self, bp: &kiln_blockdev::Plan) -> Result<(), Error> {
+        let mut runner = kiln_blockdev::SystemRunner;
+        let created = bp.create(&mut runner)?;
+        // Once the build's namespace is gone, the kernel no longer shows this loop device's
+        // backing file under the build directory; the watchdog needs its name.
+        kiln_sandbox::watchdog::note_loop(created.image_block_device());
+        self.env.insert(
+            settings::IMAGE_BLOCK_DEVICE.name.into(),
+            created.image_block_device().to_string(),
+        );
+        self.env.insert(
+            settings::IMAGE_BLOCK_DEVICES.name.into(),
+            created.image_block_devices(),
+        );
+        self.ws.blockdev = Some(created);
+        Ok(())
+    }
+
+    /// Unmounts the image (this copies offline filesystems in and detaches the loop device),
+    /// keeping the raw file for conversion (step `block-device-umount`). Returns the raw file.
+    pub(super) fn release_image(&mut self) -> Result<PathBuf, Error> {
+        self.step("block-device-umount", |ctx| {
+            let created = ctx.ws.blockdev.take().expect("created above");
+            let raw = created.image_path().to_path_buf();
+            created.umount(&mut kiln_blockdev::SystemRunner)?;
+            Ok(raw)
+        })
+    }
+}
+
+fn du_kib(dir: &Path) -> Result<u64, Error> {
+    let out = Cmd::new("du")
+        .args(["-s", "-k", "-x"])
+        .arg(dir)
+        .run_unchecked()
+        .map_err(|e| Error::Step {
+            step: "size".into(),
+            message: e.to_string(),
+        })?;
+    out.stdout_str()
+        .split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| Error::Step {
+            step: "size".into(),
+            message: format!("cannot measure {}", dir.display()),
+        })
+}
+
+/// Copies a tree with everything kept (owners, modes, hardlinks, xattrs, ACLs, device nodes).
+fn copy_tree(from: &Path, to: &Path) -> Result<(), Error> {
+    Cmd::new("cp")
+        .arg("-a")
+        .arg("--preserve=all")
+        .arg("--no-target-directory")
+        .arg(from)
+        .arg(to)
+        .run()
+        .map(|_| ())
+        .map_err(|e| Error::Step {
+            step: "copy-into-image".into(),
+            message: e.to_string(),
+        })
+}

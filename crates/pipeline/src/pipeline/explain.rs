@@ -1,0 +1,126 @@
+//! `kiln plan --explain-cache`: per step, whether the phase cache holds it and, if not, why.
+
+use std::fs;
+use std::path::Path;
+
+use super::keys::{cache_steps, output_key};
+use super::prepare::prepare;
+use crate::cache;
+use crate::plan::BuildPlan;
+use crate::{io, settings, Error};
+
+/// Per step, whether the phase cache holds it, and if not, why not (`kiln plan --explain-cache`).
+/// Lays the hook tree out in a temp dir and sources environment.d to compute the keys; runs
+/// no hook.
+pub fn explain_cache(plan: &BuildPlan) -> Result<crate::report::CacheExplanation, Error> {
+    let tmp = tempfile::tempdir().map_err(io(Path::new("/tmp")))?;
+    let build_dir = tmp.path().join("build");
+    let image_dir = tmp.path().join("image");
+    fs::create_dir_all(&build_dir).map_err(io(&build_dir))?;
+    fs::create_dir_all(&image_dir).map_err(io(&image_dir))?;
+    let prepared = prepare(plan, &build_dir, &image_dir)?;
+    let steps = cache_steps(plan, &prepared, &build_dir.join("lib"));
+    let layers = cache::PhaseCache::new(&plan.cache_root);
+    let stored = layers.all();
+    let mut out = Vec::new();
+    let mut chain_ok = true;
+    for s in &steps {
+        let hit = chain_ok && layers.get(&s.key).is_some();
+        let mut reasons = Vec::new();
+        if !hit {
+            if !chain_ok {
+                reasons.push("an earlier step missed, so this one runs again".to_string());
+            }
+            // The closest stored layer of the same step tells what changed.
+            let best = stored
+                .iter()
+                .filter(|l| l.inputs.phase == s.name)
+                .map(|l| (input_changes(&l.inputs, &s.inputs), l))
+                .min_by_key(|(c, _)| c.len());
+            match best {
+                Some((changes, _)) if chain_ok => reasons.extend(changes),
+                None if chain_ok => reasons.push("never built with these elements".to_string()),
+                _ => {}
+            }
+        }
+        chain_ok = hit;
+        out.push(crate::report::CacheStep {
+            step: s.name.clone(),
+            key: s.key.clone(),
+            status: crate::report::CacheStatus::from_hit(hit),
+            reasons,
+        });
+    }
+    let out_key = output_key(plan, &prepared, steps.last().map(|s| s.key.as_str()));
+    let out_hit = cache::OutputCache::new(&plan.cache_root)
+        .get(&out_key)
+        .is_some();
+    Ok(crate::report::CacheExplanation {
+        steps: out,
+        outputs: crate::report::CacheOutputs {
+            key: out_key,
+            status: crate::report::CacheStatus::from_hit(out_hit),
+        },
+    })
+}
+
+/// What differs between the inputs of a stored layer and the current ones, in words.
+fn input_changes(old: &cache::Inputs, new: &cache::Inputs) -> Vec<String> {
+    let mut v = Vec::new();
+    if old.parent != new.parent {
+        v.push("the previous step's result changed".to_string());
+    }
+    if old.arch != new.arch {
+        v.push(format!("architecture {} -> {}", old.arch, new.arch));
+    }
+    if old.release_digest != new.release_digest {
+        v.push("the mirror's Release file changed (a mirror update)".to_string());
+    }
+    if old.version != new.version {
+        v.push(format!(
+            "kiln itself changed ({} -> {})",
+            old.version, new.version
+        ));
+    }
+    if old.extra != new.extra {
+        v.push(format!("packages {:?} -> {:?}", old.extra, new.extra));
+    }
+    for (k, val) in &new.env {
+        match old.env.get(k) {
+            None => v.push(format!("variable {k} added")),
+            Some(o) if o != val => {
+                if k == settings::IMAGE_ELEMENT.name {
+                    v.push(format!("elements changed: '{o}' -> '{val}'"));
+                } else {
+                    v.push(format!("variable {k} changed"));
+                }
+            }
+            _ => {}
+        }
+    }
+    for k in old.env.keys() {
+        if !new.env.contains_key(k) {
+            v.push(format!("variable {k} removed"));
+        }
+    }
+    for (f, d) in &new.files {
+        match old.files.get(f) {
+            None => v.push(format!("hook tree: {f} added")),
+            Some(o) if o != d => {
+                let mode_only = o.split_once(':').map(|x| x.1) == d.split_once(':').map(|x| x.1);
+                if mode_only {
+                    v.push(format!("hook tree: {f} mode changed"));
+                } else {
+                    v.push(format!("hook tree: {f} changed"));
+                }
+            }
+            _ => {}
+        }
+    }
+    for f in old.files.keys() {
+        if !new.files.contains_key(f) {
+            v.push(format!("hook tree: {f} removed"));
+        }
+    }
+    v
+}

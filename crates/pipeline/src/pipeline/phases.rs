@@ -1,0 +1,251 @@
+//! The phases: root.d to post-root (each cacheable step followed by its snapshot), the finalise
+//! sequence (pre-finalise, finalise, cleanup, tidy, tree outputs; written once, for a root
+//! filesystem and for a disk alike), and running one phase's hooks on the host or in the
+//! chroot, with DIB's `break=` points around it.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use kiln_element::Phase;
+use kiln_host::Cmd;
+
+use super::snapshots::Snapshotter;
+use super::Ctx;
+use crate::runner::{self, Place};
+use crate::{settings, Error};
+
+impl Ctx<'_> {
+    /// root.d on the host (unless its layer was restored), DIB's resolv.conf, then the chroot
+    /// phases and the `-p` packages up to post-root, each followed by its snapshot; the first
+    /// `hits` steps came from the cache.
+    pub(super) fn install_phases(
+        &mut self,
+        snap: &mut Snapshotter,
+        hits: usize,
+    ) -> Result<(), Error> {
+        let mnt = self.ws.mnt();
+        // root.d on the host with TARGET_ROOT.
+        if hits == 0 {
+            self.run_phase(Phase::Root, &Place::Host, Some(&mnt))?;
+            if !runner::has_content(&mnt) {
+                return Err(Error::Step {
+                    step: "root.d".into(),
+                    message: "Failed to deploy the root element: the target is still empty after root.d (is an operating-system element's root.d missing?)".into(),
+                });
+            }
+            self.snapshot(snap, 0)?;
+        }
+        // Layers after root were taken with the build's resolv.conf in place already.
+        if hits <= 1 {
+            crate::in_image::resolv_conf_in(&mnt)?;
+        }
+        self.ws.mount_chroot()?;
+        for i in hits.max(1)..snap.steps.len() {
+            match snap.steps[i].phase {
+                Some(p) => {
+                    let place = if p.in_chroot() {
+                        Place::Chroot(mnt.clone())
+                    } else {
+                        Place::Host
+                    };
+                    self.run_phase(p, &place, None)?;
+                }
+                None => self.install_extra_packages(&mnt)?,
+            }
+            self.snapshot(snap, i)?;
+        }
+        Ok(())
+    }
+
+    /// Leaves the chroot: drops `lost+found` and unmounts the chroot filesystems.
+    pub(super) fn leave_chroot(&mut self) -> Result<(), Error> {
+        let _ = fs::remove_dir_all(self.ws.mnt().join("lost+found"));
+        self.ws.umount_chroot()
+    }
+
+    /// The finalise sequence, in the tree or in the mounted image alike: pre-finalise (host),
+    /// finalise (chroot), cleanup (host), DIB's tidying, then the tree outputs (tar, squashfs).
+    pub(super) fn finalise(&mut self, outputs: &mut Vec<PathBuf>) -> Result<(), Error> {
+        let mnt = self.ws.mnt();
+        self.ws.mount_chroot()?;
+        self.run_phase(Phase::PreFinalise, &Place::Host, None)?;
+        self.run_phase(Phase::Finalise, &Place::Chroot(mnt.clone()), None)?;
+        self.run_phase(Phase::Cleanup, &Place::Host, Some(&mnt))?;
+        self.ws.umount_chroot()?;
+        self.tidy(&mnt)?;
+        self.tree_outputs(&mnt, outputs)
+    }
+
+    /// The `-p` packages, installed in the chroot (step `packages`).
+    fn install_extra_packages(&mut self, mnt: &Path) -> Result<(), Error> {
+        self.step("packages", |ctx| {
+            let mut argv = vec!["install-packages".to_string()];
+            argv.extend(ctx.plan.request.package_list());
+            runner::run_simple(
+                ctx.console,
+                "packages",
+                &Place::Chroot(mnt.to_path_buf()),
+                &argv,
+                &ctx.env,
+            )
+        })
+    }
+
+    /// After cleanup.d: the tidy-up of the tree ([`crate::in_image::tidy`]), every path resolved
+    /// inside the image; what it could not remove is a warning.
+    fn tidy(&self, mnt: &Path) -> Result<(), Error> {
+        for p in crate::in_image::tidy(mnt)? {
+            self.console.say(&format!("warning: tidy: {p}"));
+        }
+        Ok(())
+    }
+
+    /// The hooks' environment, with `TARGET_ROOT` for the host phases that work on the tree.
+    fn phase_env(&self, target_root: Option<&Path>) -> BTreeMap<String, String> {
+        let mut e = self.env.clone();
+        if let Some(t) = target_root {
+            e.insert(settings::TARGET_ROOT.name.into(), t.display().to_string());
+        }
+        e
+    }
+
+    /// Runs one phase's hooks (nothing when the phase has none), timed as the phase's name.
+    pub(super) fn run_phase(
+        &mut self,
+        phase: Phase,
+        place: &Place,
+        target_root: Option<&Path>,
+    ) -> Result<(), Error> {
+        self.run_phase_inner(phase, place, target_root, None)
+            .map(|_| ())
+    }
+
+    /// Runs a host phase and returns the lines of its output that start with `prefix`.
+    pub(super) fn run_phase_capture(
+        &mut self,
+        phase: Phase,
+        prefix: &str,
+    ) -> Result<Vec<String>, Error> {
+        self.run_phase_inner(phase, &Place::Host, None, Some(prefix))
+    }
+
+    fn run_phase_inner(
+        &mut self,
+        phase: Phase,
+        place: &Place,
+        target_root: Option<&Path>,
+        prefix: Option<&str>,
+    ) -> Result<Vec<String>, Error> {
+        let hooks = self.ws.build_dir.join("hooks");
+        let dir = hooks.join(phase.dir_name());
+        if !dir.is_dir() {
+            return Ok(Vec::new());
+        }
+        self.check_break(&format!("before-{}", phase.name()), Some(place));
+        let captured = self.step(phase.name(), |ctx| {
+            ctx.run_hooks(phase, place, target_root, prefix)
+        })?;
+        self.check_break(&format!("after-{}", phase.name()), Some(place));
+        Ok(captured)
+    }
+
+    /// One phase's hooks through dib-run-parts, on the host or in the chroot (the hook tree
+    /// bind-mounted at `/tmp/in_target.d`). The hooks' timings go to the phase's step.
+    fn run_hooks(
+        &mut self,
+        phase: Phase,
+        place: &Place,
+        target_root: Option<&Path>,
+        prefix: Option<&str>,
+    ) -> Result<Vec<String>, Error> {
+        let hooks = self.ws.build_dir.join("hooks");
+        let dir = hooks.join(phase.dir_name());
+        let env = self.phase_env(target_root);
+        let elements = self.hook_elements.get(&phase).cloned().unwrap_or_default();
+        self.console.say(&format!("==> {}.d", phase.name()));
+        let result = match place {
+            Place::Host => {
+                let argv = vec![
+                    "bash".to_string(),
+                    hooks.join("dib-run-parts").display().to_string(),
+                    dir.display().to_string(),
+                ];
+                runner::run(
+                    self.console,
+                    phase.name(),
+                    place,
+                    &argv,
+                    &env,
+                    &elements,
+                    prefix,
+                )
+            }
+            Place::Chroot(root) => {
+                let in_target =
+                    kiln_sandbox::path::create_dir_all_in_root(root, Path::new("tmp/in_target.d"))?;
+                let hooks_mount = kiln_sandbox::Mount::bind(&hooks, &in_target, true)?;
+                let argv = vec![
+                    "bash".to_string(),
+                    "/tmp/in_target.d/dib-run-parts".to_string(),
+                    format!("/tmp/in_target.d/{}", phase.dir_name()),
+                ];
+                let r = runner::run(
+                    self.console,
+                    phase.name(),
+                    place,
+                    &argv,
+                    &env,
+                    &elements,
+                    prefix,
+                );
+                if r.is_err() {
+                    if let Err(Error::HookFailed { .. }) = &r {
+                        // Let a debugging user look around before the mounts go.
+                        self.check_break("after-error", Some(place));
+                    }
+                }
+                kiln_sandbox::kill_processes_rooted_under(root);
+                if let Err(e) = hooks_mount.unmount() {
+                    self.console.say(&format!("warning: {e}"));
+                }
+                let _ = fs::remove_dir(&in_target);
+                r
+            }
+        };
+        let fin = result?;
+        self.hooks_ran = fin.hooks;
+        Ok(fin.captured)
+    }
+
+    /// DIB's `break=` debugging points: run `$break_cmd` (default bash) on the host or in the
+    /// chroot when the named point is reached.
+    pub(super) fn check_break(&self, point: &str, place: Option<&Place>) {
+        if !self.breaks.iter().any(|b| b == point) {
+            return;
+        }
+        let cmd = settings::BREAK_CMD
+            .get_or_default(&self.plan.request.env)
+            .to_string();
+        let outside = self
+            .plan
+            .request
+            .var(settings::BREAK_OUTSIDE_TARGET.name)
+            .is_some_and(|v| v != "0");
+        self.console.say(&format!(
+            "break point {point}: running `{cmd}`; exit it to continue"
+        ));
+        let c = match place {
+            Some(Place::Chroot(root)) if !outside => {
+                Cmd::new("chroot").arg(root).arg("bash").arg("-c").arg(&cmd)
+            }
+            _ => Cmd::new("bash").arg("-c").arg(&cmd),
+        };
+        // Interactive: the shell has the terminal; how it exits does not matter.
+        let _ = c
+            .env_clear()
+            .envs(&self.env)
+            .stdin(kiln_host::Stdin::Inherit)
+            .status();
+    }
+}

@@ -1,0 +1,137 @@
+//! Preparing the build directory: the merged hook tree and kiln's helpers laid out, the hooks'
+//! environment computed and environment.d evaluated, the package lists written.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+
+use kiln_host::Cmd;
+
+use super::preflight::blockdev_params;
+use crate::cache;
+use crate::env;
+use crate::plan::BuildPlan;
+use crate::{io, settings, Error};
+
+/// kiln's `dib-run-parts`, written into the hook tree and the helper directory.
+pub(super) const DIB_RUN_PARTS: &str = include_str!("../assets/dib-run-parts");
+
+/// The hook tree laid out, the environment exported to hooks, and the environment as
+/// environment.d leaves it (DISTRO_NAME, DIB_RELEASE, …), with the package lists written.
+pub struct Prepared {
+    /// Variables exported to hooks.
+    pub env: BTreeMap<String, String>,
+    /// The environment after sourcing environment.d.
+    pub evaluated: BTreeMap<String, String>,
+    /// Digest of every entry of the hook tree (before any hook ran).
+    pub files: BTreeMap<String, String>,
+}
+
+/// Lays out the hook tree under `build_dir/hooks` and kiln's helpers under `build_dir/lib`,
+/// computes the hooks' environment and evaluates environment.d, and writes the package lists.
+pub fn prepare(plan: &BuildPlan, build_dir: &Path, image_dir: &Path) -> Result<Prepared, Error> {
+    let hooks = build_dir.join("hooks");
+    let lib = build_dir.join("lib");
+    plan.hooks.materialise(&hooks)?;
+    write_exec(&hooks.join("dib-run-parts"), DIB_RUN_PARTS)?;
+    fs::create_dir_all(&lib).map_err(io(&lib))?;
+    write_exec(&lib.join("dib-run-parts"), DIB_RUN_PARTS)?;
+    write_exec(&lib.join("die"), DIE)?;
+    fs::create_dir_all(hooks.join("environment.d")).map_err(io(&hooks))?;
+    let install_type = plan
+        .request
+        .install_type
+        .clone()
+        .or_else(|| {
+            plan.request
+                .var(settings::DIB_DEFAULT_INSTALLTYPE.name)
+                .map(String::from)
+        })
+        .unwrap_or_else(|| settings::DIB_DEFAULT_INSTALLTYPE.default_value().into());
+    fs::write(
+        hooks.join("environment.d/11-dib-install-type.bash"),
+        format!(
+            "export DIB_DEFAULT_INSTALLTYPE=${{DIB_DEFAULT_INSTALLTYPE:-\"{install_type}\"}}\n"
+        ),
+    )
+    .map_err(io(&hooks))?;
+    fs::create_dir_all(&plan.cache_root).map_err(io(&plan.cache_root))?;
+    let mut env = env::base_env(plan, build_dir, image_dir, &lib);
+    // Block-device values known before the build (labels, mount points).
+    if plan.needs_disk() {
+        let params = blockdev_params(plan, build_dir, image_dir, None);
+        let bp = kiln_blockdev::plan(
+            &plan.block_device.1,
+            &plan.block_device.0.describe(),
+            &params,
+        )?;
+        env.insert(
+            settings::DIB_ROOT_LABEL.name.into(),
+            bp.root_label().to_string(),
+        );
+        env.insert(
+            settings::DIB_ROOT_FSTYPE.name.into(),
+            bp.root_fstype().to_string(),
+        );
+        env.insert(
+            settings::DIB_BOOT_LABEL.name.into(),
+            bp.boot_label().unwrap_or_default().to_string(),
+        );
+        env.insert(
+            settings::DIB_MOUNTPOINTS.name.into(),
+            bp.mount_points().join("|"),
+        );
+    } else {
+        let label = plan
+            .request
+            .root_label
+            .clone()
+            .or_else(|| {
+                plan.request
+                    .var(settings::ROOT_LABEL.name)
+                    .map(String::from)
+            })
+            .unwrap_or_else(|| settings::DIB_ROOT_LABEL.default_value().into());
+        env.insert(settings::DIB_ROOT_LABEL.name.into(), label);
+        let fs_type = settings::FS_TYPE.get_or_default(&env).to_string();
+        env.insert(settings::DIB_ROOT_FSTYPE.name.into(), fs_type);
+        env.insert(settings::DIB_BOOT_LABEL.name.into(), String::new());
+        env.insert(settings::DIB_MOUNTPOINTS.name.into(), "/".into());
+    }
+    // Learn what environment.d says, the way dib-run-parts sources it.
+    let marker = hooks.join(".kiln");
+    fs::create_dir_all(&marker).map_err(io(&marker))?;
+    let out = Cmd::new("bash")
+        .arg(hooks.join("dib-run-parts"))
+        .arg("--print-env")
+        .arg(&marker)
+        .env_clear()
+        .envs(&env)
+        .run_unchecked()
+        .map_err(|e| Error::Step {
+            step: "environment.d".into(),
+            message: e.to_string(),
+        })?;
+    if !out.status.success() {
+        return Err(Error::Step {
+            step: "environment.d".into(),
+            message: format!("sourcing environment.d failed:\n{}", out.stderr_str()),
+        });
+    }
+    let evaluated = env::parse_env0(&out.stdout);
+    crate::packages::write_lists(plan, &evaluated, &hooks)?;
+    let files = cache::hook_tree_files(&hooks);
+    Ok(Prepared {
+        env,
+        evaluated,
+        files,
+    })
+}
+
+const DIE: &str = "#!/bin/bash\n# kiln: DIB's lib/die. Sourced, it defines die(); run, it prints its arguments and fails.\nfunction die {\n    echo \"ERROR: $*\" >&2\n    exit 1\n}\nif [ \"${BASH_SOURCE[0]}\" = \"$0\" ]; then\n    die \"$@\"\nfi\n";
+
+fn write_exec(path: &Path, text: &str) -> Result<(), Error> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::write(path, text).map_err(io(path))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755)).map_err(io(path))
+}

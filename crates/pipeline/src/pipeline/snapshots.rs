@@ -1,0 +1,165 @@
+//! The phase cache during a build: the lookup before the first phase (the whole request's
+//! outputs, else the longest chain of stored layers, restored), a layer after each cacheable
+//! step, and the trim to `KILN_CACHE_MAX_SIZE` at the end.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use super::keys::{cache_steps, output_key, CacheStep};
+use super::prepare::Prepared;
+use super::Ctx;
+use crate::cache;
+use crate::{io, Error};
+
+/// Where the snapshotting stands during a build.
+pub(super) struct Snapshotter {
+    layers: cache::PhaseCache,
+    /// The cacheable steps, in order, with their keys.
+    pub(super) steps: Vec<CacheStep>,
+    tree_index: cache::Index,
+    hooks_index: cache::Index,
+}
+
+/// What the cache holds for this request.
+pub(super) enum Lookup {
+    /// The whole request was cached: its outputs, copied into place.
+    Outputs(Vec<PathBuf>),
+    /// The first `hits` layers were restored; the build goes on from there.
+    Layers {
+        /// The snapshotter for the steps that run.
+        snap: Snapshotter,
+        /// How many leading steps the cache held.
+        hits: usize,
+        /// The key of the request's outputs.
+        out_key: String,
+    },
+}
+
+impl Ctx<'_> {
+    /// The phase cache: keys for every step, then the outputs if the whole request is cached,
+    /// else the longest prefix of layers already stored, restored into the tree. Timed as
+    /// `output-cache` on an output hit, `cache-restore` when layers were restored.
+    pub(super) fn cache_lookup(&mut self, prepared: &Prepared) -> Result<Lookup, Error> {
+        self.timed(|ctx| {
+            let plan = ctx.plan;
+            let hooks = ctx.ws.build_dir.join("hooks");
+            let lib = ctx.ws.build_dir.join("lib");
+            let mnt = ctx.ws.mnt();
+            let no_cache = plan.request.no_cache;
+            let steps = cache_steps(plan, prepared, &lib);
+            let out_key = output_key(plan, prepared, steps.last().map(|s| s.key.as_str()));
+            let outputs_cache = cache::OutputCache::new(&plan.cache_root);
+            if !no_cache {
+                if let Some(entry) = outputs_cache.get(&out_key) {
+                    let outs = ctx.outputs_from_cache(&entry)?;
+                    ctx.console.say(&format!(
+                        "cache: output hit {} (nothing changed)",
+                        &out_key[..16]
+                    ));
+                    return Ok((Some("output-cache".into()), Lookup::Outputs(outs)));
+                }
+            }
+            let layers = cache::PhaseCache::new(&plan.cache_root);
+            let mut hits = 0;
+            if !no_cache {
+                while hits < steps.len() && layers.get(&steps[hits].key).is_some() {
+                    hits += 1;
+                }
+            }
+            for (i, s) in steps.iter().enumerate() {
+                let state = if i < hits { "hit" } else { "miss" };
+                ctx.console
+                    .say(&format!("cache: {} {state} {}", s.name, &s.key[..16]));
+            }
+            let mut tree_index = cache::Index::new();
+            let mut hooks_index = cache::index(&hooks);
+            let mut timing = None;
+            if hits > 0 {
+                let keys: Vec<String> = steps[..hits].iter().map(|s| s.key.clone()).collect();
+                layers.restore(&keys, &mnt, &hooks)?;
+                tree_index = ctx.view_index(&mnt)?;
+                hooks_index = cache::index(&hooks);
+                timing = Some("cache-restore".into());
+            }
+            let snap = Snapshotter {
+                layers,
+                steps,
+                tree_index,
+                hooks_index,
+            };
+            Ok((
+                timing,
+                Lookup::Layers {
+                    snap,
+                    hits,
+                    out_key,
+                },
+            ))
+        })
+    }
+
+    /// Keeps the cache under its size limit (least recently used entries go first).
+    pub(super) fn trim_cache(&mut self) {
+        let Some(max) = cache::max_size(&self.plan.request.env) else {
+            return;
+        };
+        match cache::gc(&self.plan.cache_root, max) {
+            Ok((0, _)) => {}
+            Ok((n, left)) => self.console.say(&format!(
+                "cache: removed {n} least recently used entries; {} left (KILN_CACHE_MAX_SIZE)",
+                cache::human(left)
+            )),
+            Err(e) => self
+                .console
+                .say(&format!("warning: could not trim the cache: {e}")),
+        }
+    }
+
+    /// Indexes the tree through a non-recursive bind mount, so nothing mounted inside it counts.
+    fn view_index(&self, mnt: &Path) -> Result<cache::Index, Error> {
+        let view = self.ws.build_dir.join("view");
+        fs::create_dir_all(&view).map_err(io(&view))?;
+        kiln_sandbox::bind(mnt, &view, true)?;
+        let idx = cache::index(&view);
+        kiln_sandbox::umount(&view)?;
+        Ok(idx)
+    }
+
+    /// Stores the change step `i` made, as a layer keyed by its inputs (step `snapshot-NAME`).
+    pub(super) fn snapshot(&mut self, snap: &mut Snapshotter, i: usize) -> Result<(), Error> {
+        let name = format!("snapshot-{}", snap.steps[i].name);
+        self.step(&name, |ctx| {
+            let mnt = ctx.ws.mnt();
+            let hooks = ctx.ws.build_dir.join("hooks");
+            let view = ctx.ws.build_dir.join("view");
+            fs::create_dir_all(&view).map_err(io(&view))?;
+            kiln_sandbox::bind(&mnt, &view, true)?;
+            let result = (|| {
+                let tree_now = cache::index(&view);
+                let hooks_now = cache::index(&hooks);
+                let (changed, deleted) = cache::diff(&snap.tree_index, &tree_now);
+                let (hchanged, hdeleted) = cache::diff(&snap.hooks_index, &hooks_now);
+                let kib = tree_now.values().map(cache::EntryMeta::kib).sum();
+                snap.layers.store(
+                    &snap.steps[i].inputs,
+                    &cache::Delta {
+                        root: &view,
+                        changed: &changed,
+                        deleted: &deleted,
+                    },
+                    &cache::Delta {
+                        root: &hooks,
+                        changed: &hchanged,
+                        deleted: &hdeleted,
+                    },
+                    kib,
+                )?;
+                snap.tree_index = tree_now;
+                snap.hooks_index = hooks_now;
+                Ok::<(), Error>(())
+            })();
+            let _ = kiln_sandbox::umount(&view);
+            result
+        })
+    }
+}
