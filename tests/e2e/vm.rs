@@ -56,6 +56,35 @@ pub fn fact(report: &serde_json::Value, name: &str) -> String {
     }
 }
 
+/// `build.log` lists every external command kiln ran, one line each with its exit status and
+/// duration (`cmd: exit 0, 0.012 s: ARGV`); among them each of `tools`.
+fn assert_commands_logged(log: &str, tools: &[&str]) {
+    let cmds: Vec<(&str, &str)> = log
+        .lines()
+        .filter_map(|l| l.strip_prefix("cmd: "))
+        .map(|rest| {
+            let (head, argv) = rest
+                .split_once(" s: ")
+                .unwrap_or_else(|| panic!("a command line without a duration: {rest}"));
+            let secs = head.rsplit(", ").next().unwrap_or_default();
+            assert!(
+                secs.parse::<f64>().is_ok(),
+                "no duration in the command line: {rest}"
+            );
+            (head, argv)
+        })
+        .collect();
+    for tool in tools {
+        assert!(
+            cmds.iter().any(|(head, argv)| {
+                head.starts_with("exit 0,") && argv.split_whitespace().next() == Some(*tool)
+            }),
+            "build.log has no successful `{tool}` command line; it has {} command lines",
+            cmds.len()
+        );
+    }
+}
+
 /// Every fact of a first boot, as `kiln test --check` names them.
 const FACTS: &[&str] = &[
     "report",
@@ -111,6 +140,10 @@ fn hybrid_vm_boots_uefi_and_bios_with_every_check() {
     assert!(
         o.log.contains("bootstrap cache hit"),
         "the build did not reuse the root filesystem's bootstrap"
+    );
+    assert_commands_logged(
+        &o.log,
+        &["losetup", "partx", "sgdisk", "mkfs", "mount", "umount"],
     );
     let img = dir.join("hybrid.qcow2");
     let info = Command::new("qemu-img")
