@@ -61,7 +61,11 @@ fn phase_cache_hits_and_misses_exactly_where_inputs_changed() {
     let t = fixture_elements(&rootfs_tar());
     let el = t
         .el("cachey")
-        .hook("install", "50-cachey", "echo one > /etc/cachey")
+        .hook(
+            "install",
+            "50-cachey",
+            "echo one > /etc/cachey\necho \"${KILN_TEST_VAR:-}\" > /etc/cachey-var",
+        )
         .hook("post-install", "50-cachey-post", "echo post >> /etc/cachey")
         .hook("finalise", "50-cachey-final", "echo final >> /etc/cachey");
     let args = ["-n", "test-rootfs", "cachey", "-t", "tar", "-o", "c"];
@@ -119,7 +123,7 @@ fn phase_cache_hits_and_misses_exactly_where_inputs_changed() {
     assert!(steps.iter().all(|s| s.1 == "hit"), "{steps:?}");
     assert_eq!(outs, "miss");
     fs::write(&fin, &forig).unwrap();
-    // An environment variable: every phase can see it, so the first miss is root.
+    // A variable a hook names: every phase can see it, so the first miss is root.
     let (steps, _) = explain(&dir, t.path(), &args, &[("KILN_TEST_VAR", "2")]);
     let (step, why) = first_miss(&steps).unwrap();
     assert_eq!(step, "root");

@@ -2,17 +2,17 @@
 //!
 //! This crate stores and restores layers, computes keys from [`Inputs`], indexes and diffs trees,
 //! and lists and trims the cache. It never touches the network: what a key needs from outside
-//! (the digest of the mirror's `InRelease`, the filtered environment) is computed by the
-//! pipeline and passed in as a value.
+//! (the digests of the suites' `InRelease` files, of the variables and of host files) is
+//! computed by the pipeline and passed in as a value.
 //!
 //! After each phase that changes the root filesystem (root, extra-data, pre-install, install,
 //! the `-p` packages, post-install, post-root) the change it made is kept as a *layer* under a
 //! key that hashes everything the phase depends on: the parent layer's key, the phase name, the
 //! hook tree it can see (every file of the merged tree except other phases' hook directories:
-//! names, modes, contents, link targets), the environment after environment.d (less per-build
-//! paths and session noise), the architecture, the digest of the mirror's `InRelease` file
-//! (unless offline) and kiln's identity (version and binary digest). A build whose leading phases are unchanged restores the
-//! chain of layers and starts after it.
+//! names, modes, contents, link targets), the digests of the variables hooks can read (never their
+//! values), the digests of the host files hooks read, the architecture, the digest of every apt
+//! suite's `InRelease` file (unless offline) and kiln's identity (version and binary digest). A
+//! build whose leading phases are unchanged restores the chain of layers and starts after it.
 //!
 //! A layer is a tar of the entries that changed (by ctime, size, mode, owner, inode) plus the
 //! list of paths that disappeared, taken from a non-recursive bind mount of the tree, so mounts
@@ -72,12 +72,18 @@ pub struct Inputs {
     pub parent: Option<String>,
     /// Architecture.
     pub arch: String,
-    /// sha256 of the mirror's InRelease (None when offline or unknown).
-    pub release_digest: Option<String>,
+    /// The state of every apt suite in the image's sources: `SUITE URI` → sha256 of the suite's
+    /// `InRelease` (or `Release`), `unavailable` when neither could be read. Empty when offline.
+    #[serde(default)]
+    pub mirror: BTreeMap<String, String>,
     /// kiln's identity: version and a digest of its binary.
     pub version: String,
-    /// Environment (filtered).
+    /// The variables hooks can read: name → digest of the value (never the value itself).
     pub env: BTreeMap<String, String>,
+    /// Host files hooks read (named by a variable or declared in an element's `cache-inputs`):
+    /// label → digest of the content (`missing` when absent).
+    #[serde(default)]
+    pub host_files: BTreeMap<String, String>,
     /// Files of the hook tree this phase can see: relative path → "mode:sha256" / "link:target".
     pub files: BTreeMap<String, String>,
     /// Extra inputs (the `-p` package list).
@@ -672,9 +678,10 @@ mod tests {
             phase: "install".into(),
             parent: Some("p".into()),
             arch: "amd64".into(),
-            release_digest: None,
+            mirror: BTreeMap::new(),
             version: "1".into(),
             env: BTreeMap::new(),
+            host_files: BTreeMap::new(),
             files: BTreeMap::new(),
             extra: Vec::new(),
         };
@@ -684,7 +691,18 @@ mod tests {
             ("parent", Box::new(|i| i.parent = Some("q".into()))),
             ("no parent", Box::new(|i| i.parent = None)),
             ("arch", Box::new(|i| i.arch = "arm64".into())),
-            ("release", Box::new(|i| i.release_digest = Some("d".into()))),
+            (
+                "mirror",
+                Box::new(|i| {
+                    i.mirror.insert("bookworm-security u".into(), "d".into());
+                }),
+            ),
+            (
+                "host file",
+                Box::new(|i| {
+                    i.host_files.insert("DIB_APT_SOURCES".into(), "d".into());
+                }),
+            ),
             ("kiln", Box::new(|i| i.version = "2".into())),
             (
                 "env",
@@ -808,9 +826,10 @@ mod tests {
             phase: "root".into(),
             parent: None,
             arch: "amd64".into(),
-            release_digest: None,
+            mirror: BTreeMap::new(),
             version: "t".into(),
             env: BTreeMap::new(),
+            host_files: BTreeMap::new(),
             files: BTreeMap::new(),
             extra: Vec::new(),
         };

@@ -1,32 +1,32 @@
 //! The phase cache as the pipeline uses it: everything of [`kiln_cache`] (layers, keys, index,
-//! gc), plus what a key needs from kiln's settings table and the network, which the cache crate
-//! itself never touches: the environment filtered for the phase keys, the digest of the mirror's
-//! `InRelease` (fetched here, passed to [`kiln_cache::Inputs`] as a value), and the size limit
-//! from `KILN_CACHE_MAX_SIZE`.
+//! gc), plus what a key needs from kiln's settings table, the elements, the host and the
+//! network, which the cache crate itself never touches: the variables hooks can read, as
+//! digests ([`variables`], [`key_env`]), the state of every apt suite of the image ([`mirror`]),
+//! the host files hooks read ([`host_files`]), and the size limit from `KILN_CACHE_MAX_SIZE`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-
-use kiln_host::Cmd;
-use sha2::{Digest, Sha256};
 
 pub use kiln_cache::*;
 
 use crate::settings;
 
-/// The environment as it enters a phase key: every variable but those the settings table
-/// ([`settings::not_phase_keys`]) and the session noise leave out, with kiln's helper directory
-/// removed from PATH.
-pub fn key_env(env: &BTreeMap<String, String>, lib_dir: &Path) -> BTreeMap<String, String> {
+pub mod host_files;
+pub mod mirror;
+pub mod variables;
+
+/// The environment as it enters a phase key: the variables hooks can read
+/// ([`variables::is_keyed`], given the names the hooks mention, `named`), each as a digest of
+/// its value, with kiln's helper directory removed from PATH first.
+pub fn key_env(
+    env: &BTreeMap<String, String>,
+    lib_dir: &Path,
+    named: &BTreeSet<String>,
+) -> BTreeMap<String, String> {
     let lib = lib_dir.display().to_string();
+    let user = variables::user_names(env);
     env.iter()
-        .filter(|(k, _)| {
-            !settings::not_phase_keys().any(|n| n == k.as_str())
-                && !settings::SESSION_NOISE.contains(&k.as_str())
-                && !settings::SESSION_NOISE_PREFIXES
-                    .iter()
-                    .any(|p| k.starts_with(p))
-        })
+        .filter(|(k, _)| variables::is_keyed(k, named, &user))
         .map(|(k, v)| {
             let v = if k == settings::PATH.name {
                 v.split(':')
@@ -36,27 +36,9 @@ pub fn key_env(env: &BTreeMap<String, String>, lib_dir: &Path) -> BTreeMap<Strin
             } else {
                 v.clone()
             };
-            (k.clone(), v)
+            (k.clone(), variables::value_digest(k, &v))
         })
         .collect()
-}
-
-/// sha256 of `<mirror>/dists/<release>/InRelease` (or `Release`), fetched with curl.
-pub fn release_digest(mirror: &str, release: &str) -> Option<String> {
-    for file in ["InRelease", "Release"] {
-        let url = format!("{}/dists/{release}/{file}", mirror.trim_end_matches('/'));
-        // A mirror that cannot answer means "unknown", not an error.
-        if let Ok(out) = Cmd::new("curl")
-            .args(["-fsSL", "--max-time", "20"])
-            .arg(&url)
-            .run()
-        {
-            if !out.stdout.is_empty() {
-                return Some(hex::encode(Sha256::digest(&out.stdout)));
-            }
-        }
-    }
-    None
 }
 
 /// The size limit kiln keeps its cache under after every build: `KILN_CACHE_MAX_SIZE` (units as
@@ -91,15 +73,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn key_env_drops_paths_and_noise() {
+    fn key_env_keeps_what_hooks_read_as_digests() {
         let mut e = BTreeMap::new();
         e.insert("TMP_BUILD_DIR".into(), "/tmp/x".into());
         e.insert("DIB_RELEASE".into(), "bookworm".into());
         e.insert("PATH".into(), "/b/lib:/usr/bin".into());
         e.insert("SSH_TTY".into(), "x".into());
-        let k = key_env(&e, Path::new("/b/lib"));
-        assert_eq!(k.len(), 2);
-        assert_eq!(k["PATH"], "/usr/bin");
+        e.insert("BUILD_NUMBER".into(), "4711".into());
+        e.insert("MY_HOOK_VAR".into(), "s3cret".into());
+        e.insert("KILN_CACHE_ENV".into(), "CI_PIPELINE_KIND".into());
+        e.insert("CI_PIPELINE_KIND".into(), "nightly".into());
+        let named = BTreeSet::from(["MY_HOOK_VAR".to_string()]);
+        let k = key_env(&e, Path::new("/b/lib"), &named);
+        assert_eq!(
+            k.keys().collect::<Vec<_>>(),
+            ["CI_PIPELINE_KIND", "DIB_RELEASE", "MY_HOOK_VAR", "PATH"]
+        );
+        assert_eq!(k["PATH"], variables::value_digest("PATH", "/usr/bin"));
+        assert_eq!(
+            k["MY_HOOK_VAR"],
+            variables::value_digest("MY_HOOK_VAR", "s3cret")
+        );
+        let all = format!("{k:?}");
+        for plain in ["s3cret", "bookworm", "/usr/bin", "nightly"] {
+            assert!(!all.contains(plain), "{plain} stored in plain text: {all}");
+        }
+        // An unrelated variable changes nothing.
+        e.insert("BUILD_NUMBER".into(), "4712".into());
+        e.insert("FOO".into(), "bar".into());
+        assert_eq!(key_env(&e, Path::new("/b/lib"), &named), k);
     }
 
     #[test]

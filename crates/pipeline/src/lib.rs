@@ -59,6 +59,9 @@ pub enum Error {
     /// A usage error detected by the engine (bad option value, missing tool).
     #[error("{0}")]
     Usage(String),
+    /// A bad line in an element's `cache-inputs` file.
+    #[error(transparent)]
+    CacheInputs(#[from] cache::host_files::DeclError),
     /// A hook failed.
     #[error("{phase}.d failed: hook {hook} of element {element} exited with status {status}\n--- last {n} lines of its output ---\n{}", tail.join("\n"), n = tail.len())]
     HookFailed {
@@ -104,7 +107,10 @@ impl Error {
     /// for a signal.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Self::Element(_) | Self::Usage(_) | Self::Sandbox(kiln_sandbox::Error::Binfmt(_)) => 2,
+            Self::Element(_)
+            | Self::Usage(_)
+            | Self::CacheInputs(_)
+            | Self::Sandbox(kiln_sandbox::Error::Binfmt(_)) => 2,
             Self::BlockDevice(e) if e.is_input_error() => 2,
             Self::Output(e) if e.is_input_error() => 2,
             Self::Interrupted { signal } => 128 + signal,

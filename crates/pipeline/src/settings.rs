@@ -167,7 +167,7 @@ settings! {
     DIB_RELEASE = "DIB_RELEASE", Text, Unset, PhaseKey,
         "Distribution release (usually set by the OS element's environment.d); selects the mirror's Release file.";
     DIB_DISTRIBUTION_MIRROR = "DIB_DISTRIBUTION_MIRROR", Text, Unset, PhaseKey,
-        "Package mirror; unless offline, the digest of its InRelease for DIB_RELEASE enters the phase keys.";
+        "Package mirror; unless offline, the digest of the InRelease of every suite of the image's sources (this mirror's DIB_RELEASE, DIB_APT_SOURCES_CONF, the DIB_APT_SOURCES file) enters the phase keys.";
     DIB_DEBIAN_SECURITY_MIRROR = "DIB_DEBIAN_SECURITY_MIRROR", Text, Computed("the host's apt security source, if any"), PhaseKey,
         "Debian security mirror.";
     DIB_OFFLINE = "DIB_OFFLINE", Bool, Unset, PhaseKey,
@@ -272,6 +272,8 @@ settings! {
         "Set by kiln with IMAGE_BLOCK_DEVICE: every device of the layout, as `[name]=device` words (a bash array body).";
     KILN_NO_CACHE = "KILN_NO_CACHE", Bool, Unset, NotKey,
         "Set by kiln to 1 with `--no-cache` (caches are ignored and rewritten).";
+    KILN_CACHE_ENV = "KILN_CACHE_ENV", Text, Unset, NotKey,
+        "More variables to key the phase cache on, comma separated, besides `DIB_*`, the phase-key settings, proxies, locale and every name the elements' hooks mention (any other variable changes no key).";
     KILN_CACHE_MAX_SIZE = "KILN_CACHE_MAX_SIZE", Size, Value("20GiB"), NotKey,
         "kiln trims its cache to this size after every build, least recently used first; `0`, `none` or `unlimited` for no limit.";
     KILN_LOG = "KILN_LOG", Text, Computed("warnings, and kiln's own info lines; more with -v"), NotKey,
@@ -335,8 +337,12 @@ pub fn render_markdown() -> String {
     s.push_str("# Environment variables\n\n");
     s.push_str(
         "Every variable kiln reads or sets. Any other variable of the caller's environment is \
-         passed to the hooks unchanged and, unless it is session noise (`TERM`, `PWD`, `SSH_*`, \
-         `XDG_*`, …), enters the phase keys too.\n\n",
+         passed to the hooks unchanged. It enters the phase keys (as a digest, never its value) \
+         only if a hook can read it: `DIB_*`, proxies (`http_proxy`, `https_proxy`, `ftp_proxy`, \
+         `all_proxy`, `no_proxy`, any case), locale (`LANG`, `LANGUAGE`, `LC_*`), a name that \
+         appears in the text of the elements' hooks, `environment.d` files or `bin/` scripts, or \
+         one listed in `KILN_CACHE_ENV`. Session noise (`TERM`, `PWD`, `SSH_*`, `XDG_*`, …) never \
+         does, and neither does any other variable (a CI build number changes nothing).\n\n",
     );
     s.push_str(
         "**Cache** says where a variable enters kiln's caches: *phase keys* (hooks can see \

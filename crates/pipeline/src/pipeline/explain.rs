@@ -64,7 +64,9 @@ pub fn explain_cache(plan: &BuildPlan) -> Result<crate::report::CacheExplanation
     })
 }
 
-/// What differs between the inputs of a stored layer and the current ones, in words.
+/// What differs between the inputs of a stored layer and the current ones, in words. Values
+/// are never printed (the inputs hold only digests of them): a variable, a suite or a host file
+/// is named, with what happened to it.
 fn input_changes(old: &cache::Inputs, new: &cache::Inputs) -> Vec<String> {
     let mut v = Vec::new();
     if old.parent != new.parent {
@@ -72,9 +74,6 @@ fn input_changes(old: &cache::Inputs, new: &cache::Inputs) -> Vec<String> {
     }
     if old.arch != new.arch {
         v.push(format!("architecture {} -> {}", old.arch, new.arch));
-    }
-    if old.release_digest != new.release_digest {
-        v.push("the mirror's Release file changed (a mirror update)".to_string());
     }
     if old.version != new.version {
         v.push(format!(
@@ -85,12 +84,48 @@ fn input_changes(old: &cache::Inputs, new: &cache::Inputs) -> Vec<String> {
     if old.extra != new.extra {
         v.push(format!("packages {:?} -> {:?}", old.extra, new.extra));
     }
+    // Mirror state: labels are `SUITE URI`.
+    let suite = |label: &str| {
+        label
+            .split_once(' ')
+            .map_or((label.to_string(), String::new()), |(s, u)| {
+                (s.to_string(), format!(" ({u})"))
+            })
+    };
+    for (label, d) in &new.mirror {
+        let (s, at) = suite(label);
+        match old.mirror.get(label) {
+            None => v.push(format!("apt suite {s}{at} added to the image's sources")),
+            Some(o) if o != d => v.push(format!("{s} InRelease changed{at}")),
+            _ => {}
+        }
+    }
+    for label in old.mirror.keys() {
+        if !new.mirror.contains_key(label) {
+            let (s, at) = suite(label);
+            v.push(format!(
+                "apt suite {s}{at} removed from the image's sources"
+            ));
+        }
+    }
+    for (k, d) in &new.host_files {
+        match old.host_files.get(k) {
+            None => v.push(format!("{k} file added")),
+            Some(o) if o != d => v.push(format!("{k} file changed")),
+            _ => {}
+        }
+    }
+    for k in old.host_files.keys() {
+        if !new.host_files.contains_key(k) {
+            v.push(format!("{k} file no longer read"));
+        }
+    }
     for (k, val) in &new.env {
         match old.env.get(k) {
             None => v.push(format!("variable {k} added")),
             Some(o) if o != val => {
                 if k == settings::IMAGE_ELEMENT.name {
-                    v.push(format!("elements changed: '{o}' -> '{val}'"));
+                    v.push(format!("elements changed (variable {k} changed)"));
                 } else {
                     v.push(format!("variable {k} changed"));
                 }
@@ -123,4 +158,74 @@ fn input_changes(old: &cache::Inputs, new: &cache::Inputs) -> Vec<String> {
         }
     }
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn inputs() -> cache::Inputs {
+        cache::Inputs {
+            phase: "root".into(),
+            parent: None,
+            arch: "amd64".into(),
+            mirror: BTreeMap::from([
+                ("bookworm http://m/debian".into(), "a".into()),
+                (
+                    "bookworm-security http://s/debian-security".into(),
+                    "b".into(),
+                ),
+            ]),
+            version: "k".into(),
+            env: BTreeMap::from([(
+                "DIB_RELEASE".into(),
+                cache::variables::value_digest("DIB_RELEASE", "bookworm"),
+            )]),
+            host_files: BTreeMap::from([("DIB_ADD_APT_KEYS".into(), "c".into())]),
+            files: BTreeMap::new(),
+            extra: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn changes_are_named_in_words_without_values() {
+        let old = inputs();
+        assert!(input_changes(&old, &old).is_empty());
+        let mut new = old.clone();
+        new.mirror.insert(
+            "bookworm-security http://s/debian-security".into(),
+            "b2".into(),
+        );
+        new.host_files
+            .insert("DIB_ADD_APT_KEYS".into(), "c2".into());
+        new.env.insert(
+            "DIB_RELEASE".into(),
+            cache::variables::value_digest("DIB_RELEASE", "trixie"),
+        );
+        let why = input_changes(&old, &new);
+        assert_eq!(
+            why,
+            [
+                "bookworm-security InRelease changed (http://s/debian-security)",
+                "DIB_ADD_APT_KEYS file changed",
+                "variable DIB_RELEASE changed",
+            ]
+        );
+        assert!(!why
+            .iter()
+            .any(|r| r.contains("trixie") || r.contains("bookworm ")));
+        let mut gone = old.clone();
+        gone.mirror.clear();
+        gone.host_files.clear();
+        let why = input_changes(&old, &gone);
+        assert!(
+            why.contains(
+                &"apt suite bookworm (http://m/debian) removed from the image's sources"
+                    .to_string()
+            ),
+            "{why:?}"
+        );
+        assert!(why.contains(&"DIB_ADD_APT_KEYS file no longer read".to_string()));
+    }
 }

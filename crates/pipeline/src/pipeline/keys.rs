@@ -25,24 +25,9 @@ pub struct CacheStep {
 
 /// The cacheable steps of `plan` in order, with their keys chained.
 pub fn cache_steps(plan: &BuildPlan, prepared: &Prepared, lib: &Path) -> Vec<CacheStep> {
-    let env = cache::key_env(&prepared.evaluated, lib);
-    let offline = prepared
-        .env
-        .get(settings::DIB_OFFLINE.name)
-        .is_some_and(|v| !v.is_empty());
-    let release_digest = if offline {
-        None
-    } else {
-        match (
-            prepared
-                .evaluated
-                .get(settings::DIB_DISTRIBUTION_MIRROR.name),
-            prepared.evaluated.get(settings::DIB_RELEASE.name),
-        ) {
-            (Some(m), Some(r)) if !m.is_empty() && !r.is_empty() => cache::release_digest(m, r),
-            _ => None,
-        }
-    };
+    let env = cache::key_env(&prepared.evaluated, lib, &prepared.named);
+    let mirror = mirror_state(prepared);
+    let host_files = cache::host_files::digests(&prepared.host_inputs, &prepared.evaluated);
     let packages = plan.request.package_list();
     let mut order: Vec<(String, Option<Phase>)> = vec![
         ("root".into(), Some(Phase::Root)),
@@ -63,9 +48,10 @@ pub fn cache_steps(plan: &BuildPlan, prepared: &Prepared, lib: &Path) -> Vec<Cac
             phase: name.clone(),
             parent: parent.clone(),
             arch: plan.arch.clone(),
-            release_digest: release_digest.clone(),
+            mirror: mirror.clone(),
             version: kiln_identity(),
             env: env.clone(),
+            host_files: host_files.clone(),
             files: cache::visible_to(&prepared.files, dir.as_deref()),
             extra: if phase.is_none() {
                 packages.clone()
@@ -83,6 +69,20 @@ pub fn cache_steps(plan: &BuildPlan, prepared: &Prepared, lib: &Path) -> Vec<Cac
         });
     }
     steps
+}
+
+/// The digest of every apt suite of the image's sources, fetched in parallel; nothing when
+/// offline (`DIB_OFFLINE`), where the mirror is not asked.
+fn mirror_state(prepared: &Prepared) -> std::collections::BTreeMap<String, String> {
+    let offline = prepared
+        .env
+        .get(settings::DIB_OFFLINE.name)
+        .is_some_and(|v| !v.is_empty());
+    if offline {
+        return std::collections::BTreeMap::new();
+    }
+    let suites = cache::mirror::image_suites(&prepared.evaluated);
+    cache::mirror::digests(&suites, cache::mirror::FETCH_TIMEOUT)
 }
 
 /// kiln's own identity in every cache key: its version and a digest of the running binary, which
@@ -122,10 +122,10 @@ pub fn output_key(plan: &BuildPlan, prepared: &Prepared, last: Option<&str>) -> 
             .cloned()
             .unwrap_or_default(),
     );
-    let mut env = cache::key_env(&prepared.evaluated, &lib);
+    let mut env = cache::key_env(&prepared.evaluated, &lib, &prepared.named);
     for k in settings::output_key_only() {
         if let Some(v) = prepared.env.get(k) {
-            env.insert(k.to_string(), v.clone());
+            env.insert(k.to_string(), cache::variables::value_digest(k, v));
         }
     }
     let v = serde_json::json!({

@@ -1,7 +1,7 @@
 //! Preparing the build directory: the merged hook tree and kiln's helpers laid out, the hooks'
 //! environment computed and environment.d evaluated, the package lists written.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::Path;
 
@@ -25,6 +25,12 @@ pub struct Prepared {
     pub evaluated: BTreeMap<String, String>,
     /// Digest of every entry of the hook tree (before any hook ran).
     pub files: BTreeMap<String, String>,
+    /// Every variable name the hooks, `environment.d` files and `bin/` scripts mention (the
+    /// resolved elements scanned once): the variables outside kiln's fixed rules that enter
+    /// the keys.
+    pub named: BTreeSet<String>,
+    /// The host files the elements declare in `cache-inputs`.
+    pub host_inputs: Vec<cache::host_files::Declared>,
 }
 
 /// Lays out the hook tree under `build_dir/hooks` and kiln's helpers under `build_dir/lib`,
@@ -121,10 +127,15 @@ pub fn prepare(plan: &BuildPlan, build_dir: &Path, image_dir: &Path) -> Result<P
     let evaluated = env::parse_env0(&out.stdout);
     crate::packages::write_lists(plan, &evaluated, &hooks)?;
     let files = cache::hook_tree_files(&hooks);
+    let named = cache::variables::named_in_hooks(&plan.hooks, &[DIB_RUN_PARTS]);
+    let host_inputs =
+        cache::host_files::declared(plan.set.elements.iter().map(|e| e.path.as_path()))?;
     Ok(Prepared {
         env,
         evaluated,
         files,
+        named,
+        host_inputs,
     })
 }
 
