@@ -5,6 +5,7 @@
 mod cli;
 mod errors;
 mod in_image;
+mod keys;
 mod lint;
 mod plan;
 mod preflight;

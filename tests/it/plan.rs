@@ -378,8 +378,9 @@ fn key_flags(other_cache: &str) -> Vec<Vec<String>> {
 /// The keys `kiln <cmd> ... app -n <flags>` computes: every step's and the outputs'.
 fn keys(t: &Tree, cache: &std::path::Path, cmd: &[&str], flags: &[String]) -> serde_json::Value {
     let mut c = kiln(&[t.path()], cache);
-    // A variable only `-c` removes, so that `-c` changes the keys.
-    c.env("KILN_IT_CLEARED_BY_C", "1");
+    // A variable only `-c` removes, keyed through KILN_CACHE_ENV, so that `-c` changes the keys.
+    c.env("KILN_IT_CLEARED_BY_C", "1")
+        .env("KILN_CACHE_ENV", "KILN_IT_CLEARED_BY_C");
     c.args(cmd).args(["app", "-n"]).args(flags);
     let (code, out, err) = run(c);
     assert_eq!(code, 0, "kiln {cmd:?} {flags:?}: {err}");

@@ -1,0 +1,167 @@
+//! What enters the cache keys, through the command line (`kiln plan --explain-cache --json`,
+//! no root, no network): only the variables hooks can read, host files by content, and every
+//! apt suite of the image's sources read from `file:` mirrors.
+
+use std::fs;
+use std::path::Path;
+
+use crate::support::{assert_input_error, kiln, run, Tree};
+
+/// An OS element whose environment.d lists its apt sources (as the Debian elements do) on the
+/// `file:` mirror `mirror`, and an element whose hook reads `APP_SETTING` and which declares
+/// the host file named by `APP_KEYS_FILE`.
+fn fixture(mirror: &Path) -> Tree {
+    let t = Tree::new();
+    let m = mirror.display();
+    t.os().env(
+        "20-sources",
+        &format!(
+            "export DIB_APT_SOURCES_CONF=\"default:deb file://{m} bookworm main\nupdates:deb file://{m} bookworm-updates main\nsecurity:deb [trusted=yes] file:{m}/ bookworm-security main\"\n"
+        ),
+    );
+    t.el("app")
+        .hook(
+            "install",
+            "10-app",
+            "echo \"${APP_SETTING:-none}\" > /etc/app",
+        )
+        .file("cache-inputs", "# the app's keys\n$APP_KEYS_FILE\n");
+    t
+}
+
+/// A file mirror with the three suites.
+fn mirror() -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    for (suite, text) in [
+        ("bookworm", "main 1"),
+        ("bookworm-updates", "updates 1"),
+        ("bookworm-security", "security 1"),
+    ] {
+        let p = d.path().join("dists").join(suite);
+        fs::create_dir_all(&p).unwrap();
+        fs::write(p.join("InRelease"), text).unwrap();
+    }
+    d
+}
+
+/// Every step's key and the output key of `kiln plan test-os app -n` with `env`.
+fn keys(t: &Tree, cache: &Path, env: &[(&str, &str)]) -> Vec<String> {
+    let mut c = kiln(&[t.path()], cache);
+    c.args(["plan", "test-os", "app", "-n", "--explain-cache", "--json"]);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let (code, out, err) = run(c);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let mut k: Vec<String> = v["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["key"].as_str().unwrap().to_string())
+        .collect();
+    k.push(v["outputs"]["key"].as_str().unwrap().to_string());
+    k
+}
+
+#[test]
+fn only_variables_hooks_can_read_change_the_keys() {
+    let m = mirror();
+    let t = fixture(m.path());
+    let cache = tempfile::tempdir().unwrap();
+    let base = keys(&t, cache.path(), &[("BUILD_NUMBER", "1")]);
+    // A CI build number, a run id, anything no hook names: the same keys.
+    assert_eq!(
+        base,
+        keys(
+            &t,
+            cache.path(),
+            &[("BUILD_NUMBER", "2"), ("FOO", "bar"), ("CI_RUN_ID", "77")]
+        )
+    );
+    // Each of these is read by hooks (or listed by the user): every key changes.
+    for env in [
+        &[("APP_SETTING", "x")][..],
+        &[("DIB_SOMETHING_NEW", "1")],
+        &[("http_proxy", "http://127.0.0.1:3128")],
+        &[("NO_PROXY", "localhost")],
+        &[("LANG", "de_DE.UTF-8")],
+        &[("LC_TIME", "C")],
+        &[("KILN_CACHE_ENV", "CORP_FLAVOUR"), ("CORP_FLAVOUR", "a")],
+    ] {
+        let k = keys(&t, cache.path(), env);
+        assert!(
+            base.iter().zip(&k).all(|(a, b)| a != b),
+            "{env:?} left a key as it was"
+        );
+    }
+    // KILN_CACHE_ENV alone (naming an unset variable) is not an input.
+    assert_eq!(
+        base,
+        keys(&t, cache.path(), &[("KILN_CACHE_ENV", "CORP_FLAVOUR")])
+    );
+}
+
+#[test]
+fn declared_and_well_known_host_files_are_keyed_by_content() {
+    let m = mirror();
+    let t = fixture(m.path());
+    let cache = tempfile::tempdir().unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let app_keys = files.path().join("app.keys");
+    fs::write(&app_keys, "key one").unwrap();
+    let apt_keys = files.path().join("apt-keys");
+    fs::create_dir(&apt_keys).unwrap();
+    fs::write(apt_keys.join("a.asc"), "A").unwrap();
+    let env = [
+        ("APP_KEYS_FILE", app_keys.to_str().unwrap()),
+        ("DIB_ADD_APT_KEYS", apt_keys.to_str().unwrap()),
+    ];
+    let a = keys(&t, cache.path(), &env);
+    assert_eq!(a, keys(&t, cache.path(), &env));
+    // The same names, new content: every key changes.
+    fs::write(&app_keys, "key two").unwrap();
+    let b = keys(&t, cache.path(), &env);
+    assert!(a.iter().zip(&b).all(|(x, y)| x != y), "{a:?}\n{b:?}");
+    fs::write(apt_keys.join("b.gpg"), "B").unwrap();
+    let c = keys(&t, cache.path(), &env);
+    assert!(b.iter().zip(&c).all(|(x, y)| x != y), "{b:?}\n{c:?}");
+}
+
+#[test]
+fn every_suite_of_the_image_sources_is_keyed() {
+    let m = mirror();
+    let t = fixture(m.path());
+    let cache = tempfile::tempdir().unwrap();
+    let a = keys(&t, cache.path(), &[]);
+    for suite in ["bookworm-security", "bookworm-updates", "bookworm"] {
+        let p = m.path().join("dists").join(suite).join("InRelease");
+        fs::write(&p, format!("{suite} 2")).unwrap();
+        let b = keys(&t, cache.path(), &[]);
+        assert!(
+            a.iter().zip(&b).all(|(x, y)| x != y),
+            "a change to {suite} left a key as it was"
+        );
+    }
+    // Offline, the mirror is not asked: a change there changes nothing.
+    let off = keys(&t, cache.path(), &[("DIB_OFFLINE", "1")]);
+    fs::write(
+        m.path().join("dists/bookworm-security/InRelease"),
+        "security 3",
+    )
+    .unwrap();
+    assert_eq!(off, keys(&t, cache.path(), &[("DIB_OFFLINE", "1")]));
+}
+
+#[test]
+fn a_bad_cache_inputs_line_is_an_input_error() {
+    let m = mirror();
+    let t = fixture(m.path());
+    t.el("app")
+        .file("cache-inputs", "$APP_KEYS_FILE\nrelative/path\n");
+    let cache = tempfile::tempdir().unwrap();
+    let mut c = kiln(&[t.path()], cache.path());
+    c.args(["plan", "test-os", "app", "-n", "--explain-cache"]);
+    let (code, _, err) = run(c);
+    assert_input_error(code, &err, &["app/cache-inputs:2:", "relative/path"]);
+}
