@@ -108,24 +108,30 @@ fn declared_and_well_known_host_files_are_keyed_by_content() {
     let t = fixture(m.path());
     let cache = tempfile::tempdir().unwrap();
     let files = tempfile::tempdir().unwrap();
-    let app_keys = files.path().join("app.keys");
-    fs::write(&app_keys, "key one").unwrap();
-    let apt_keys = files.path().join("apt-keys");
-    fs::create_dir(&apt_keys).unwrap();
-    fs::write(apt_keys.join("a.asc"), "A").unwrap();
+    let declared_file = files.path().join("app.keys");
+    fs::write(&declared_file, "key one").unwrap();
+    let key_dir = files.path().join("apt-keys");
+    fs::create_dir(&key_dir).unwrap();
+    fs::write(key_dir.join("a.asc"), "A").unwrap();
     let env = [
-        ("APP_KEYS_FILE", app_keys.to_str().unwrap()),
-        ("DIB_ADD_APT_KEYS", apt_keys.to_str().unwrap()),
+        ("APP_KEYS_FILE", declared_file.to_str().unwrap()),
+        ("DIB_ADD_APT_KEYS", key_dir.to_str().unwrap()),
     ];
-    let a = keys(&t, cache.path(), &env);
-    assert_eq!(a, keys(&t, cache.path(), &env));
+    let first = keys(&t, cache.path(), &env);
+    assert_eq!(first, keys(&t, cache.path(), &env));
     // The same names, new content: every key changes.
-    fs::write(&app_keys, "key two").unwrap();
-    let b = keys(&t, cache.path(), &env);
-    assert!(a.iter().zip(&b).all(|(x, y)| x != y), "{a:?}\n{b:?}");
-    fs::write(apt_keys.join("b.gpg"), "B").unwrap();
-    let c = keys(&t, cache.path(), &env);
-    assert!(b.iter().zip(&c).all(|(x, y)| x != y), "{b:?}\n{c:?}");
+    fs::write(&declared_file, "key two").unwrap();
+    let second = keys(&t, cache.path(), &env);
+    assert!(
+        first.iter().zip(&second).all(|(x, y)| x != y),
+        "{first:?}\n{second:?}"
+    );
+    fs::write(key_dir.join("b.gpg"), "B").unwrap();
+    let third = keys(&t, cache.path(), &env);
+    assert!(
+        second.iter().zip(&third).all(|(x, y)| x != y),
+        "{second:?}\n{third:?}"
+    );
 }
 
 #[test]
@@ -133,15 +139,16 @@ fn every_suite_of_the_image_sources_is_keyed() {
     let m = mirror();
     let t = fixture(m.path());
     let cache = tempfile::tempdir().unwrap();
-    let a = keys(&t, cache.path(), &[]);
+    let mut before = keys(&t, cache.path(), &[]);
     for suite in ["bookworm-security", "bookworm-updates", "bookworm"] {
         let p = m.path().join("dists").join(suite).join("InRelease");
         fs::write(&p, format!("{suite} 2")).unwrap();
-        let b = keys(&t, cache.path(), &[]);
+        let after = keys(&t, cache.path(), &[]);
         assert!(
-            a.iter().zip(&b).all(|(x, y)| x != y),
+            before.iter().zip(&after).all(|(x, y)| x != y),
             "a change to {suite} left a key as it was"
         );
+        before = after;
     }
     // Offline, the mirror is not asked: a change there changes nothing.
     let off = keys(&t, cache.path(), &[("DIB_OFFLINE", "1")]);
