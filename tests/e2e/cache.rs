@@ -11,13 +11,23 @@ use crate::harness::{assert_no_leftovers, build, capable, heavy, kiln_command, w
 use crate::rootfs::rootfs_tar;
 
 /// Runs `kiln plan --explain-cache --json` and returns (step, status, reasons) per step.
-fn explain(
+pub(crate) fn explain(
     dir: &Path,
     elements_path: &Path,
     args: &[&str],
     env: &[(&str, &str)],
 ) -> (Vec<(String, String, Vec<String>)>, String) {
-    let mut c = kiln_command("plan", dir, Some(elements_path), args, env);
+    explain_with(dir, Some(elements_path), args, env)
+}
+
+/// [`explain`] with the built-in elements only when `elements_path` is None.
+pub(crate) fn explain_with(
+    dir: &Path,
+    elements_path: Option<&Path>,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (Vec<(String, String, Vec<String>)>, String) {
+    let mut c = kiln_command("plan", dir, elements_path, args, env);
     c.args(["--explain-cache", "--json"]);
     let out = c.output().unwrap();
     assert!(
@@ -46,7 +56,7 @@ fn explain(
     (steps, v["outputs"]["status"].as_str().unwrap().to_string())
 }
 
-fn first_miss(steps: &[(String, String, Vec<String>)]) -> Option<(String, Vec<String>)> {
+pub(crate) fn first_miss(steps: &[(String, String, Vec<String>)]) -> Option<(String, Vec<String>)> {
     steps
         .iter()
         .find(|s| s.1 == "miss")

@@ -12,6 +12,7 @@ mod cache;
 mod dib;
 mod failures;
 mod harness;
+mod keys;
 mod paths;
 mod rootfs;
 #[path = "../it/support.rs"]
