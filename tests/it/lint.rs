@@ -260,3 +260,23 @@ fn help_snapshots() {
         insta::assert_snapshot!(name, String::from_utf8_lossy(&out.stdout));
     }
 }
+
+#[test]
+fn a_bad_cache_inputs_line_is_an_error() {
+    let t = Tree::new();
+    let ok = good(&t, "declares");
+    fs::write(
+        ok.join("cache-inputs"),
+        "# keys\n$DIB_MY_KEYS\n~/.ssh/id_rsa.pub\n",
+    )
+    .unwrap();
+    let (code, out, err) = check(&[&ok]);
+    assert_eq!(code, 0, "{out}{err}");
+    fs::write(ok.join("cache-inputs"), "$DIB_MY_KEYS\nkeys.txt\n").unwrap();
+    let (code, out, _) = check(&[&ok]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("declares/cache-inputs:2: error: 'keys.txt' is neither $VARIABLE"),
+        "{out}"
+    );
+}

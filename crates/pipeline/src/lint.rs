@@ -62,11 +62,32 @@ pub fn check(paths: &[PathBuf], req: &BuildRequest, source: bool) -> Result<Repo
     let builtin = kiln_element::builtin::extract(&cache)?;
     let library = Library::discover(&crate::plan::elements_path(req, &builtin))?;
     let mut checker = ShellChecker::new(source)?;
-    let findings = lint::lint(&targets, &library, &mut checker);
+    let mut findings = lint::lint(&targets, &library, &mut checker);
+    findings.extend(targets.iter().filter_map(cache_inputs_finding));
+    findings.sort();
     Ok(Report {
         findings,
         elements: targets.len(),
     })
+}
+
+/// An error for the first bad line of the element's `cache-inputs` (the host files its hooks
+/// read, keyed by kiln's cache), if it has one.
+fn cache_inputs_finding(element: &Element) -> Option<Finding> {
+    let path = element.path.join(crate::cache::host_files::CACHE_INPUTS);
+    if !fs::metadata(&path).is_ok_and(|m| m.is_file()) {
+        return None;
+    }
+    let text = fs::read_to_string(&path).ok()?;
+    let e = crate::cache::host_files::parse(&path, &text).err()?;
+    Some(Finding::error(
+        path.clone(),
+        Some(e.line),
+        format!(
+            "'{}' is neither $VARIABLE nor an absolute or ~/ path (write one host file per line, e.g. $DIB_MY_KEYS or /etc/my-app.conf)",
+            e.text
+        ),
+    ))
 }
 
 /// How long one environment.d file may take to be parsed or sourced.
