@@ -80,14 +80,7 @@ fn cache_inputs_finding(element: &Element) -> Option<Finding> {
     }
     let text = fs::read_to_string(&path).ok()?;
     let e = crate::cache::host_files::parse(&path, &text).err()?;
-    Some(Finding::error(
-        path.clone(),
-        Some(e.line),
-        format!(
-            "'{}' is neither $VARIABLE nor an absolute or ~/ path (write one host file per line, e.g. $DIB_MY_KEYS or /etc/my-app.conf)",
-            e.text
-        ),
-    ))
+    Some(Finding::error(path.clone(), Some(e.line), e.message()))
 }
 
 /// How long one environment.d file may take to be parsed or sourced.

@@ -38,7 +38,7 @@ pub const MISSING: &str = "missing";
 
 /// A bad line in an element's `cache-inputs`.
 #[derive(Debug, thiserror::Error)]
-#[error("{}:{line}: '{text}' is neither $VARIABLE nor an absolute or ~/ path (write one host file per line, e.g. $DIB_MY_KEYS or /etc/my-app.conf)", path.display())]
+#[error("{}:{line}: {}", path.display(), self.message())]
 pub struct DeclError {
     /// The `cache-inputs` file.
     pub path: PathBuf,
@@ -46,6 +46,16 @@ pub struct DeclError {
     pub line: usize,
     /// The line.
     pub text: String,
+}
+
+impl DeclError {
+    /// What is wrong and what to do, without the file and line.
+    pub fn message(&self) -> String {
+        format!(
+            "'{}' is neither $VARIABLE nor an absolute or ~/ path (write one host file per line, e.g. $DIB_MY_KEYS or /etc/my-app.conf)",
+            self.text
+        )
+    }
 }
 
 /// One declared host input.
