@@ -56,7 +56,9 @@ pub fn write_lists(
     mkdir(&dir)?;
     for (phase, lists) in &squashed {
         let short = phase.trim_end_matches(".d");
-        let map_list = |list: &[(String, String)]| {
+        // The names were checked when package-installs was read; what pkg-map turns them
+        // into reaches apt too, so it is checked here, naming the pkg-map file.
+        let map_list = |list: &[(String, String)]| -> Result<Vec<String>, Error> {
             let mut out: Vec<String> = Vec::new();
             for (pkg, element) in list {
                 let mapped = maps
@@ -64,20 +66,37 @@ pub fn write_lists(
                     .and_then(|m| m.lookup(&distro, &release, pkg))
                     .unwrap_or_else(|| pkg.clone());
                 for p in mapped.split_whitespace() {
+                    if let Some(reason) = kiln_element::names::package_name_problem(p) {
+                        let path = plan
+                            .library
+                            .get(element)
+                            .map(|e| e.path.join("pkg-map"))
+                            .unwrap_or_default();
+                        return Err(kiln_element::Error::BadPackageParams {
+                            path,
+                            line: None,
+                            package: pkg.clone(),
+                            message: format!(
+                                "maps to {p:?} for {distro} {release}, which is not a package name: {reason}; fix the mapping"
+                            ),
+                        }
+                        .into());
+                    }
                     if !out.iter().any(|x| x == p) {
                         out.push(p.to_string());
                     }
                 }
             }
-            out
+            Ok(out)
         };
+        // The phase was checked to name a phase directory when the file was read.
         write(
             &dir.join(format!("{short}.install")),
-            &lines(&map_list(&lists.install)),
+            &lines(&map_list(&lists.install)?),
         )?;
         write(
             &dir.join(format!("{short}.uninstall")),
-            &lines(&map_list(&lists.uninstall)),
+            &lines(&map_list(&lists.uninstall)?),
         )?;
     }
     // DIB's own format too, for elements that read it.

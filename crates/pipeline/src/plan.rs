@@ -113,6 +113,7 @@ impl BuildPlan {
             .iter()
             .map(|t| kiln_output::OutputType::parse(t))
             .collect::<Result<Vec<_>, _>>()?;
+        req.check_inputs()?;
         let builtin = element::builtin::extract(&cache_root)?;
         let elements_path = elements_path(req, &builtin);
         let library = Library::discover(&elements_path)?;

@@ -91,6 +91,32 @@ impl BuildRequest {
         }
     }
 
+    /// Checks what the request hands to commands before anything is read or run: every `-p`
+    /// package name (Debian policy syntax: a name starting with `-` would reach apt as an
+    /// option) and the disk sizes ([`DiskSizes::from_env`] on the request's flags and
+    /// environment).
+    pub fn check_inputs(&self) -> Result<(), crate::Error> {
+        for name in self.package_list() {
+            if let Some(reason) = kiln_element::names::package_name_problem(&name) {
+                return Err(crate::Error::Usage(format!(
+                    "-p {name}: {reason}; give package names separated by commas"
+                )));
+            }
+        }
+        DiskSizes::from_env(&|name| {
+            let flag = match name {
+                n if n == settings::DIB_IMAGE_SIZE.name => self.image_size.as_deref(),
+                n if n == settings::DIB_IMAGE_EXTRA_SIZE.name => self.image_extra_size.as_deref(),
+                n if n == settings::DIB_JOURNAL_SIZE.name => self.journal_size.as_deref(),
+                _ => None,
+            };
+            flag.filter(|v| !v.is_empty())
+                .or_else(|| self.var(name))
+                .map(String::from)
+        })?;
+        Ok(())
+    }
+
     /// The output types, defaulting to qcow2 as DIB does.
     pub fn output_types(&self) -> Vec<String> {
         let mut t: Vec<String> = self
@@ -133,5 +159,66 @@ impl BuildRequest {
             }
         }
         name
+    }
+}
+
+/// The largest image kiln accepts: 1 PiB, far above any disk image and far below where the
+/// arithmetic on sizes in bytes could overflow.
+pub const MAX_IMAGE_BYTES: u64 = 1 << 50;
+
+/// The disk sizes a build asks for, parsed and range-checked.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct DiskSizes {
+    /// `--image-size` / `DIB_IMAGE_SIZE` in GB (GiB, as DIB computes it), decimals allowed.
+    pub image_size_gb: Option<f64>,
+    /// `--image-extra-size` / `DIB_IMAGE_EXTRA_SIZE` in MB.
+    pub extra_size_mb: Option<u64>,
+    /// `--mkfs-journal-size` / `DIB_JOURNAL_SIZE` in MB (default 64).
+    pub journal_size_mb: u64,
+}
+
+impl DiskSizes {
+    /// Reads and checks the three sizes through `get` (a variable's non-empty value). A value
+    /// that is not a number, is not positive or is larger than [`MAX_IMAGE_BYTES`] is
+    /// [`crate::Error::Usage`] naming the variable and its flag, never ignored.
+    pub fn from_env(get: &dyn Fn(&str) -> Option<String>) -> Result<DiskSizes, crate::Error> {
+        let limit_gb = MAX_IMAGE_BYTES >> 30;
+        let limit_mib = MAX_IMAGE_BYTES >> 20;
+        let image_size_gb = match get(settings::DIB_IMAGE_SIZE.name).as_deref() {
+            None => None,
+            Some(v) => match v.trim().parse::<f64>() {
+                Ok(gb) if gb.is_finite() && gb > 0.0 && gb <= limit_gb as f64 => Some(gb),
+                _ => {
+                    return Err(crate::Error::Usage(format!(
+                        "image size {v:?} (--image-size or {}) is not a size in GB: give a number above 0 and at most {limit_gb}, decimals allowed (e.g. 2.5)",
+                        settings::DIB_IMAGE_SIZE.name
+                    )))
+                }
+            },
+        };
+        let mb = |setting: &settings::Setting, flag: &str| -> Result<Option<u64>, crate::Error> {
+            match get(setting.name).as_deref() {
+                None => Ok(None),
+                Some(v) => match v.trim().parse::<u64>() {
+                    Ok(n) if n <= limit_mib => Ok(Some(n)),
+                    _ => Err(crate::Error::Usage(format!(
+                        "{v:?} ({flag} or {}) is not a size in MB: give a whole number from 0 to {limit_mib}",
+                        setting.name
+                    ))),
+                },
+            }
+        };
+        let extra_size_mb = mb(&settings::DIB_IMAGE_EXTRA_SIZE, "--image-extra-size")?;
+        let journal_size_mb = mb(&settings::DIB_JOURNAL_SIZE, "--mkfs-journal-size")?.unwrap_or(
+            settings::DIB_JOURNAL_SIZE
+                .default_value()
+                .parse()
+                .unwrap_or(64),
+        );
+        Ok(DiskSizes {
+            image_size_gb,
+            extra_size_mb,
+            journal_size_mb,
+        })
     }
 }
