@@ -4,6 +4,7 @@
 
 mod cli;
 mod errors;
+mod fuzz;
 mod hostile;
 mod in_image;
 mod lint;
