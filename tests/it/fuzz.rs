@@ -27,7 +27,7 @@ use crate::support::{kiln, run};
 /// Library-level cases per property when `PROPTEST_CASES` is unset.
 const FUZZ_LIB_CASES: u32 = 256;
 /// `kiln plan` runs when `PROPTEST_CASES` is unset (each is a process, about 0.3 s).
-const FUZZ_CLI_CASES: u32 = 32;
+const FUZZ_CLI_CASES: u32 = 64;
 
 fn config(default: u32) -> Config {
     let cases = std::env::var("PROPTEST_CASES")

@@ -274,3 +274,25 @@ fn sizes_that_would_wrap_are_refused() {
     let (code, err, _) = kiln_in(&t, &["plan", "test-os", "-n", "-t", "raw"], &[]);
     assert_input_error(code, &err, &[&file]);
 }
+
+#[test]
+fn architecture_and_resize_values_are_words_and_numbers() {
+    let t = Tree::new();
+    t.os();
+    for (args, env, needle) in [
+        (&["-a", "../../tmp/x"][..], &[][..], "architecture"),
+        (&[], &[("ARCH", "amd64 -x")], "architecture"),
+        (
+            &["--max-online-resize", "1 -O x"],
+            &[],
+            "--max-online-resize",
+        ),
+        (&[], &[("MAX_ONLINE_RESIZE", "lots")], "MAX_ONLINE_RESIZE"),
+    ] {
+        let mut a = vec!["plan", "test-os", "-n"];
+        a.extend_from_slice(args);
+        let (code, err, cwd) = kiln_in(&t, &a, env);
+        assert_input_error(code, &err, &[needle]);
+        assert_empty(cwd.path());
+    }
+}

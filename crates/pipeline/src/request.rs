@@ -93,13 +93,44 @@ impl BuildRequest {
 
     /// Checks what the request hands to commands before anything is read or run: every `-p`
     /// package name (Debian policy syntax: a name starting with `-` would reach apt as an
-    /// option) and the disk sizes ([`DiskSizes::from_env`] on the request's flags and
-    /// environment).
+    /// option), the architecture (one lower-case word), `--max-online-resize` (a number) and
+    /// the disk sizes ([`DiskSizes::from_env`] on the request's flags and environment).
     pub fn check_inputs(&self) -> Result<(), crate::Error> {
         for name in self.package_list() {
             if let Some(reason) = kiln_element::names::package_name_problem(&name) {
                 return Err(crate::Error::Usage(format!(
                     "-p {name}: {reason}; give package names separated by commas"
+                )));
+            }
+        }
+        // The architecture names files (`block-device-<arch>.yaml`) and reaches debootstrap and
+        // qemu-user: one lower-case word.
+        if let Some(arch) = self
+            .arch
+            .as_deref()
+            .or_else(|| self.var(settings::ARCH.name))
+        {
+            let word = !arch.is_empty()
+                && arch
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            if !word {
+                return Err(crate::Error::Usage(format!(
+                    "architecture {arch:?} (-a or {}) is not an architecture name: use a Debian one such as amd64, arm64, armhf, i386, ppc64el, s390x",
+                    settings::ARCH.name
+                )));
+            }
+        }
+        if let Some(v) = self
+            .max_online_resize
+            .as_deref()
+            .filter(|v| !v.is_empty())
+            .or_else(|| self.var(settings::MAX_ONLINE_RESIZE.name))
+        {
+            if v.trim().parse::<u64>().is_err() {
+                return Err(crate::Error::Usage(format!(
+                    "{v:?} (--max-online-resize or {}) is not a number of blocks: give a whole number",
+                    settings::MAX_ONLINE_RESIZE.name
                 )));
             }
         }
