@@ -296,3 +296,31 @@ fn architecture_and_resize_values_are_words_and_numbers() {
         assert_empty(cwd.path());
     }
 }
+
+#[test]
+fn legacy_package_lists_and_pkg_map_results_hold_only_package_names() {
+    let t = Tree::new();
+    t.os().file(
+        "install.d/package-installs-test-os",
+        "vim\n--allow-downgrades\n",
+    );
+    let file = t.path().join("test-os/install.d/package-installs-test-os");
+    let (code, err, _) = kiln_in(&t, &["plan", "test-os", "-n"], &[]);
+    assert_input_error(
+        code,
+        &err,
+        &[&format!("{}:2", file.display()), "package name"],
+    );
+
+    // pkg-map is applied when the lists are written (for --explain-cache, and before any phase
+    // of a build): what it maps a name to is checked there, naming the pkg-map file.
+    let t = Tree::new();
+    t.os().file("package-installs.yaml", "vim:\n").file(
+        "pkg-map",
+        "{\"distro\": {\"debian\": {\"vim\": \"vim -oAPT::Get::Assume-Yes=1\"}}}",
+    );
+    let map = t.path().join("test-os/pkg-map");
+    let (code, err, cwd) = kiln_in(&t, &["plan", "test-os", "-n", "--explain-cache"], &[]);
+    assert_input_error(code, &err, &[&map.display().to_string(), "vim", "-oAPT"]);
+    assert_empty(cwd.path());
+}

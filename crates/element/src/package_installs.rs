@@ -337,6 +337,30 @@ pub fn load_dir(dir: &Path) -> Result<Option<PackageInstalls>, Error> {
     Ok(found)
 }
 
+/// Checks a legacy plain package list (`<phase>.d/package-installs-<element>`, read by the
+/// in-target `package-installs` script): per line, `#` starts a comment, words are package
+/// names, a leading `-` means "uninstall". Every name must follow the Debian syntax
+/// ([`crate::names::package_name_problem`]); the error names the file and line.
+pub fn check_legacy_list(path: &Path, text: &str) -> Result<(), Error> {
+    for (i, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or_default();
+        for word in line.split_whitespace() {
+            let name = word.strip_prefix('-').unwrap_or(word);
+            if let Some(reason) = crate::names::package_name_problem(name) {
+                return Err(Error::BadPackageParams {
+                    path: path.to_path_buf(),
+                    line: Some(i + 1),
+                    package: word.to_string(),
+                    message: format!(
+                        "{reason}; list one package name per word (a leading - means uninstall)"
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The input of [`squash`] for an element set, read the way DIB's squash reads it: for
 /// each element in set order, every copy of it on `ELEMENTS_PATH` (winner first), each
 /// copy's JSON then YAML file.
@@ -958,6 +982,49 @@ mod tests {
                 "{text}: {err:?}"
             );
             assert!(err.to_string().contains("Debian package name"), "{err}");
+        }
+    }
+
+    #[test]
+    fn legacy_lists_hold_only_package_names() {
+        let path = Path::new("/e/el/install.d/package-installs-el");
+        check_legacy_list(
+            path,
+            "vim curl # editors
+-nano
+
+# all
+",
+        )
+        .unwrap();
+        for (text, line) in [
+            (
+                "vim
+--force-yes
+",
+                2,
+            ),
+            (
+                "-$(id)
+", 1,
+            ),
+            (
+                "ok
+ok2 Bad
+",
+                2,
+            ),
+        ] {
+            let err = check_legacy_list(path, text).unwrap_err();
+            assert!(
+                matches!(&err, Error::BadPackageParams { line: l, .. } if *l == Some(line)),
+                "{text}: {err:?}"
+            );
+            assert!(
+                err.to_string()
+                    .starts_with(&format!("/e/el/install.d/package-installs-el:{line}: ")),
+                "{err}"
+            );
         }
     }
 }

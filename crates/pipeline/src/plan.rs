@@ -410,6 +410,21 @@ fn validate_packages(
     };
     let ctx = element::package_installs::SquashContext { arch, env: &lookup };
     element::package_installs::squash(&inputs, &ctx)?;
+    // The legacy plain lists reach install-packages too.
+    for phase in element::package_installs::RUNNER_PHASES {
+        let Some(dir) = hooks.dirs.get(phase) else {
+            continue;
+        };
+        for entry in &dir.entries {
+            if entry.name.starts_with("package-installs-") && entry.path.is_file() {
+                let text = std::fs::read_to_string(&entry.path).map_err(|source| Error::Io {
+                    path: entry.path.clone(),
+                    source,
+                })?;
+                element::package_installs::check_legacy_list(&entry.path, &text)?;
+            }
+        }
+    }
     Ok(())
 }
 
