@@ -396,7 +396,7 @@ fn check_package_installs(path: &Path, text: &str) -> Result<(), TestCaseError> 
         Ok(parsed) => {
             for p in &parsed.packages {
                 prop_assert!(
-                    names::package_name_problem(&p.name).is_none(),
+                    names::generic_package_name_problem(&p.name).is_none(),
                     "accepted package name {:?}",
                     p.name
                 );
@@ -516,7 +516,7 @@ proptest! {
             Ok(all) => {
                 for (_, pi) in all {
                     for p in pi.packages {
-                        prop_assert!(names::package_name_problem(&p.name).is_none());
+                        prop_assert!(names::generic_package_name_problem(&p.name).is_none());
                     }
                 }
             }

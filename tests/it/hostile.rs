@@ -66,7 +66,7 @@ fn package_names_never_reach_apt_as_options() {
     assert_input_error(
         code,
         &err,
-        &[&format!("{}:3", file.display()), "Debian package name"],
+        &[&format!("{}:3", file.display()), "package name"],
     );
 
     let t = Tree::new();
@@ -323,4 +323,29 @@ fn legacy_package_lists_and_pkg_map_results_hold_only_package_names() {
     let (code, err, cwd) = kiln_in(&t, &["plan", "test-os", "-n", "--explain-cache"], &[]);
     assert_input_error(code, &err, &[&map.display().to_string(), "vim", "-oAPT"]);
     assert_empty(cwd.path());
+
+    // A generic name (allowed, for pkg-map to translate) that reaches apt unmapped.
+    let t = Tree::new();
+    t.os().file("package-installs.yaml", "NetworkManager:\n");
+    let dir = t.path().join("test-os");
+    let (code, err, _) = kiln_in(&t, &["plan", "test-os", "-n", "--explain-cache"], &[]);
+    assert_input_error(
+        code,
+        &err,
+        &[
+            &dir.display().to_string(),
+            "NetworkManager",
+            "no pkg-map entry",
+        ],
+    );
+    // Mapped, it is fine.
+    let t = Tree::new();
+    t.os()
+        .file("package-installs.yaml", "NetworkManager:\n")
+        .file(
+            "pkg-map",
+            "{\"family\": {\"debian\": {\"NetworkManager\": \"network-manager\"}}}",
+        );
+    let (code, err, _) = kiln_in(&t, &["plan", "test-os", "-n", "--explain-cache"], &[]);
+    assert_eq!(code, 0, "{err}");
 }

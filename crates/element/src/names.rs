@@ -61,6 +61,34 @@ pub fn package_name_problem(name: &str) -> Option<String> {
     None
 }
 
+/// Why `name` cannot be a generic package name (a package-installs key or a legacy list
+/// entry), or `None` when it can.
+///
+/// Generic names are mapped through `pkg-map` before they reach the package manager, so they
+/// may hold what other distributions' names do (`NetworkManager`, `signed_grub_efi`,
+/// `app-admin/sudo`): letters, digits, `_`, `-`, `+`, `.`, `:`, `/` and `@`, starting with a
+/// letter, digit or `_`. What reaches apt is checked against [`package_name_problem`] once the
+/// distribution is known.
+pub fn generic_package_name_problem(name: &str) -> Option<String> {
+    let Some(first) = name.chars().next() else {
+        return Some("the name is empty".to_string());
+    };
+    if !(first.is_ascii_alphanumeric() || first == '_') {
+        return Some(format!(
+            "it starts with {first:?}; a package name starts with a letter, a digit or _"
+        ));
+    }
+    name.chars()
+        .find(|c| {
+            !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '+' | '.' | ':' | '/' | '@'))
+        })
+        .map(|c| {
+            format!(
+                "it contains {c:?}; a package name holds only letters, digits and _ - + . : / @"
+            )
+        })
+}
+
 /// The phase a package-installs `phase:` value names (`install.d`), or `None` when it names
 /// no phase directory.
 pub fn package_phase(value: &str) -> Option<Phase> {
@@ -125,6 +153,32 @@ mod tests {
             ".dot",
         ] {
             assert!(package_name_problem(bad).is_some(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn generic_package_names() {
+        for good in [
+            "vim",
+            "NetworkManager",
+            "signed_grub_efi",
+            "app-admin/sudo",
+            "python3-PyYAML",
+            "x",
+        ] {
+            assert_eq!(generic_package_name_problem(good), None, "{good}");
+        }
+        for bad in [
+            "",
+            "-oAPT::Get=1",
+            "--reinstall",
+            "foo bar",
+            "foo;rm",
+            "$(id)",
+            ".dot",
+            "a\tb",
+        ] {
+            assert!(generic_package_name_problem(bad).is_some(), "{bad:?}");
         }
     }
 
