@@ -349,3 +349,31 @@ fn legacy_package_lists_and_pkg_map_results_hold_only_package_names() {
     let (code, err, _) = kiln_in(&t, &["plan", "test-os", "-n", "--explain-cache"], &[]);
     assert_eq!(code, 0, "{err}");
 }
+
+#[test]
+fn block_device_config_file_must_be_a_regular_file() {
+    let t = Tree::new();
+    t.os();
+    let fifo = t.path().join("layout.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    for (value, needle) in [
+        (format!("file://{}", fifo.display()), "not a regular file"),
+        (
+            format!("file://{}", t.path().join("missing.yaml").display()),
+            "No such file",
+        ),
+        (
+            format!("file://{}", t.path().display()),
+            "not a regular file",
+        ),
+    ] {
+        let started = Instant::now();
+        let (code, err, _) = kiln_in(
+            &t,
+            &["plan", "test-os", "-n", "-t", "raw"],
+            &[("DIB_BLOCK_DEVICE_CONFIG", &value)],
+        );
+        assert_input_error(code, &err, &["DIB_BLOCK_DEVICE_CONFIG", needle]);
+        assert!(started.elapsed() < Duration::from_secs(30));
+    }
+}

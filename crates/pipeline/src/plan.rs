@@ -435,10 +435,19 @@ fn choose_block_device(
 ) -> Result<(BlockDeviceSource, String), Error> {
     if let Some(v) = req.var(settings::DIB_BLOCK_DEVICE_CONFIG.name) {
         if let Some(path) = v.strip_prefix("file://") {
-            let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-                path: PathBuf::from(path),
-                source,
-            })?;
+            // Only a regular file is read: a FIFO or a device would hang or read the host.
+            let bad = |what: String| {
+                Error::Usage(format!(
+                    "{}=file://{path}: {what}; point it at a block-device YAML file",
+                    settings::DIB_BLOCK_DEVICE_CONFIG.name
+                ))
+            };
+            match std::fs::metadata(path) {
+                Ok(m) if m.is_file() => {}
+                Ok(_) => return Err(bad("not a regular file".into())),
+                Err(e) => return Err(bad(e.to_string())),
+            }
+            let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
             return Ok((BlockDeviceSource::File(PathBuf::from(path)), text));
         }
         return Ok((BlockDeviceSource::Inline, v.to_string()));
