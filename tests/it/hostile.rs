@@ -377,3 +377,37 @@ fn block_device_config_file_must_be_a_regular_file() {
         assert!(started.elapsed() < Duration::from_secs(30));
     }
 }
+
+#[test]
+fn values_that_reach_shell_files_and_host_paths_are_words() {
+    // --install-type is written into an environment.d file that bash sources on the host.
+    let t = Tree::new();
+    t.os();
+    let (code, err, cwd) = kiln_in(
+        &t,
+        &[
+            "plan",
+            "test-os",
+            "-n",
+            "--explain-cache",
+            "--install-type",
+            "\"$(touch PWNED)\"",
+        ],
+        &[],
+    );
+    assert_input_error(code, &err, &["--install-type", "source or package"]);
+    assert_empty(cwd.path());
+    // DIB_RELEASE becomes part of a host path in the cache (apt/$DISTRO_NAME-$DIB_RELEASE-$ARCH),
+    // whether it comes from the environment or from an environment.d file.
+    let (code, err, _) = kiln_in(
+        &t,
+        &["plan", "test-os", "-n"],
+        &[("DIB_RELEASE", "../../../tmp/x")],
+    );
+    assert_input_error(code, &err, &["DIB_RELEASE", "not a name"]);
+    let t = Tree::new();
+    t.os()
+        .env("20-release", "export DIB_RELEASE='bookworm main contrib'\n");
+    let (code, err, _) = kiln_in(&t, &["plan", "test-os", "-n", "--explain-cache"], &[]);
+    assert_input_error(code, &err, &["DIB_RELEASE", "environment.d"]);
+}

@@ -93,8 +93,10 @@ impl BuildRequest {
 
     /// Checks what the request hands to commands before anything is read or run: every `-p`
     /// package name (Debian policy syntax: a name starting with `-` would reach apt as an
-    /// option), the architecture (one lower-case word), `--max-online-resize` (a number) and
-    /// the disk sizes ([`DiskSizes::from_env`] on the request's flags and environment).
+    /// option), the architecture (one lower-case word), `--max-online-resize` (a number), the
+    /// install type (written into a shell file), `DISTRO_NAME` and `DIB_RELEASE`
+    /// ([`check_path_words`]) and the disk sizes ([`DiskSizes::from_env`] on the request's
+    /// flags and environment).
     pub fn check_inputs(&self) -> Result<(), crate::Error> {
         for name in self.package_list() {
             if let Some(reason) = kiln_element::names::package_name_problem(&name) {
@@ -134,6 +136,23 @@ impl BuildRequest {
                 )));
             }
         }
+        let install_type = self
+            .install_type
+            .as_deref()
+            .filter(|v| !v.is_empty())
+            .or_else(|| self.var(settings::DIB_DEFAULT_INSTALLTYPE.name));
+        if let Some(v) = install_type {
+            if !v
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
+            {
+                return Err(crate::Error::Usage(format!(
+                    "install type {v:?} (--install-type or {}) is not a word: use source or package",
+                    settings::DIB_DEFAULT_INSTALLTYPE.name
+                )));
+            }
+        }
+        check_path_words(&|name| self.var(name).map(String::from))?;
         DiskSizes::from_env(&|name| {
             let flag = match name {
                 n if n == settings::DIB_IMAGE_SIZE.name => self.image_size.as_deref(),
@@ -252,4 +271,27 @@ impl DiskSizes {
             journal_size_mb,
         })
     }
+}
+
+/// Checks `DISTRO_NAME` and `DIB_RELEASE` (as `get` returns them: the request's environment,
+/// or the environment after environment.d): hooks make host paths of them
+/// (`apt/$DISTRO_NAME-$DIB_RELEASE-$ARCH` in the cache) and put them in URLs and apt sources
+/// lines, so each must be one word of letters, digits and `. _ + ~ -`, not starting with `.`
+/// or `-`.
+pub fn check_path_words(get: &dyn Fn(&str) -> Option<String>) -> Result<(), crate::Error> {
+    for setting in [settings::DISTRO_NAME, settings::DIB_RELEASE] {
+        let Some(v) = get(setting.name).filter(|v| !v.is_empty()) else {
+            continue;
+        };
+        let word = !v.starts_with(['.', '-'])
+            && v.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '+' | '~' | '-'));
+        if !word {
+            return Err(crate::Error::Usage(format!(
+                "{}={v:?} is not a name: hooks make paths and apt sources lines of it, so use letters, digits and . _ + ~ - (e.g. bookworm); check the environment and the elements' environment.d files",
+                setting.name
+            )));
+        }
+    }
+    Ok(())
 }

@@ -119,6 +119,8 @@ pub fn prepare(plan: &BuildPlan, build_dir: &Path, image_dir: &Path) -> Result<P
         });
     }
     let evaluated = env::parse_env0(&out.stdout);
+    // environment.d may have set them: checked again before any hook sees them.
+    crate::request::check_path_words(&|name| evaluated.get(name).cloned())?;
     crate::packages::write_lists(plan, &evaluated, &hooks)?;
     let files = cache::hook_tree_files(&hooks);
     Ok(Prepared {
