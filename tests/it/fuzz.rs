@@ -546,6 +546,7 @@ proptest! {
             4 => Just(None),
             1 => prop::sample::select(vec![Some("2"), Some("1.5"), Some("x"), Some("-3"), Some("1e9")]),
         ],
+        explain in prop::bool::weighted(0.25),
     ) {
         let dir = tempfile::tempdir().unwrap();
         let root = fs::canonicalize(dir.path()).unwrap();
@@ -559,6 +560,10 @@ proptest! {
         c.args(written.iter().filter(|n| !n.starts_with('-')));
         if let Some(s) = image_size {
             c.arg(format!("--image-size={s}"));
+        }
+        // --explain-cache also sources environment.d and writes the package lists.
+        if explain {
+            c.arg("--explain-cache");
         }
         let (code, _, err) = run(c);
         prop_assert!(code == 0 || code == 2, "exit {}: {}", code, err);

@@ -411,3 +411,14 @@ fn values_that_reach_shell_files_and_host_paths_are_words() {
     let (code, err, _) = kiln_in(&t, &["plan", "test-os", "-n", "--explain-cache"], &[]);
     assert_input_error(code, &err, &["DIB_RELEASE", "environment.d"]);
 }
+
+#[test]
+fn a_failing_environment_d_file_is_named_by_its_element_path() {
+    let t = Tree::new();
+    t.os().env("20-broken", "export A=1\n\u{1}binary\n");
+    let file = t.path().join("test-os/environment.d/20-broken");
+    let (code, err, cwd) = kiln_in(&t, &["plan", "test-os", "-n", "--explain-cache"], &[]);
+    assert_input_error(code, &err, &[&file.display().to_string(), "environment.d"]);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert_empty(cwd.path());
+}
