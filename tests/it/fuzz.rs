@@ -2,7 +2,7 @@
 //! element-deps, package-installs YAML/JSON, pkg-map, environment.d, hook names, odd bytes)
 //! and block-device YAML, valid-looking and mutated.
 //!
-//! The properties: nothing panics; every rejection is a typed error naming the file it is
+//! The properties: nothing panics or hangs (FIFOs among the files); every rejection is a typed error naming the file it is
 //! about; what is accepted is safe to hand on (package names and phases that are plain words,
 //! fstab lines of six fields, at most 128 GPT partitions); and a bounded number of `kiln plan`
 //! runs on generated trees exit 0 or 2, never anything else, with one message naming a file
@@ -268,6 +268,8 @@ struct GenElement {
     env_files: Vec<(Vec<u8>, String)>,
     hooks: Vec<(String, Vec<u8>)>,
     odd: Option<Vec<u8>>,
+    /// A FIFO in place of one of the element's files.
+    fifo: Option<&'static str>,
 }
 
 fn file_name_bytes() -> impl Strategy<Value = Vec<u8>> {
@@ -304,6 +306,9 @@ fn gen_element() -> impl Strategy<Value = GenElement> {
                 prop::sample::select(vec![
                     "export DIB_FOO=1\n",
                     "export X=$(echo hi)\n",
+                    "export DIB_RELEASE='bookworm main'\n",
+                    "export DISTRO_NAME=../x\n",
+                    "return 3\n",
                     "\u{0}\u{1}binary",
                     "",
                 ])
@@ -320,9 +325,22 @@ fn gen_element() -> impl Strategy<Value = GenElement> {
             0..3,
         ),
         proptest::option::of(prop::collection::vec(any::<u8>(), 0..32)),
+        prop_oneof![
+            9 => Just(None),
+            1 => prop::sample::select(vec![
+                "element-deps",
+                "element-provides",
+                "package-installs.yaml",
+                "pkg-map",
+                "environment.d/50-fifo",
+                "install.d/50-fifo",
+                "static/etc/fifo",
+            ])
+            .prop_map(Some),
+        ],
     )
         .prop_map(
-            |(name, deps, package_installs, pkg_map, env_files, hooks, odd)| GenElement {
+            |(name, deps, package_installs, pkg_map, env_files, hooks, odd, fifo)| GenElement {
                 name,
                 deps,
                 package_installs,
@@ -330,6 +348,7 @@ fn gen_element() -> impl Strategy<Value = GenElement> {
                 env_files,
                 hooks,
                 odd,
+                fifo,
             },
         )
 }
@@ -382,6 +401,12 @@ fn write_tree(root: &Path, elements: &[GenElement]) -> Vec<String> {
         }
         if let Some(bytes) = &e.odd {
             fs::write(dir.join("odd-file"), bytes).unwrap();
+        }
+        if let Some(rel) = e.fifo {
+            let f = dir.join(rel);
+            let _ = fs::remove_file(&f);
+            fs::create_dir_all(f.parent().unwrap()).unwrap();
+            nix::unistd::mkfifo(&f, nix::sys::stat::Mode::S_IRWXU).unwrap();
         }
     }
     written

@@ -421,4 +421,10 @@ fn a_failing_environment_d_file_is_named_by_its_element_path() {
     assert_input_error(code, &err, &[&file.display().to_string(), "environment.d"]);
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     assert_empty(cwd.path());
+    // A file that stops the sourcing without a message of its own is named too.
+    let t = Tree::new();
+    t.os().env("30-quiet", "return 3\n");
+    let file = t.path().join("test-os/environment.d/30-quiet");
+    let (code, err, _) = kiln_in(&t, &["plan", "test-os", "-n", "--explain-cache"], &[]);
+    assert_input_error(code, &err, &[&file.display().to_string(), "status 3"]);
 }
