@@ -230,7 +230,7 @@ fn element_dir_names(entry: &Path) -> Result<Vec<String>, Error> {
 /// Checks that everything under an element directory is a regular file, a directory or a
 /// symlink to one of them (or a dangling symlink): a FIFO would hang the build when read, a
 /// device would be read or copied from the host. Symlinked directories are not descended into.
-fn check_files(dir: &Path) -> Result<(), Error> {
+pub(crate) fn check_files(dir: &Path) -> Result<(), Error> {
     let mut stack = vec![dir.to_path_buf()];
     while let Some(dir) = stack.pop() {
         for item in fs::read_dir(&dir).at(&dir)? {
