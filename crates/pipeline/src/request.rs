@@ -295,3 +295,80 @@ pub fn check_path_words(get: &dyn Fn(&str) -> Option<String>) -> Result<(), crat
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sizes(vars: &[(&str, &str)]) -> Result<DiskSizes, crate::Error> {
+        let env: BTreeMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+            .collect();
+        DiskSizes::from_env(&|name| env.get(name).cloned())
+    }
+
+    #[test]
+    fn disk_sizes_are_parsed_and_bounded() {
+        let s = sizes(&[("DIB_IMAGE_SIZE", "1.5"), ("DIB_IMAGE_EXTRA_SIZE", "100")]).unwrap();
+        assert_eq!(s.image_size_gb, Some(1.5));
+        assert_eq!(s.extra_size_mb, Some(100));
+        assert_eq!(s.journal_size_mb, 64);
+        for (var, bad) in [
+            ("DIB_IMAGE_SIZE", "abc"),
+            ("DIB_IMAGE_SIZE", "0"),
+            ("DIB_IMAGE_SIZE", "-1"),
+            ("DIB_IMAGE_SIZE", "NaN"),
+            ("DIB_IMAGE_SIZE", "inf"),
+            ("DIB_IMAGE_SIZE", "1048577"),
+            ("DIB_IMAGE_EXTRA_SIZE", "-5"),
+            ("DIB_IMAGE_EXTRA_SIZE", "1.5"),
+            ("DIB_JOURNAL_SIZE", "18446744073709551615"),
+        ] {
+            let err = sizes(&[(var, bad)]).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{var}={bad}");
+            assert!(err.to_string().contains(var), "{err}");
+        }
+    }
+
+    #[test]
+    fn request_inputs_that_reach_commands_are_checked() {
+        let ok = BuildRequest {
+            packages: vec!["vim,curl".into()],
+            arch: Some("arm64".into()),
+            install_type: Some("package".into()),
+            ..BuildRequest::default()
+        };
+        ok.check_inputs().unwrap();
+        let cases = [
+            BuildRequest {
+                packages: vec!["vim,-oDebug=1".into()],
+                ..BuildRequest::default()
+            },
+            BuildRequest {
+                arch: Some("../x".into()),
+                ..BuildRequest::default()
+            },
+            BuildRequest {
+                install_type: Some("\"$(id)\"".into()),
+                ..BuildRequest::default()
+            },
+            BuildRequest {
+                max_online_resize: Some("1 -O x".into()),
+                ..BuildRequest::default()
+            },
+            BuildRequest {
+                image_size: Some("big".into()),
+                ..BuildRequest::default()
+            },
+            BuildRequest {
+                env: [("DIB_RELEASE".to_string(), "a b".to_string())].into(),
+                ..BuildRequest::default()
+            },
+        ];
+        for req in cases {
+            let err = req.check_inputs().unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{req:?}: {err}");
+        }
+    }
+}
