@@ -721,7 +721,8 @@ fn check_mkfs_words(k: &Keys<'_>, line: u32, fstype: &str, label: &str) -> Resul
 }
 
 /// Why `name` cannot name a node, or `None`. Node names become file names (`<name>.raw`),
-/// LVM names (`/dev/<vg>/<lv>`) and partition names on commands' argv, so they are plain words.
+/// LVM names (`/dev/<vg>/<lv>`), partition names on commands' argv and the subscripts of
+/// `IMAGE_BLOCK_DEVICES`, which hooks `eval`, so they are plain words.
 fn node_name_problem(name: &str) -> Option<String> {
     let first = name.chars().next()?;
     if !(first.is_ascii_alphanumeric() || first == '_') {
