@@ -94,7 +94,8 @@ impl BuildRequest {
     /// Checks what the request hands to commands before anything is read or run: every `-p`
     /// package name (Debian policy syntax: a name starting with `-` would reach apt as an
     /// option), the architecture (one lower-case word), `--max-online-resize` (a number), the
-    /// install type (written into a shell file), `DISTRO_NAME` and `DIB_RELEASE`
+    /// install type (written into a shell file), `DIB_BLOCK_SIZE` (a sector size, never
+    /// ignored), `DISTRO_NAME` and `DIB_RELEASE`
     /// ([`check_path_words`]) and the disk sizes ([`DiskSizes::from_env`] on the request's
     /// flags and environment).
     pub fn check_inputs(&self) -> Result<(), crate::Error> {
@@ -149,6 +150,14 @@ impl BuildRequest {
                 return Err(crate::Error::Usage(format!(
                     "install type {v:?} (--install-type or {}) is not a word: use source or package",
                     settings::DIB_DEFAULT_INSTALLTYPE.name
+                )));
+            }
+        }
+        if let Some(v) = self.var(settings::DIB_BLOCK_SIZE.name) {
+            if !matches!(v.trim(), "512" | "1024" | "2048" | "4096") {
+                return Err(crate::Error::Usage(format!(
+                    "{}={v:?}: a loop device's sector size is 512, 1024, 2048 or 4096",
+                    settings::DIB_BLOCK_SIZE.name
                 )));
             }
         }
@@ -363,6 +372,10 @@ mod tests {
             },
             BuildRequest {
                 env: [("DIB_RELEASE".to_string(), "a b".to_string())].into(),
+                ..BuildRequest::default()
+            },
+            BuildRequest {
+                env: [("DIB_BLOCK_SIZE".to_string(), "4k".to_string())].into(),
                 ..BuildRequest::default()
             },
         ];
