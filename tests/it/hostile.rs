@@ -408,8 +408,9 @@ fn values_that_reach_shell_files_and_host_paths_are_words() {
     let t = Tree::new();
     t.os()
         .env("20-release", "export DIB_RELEASE='bookworm main contrib'\n");
+    let file = t.path().join("test-os/environment.d/20-release");
     let (code, err, _) = kiln_in(&t, &["plan", "test-os", "-n", "--explain-cache"], &[]);
-    assert_input_error(code, &err, &["DIB_RELEASE", "environment.d"]);
+    assert_input_error(code, &err, &["DIB_RELEASE", &file.display().to_string()]);
 }
 
 #[test]

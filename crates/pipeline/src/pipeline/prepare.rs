@@ -116,8 +116,11 @@ pub fn prepare(plan: &BuildPlan, build_dir: &Path, image_dir: &Path) -> Result<P
         return Err(env_d_failure(plan, &hooks, &marker, &out.stderr_str()));
     }
     let evaluated = env::parse_env0(&out.stdout);
-    // environment.d may have set them: checked again before any hook sees them.
-    crate::request::check_path_words(&|name| evaluated.get(name).cloned())?;
+    // environment.d may have set them: checked again before any hook sees them, naming the
+    // files that assign them.
+    if let Err(e) = crate::request::check_path_words(&|name| evaluated.get(name).cloned()) {
+        return Err(name_setters(plan, e));
+    }
     crate::packages::write_lists(plan, &evaluated, &hooks)?;
     let files = cache::hook_tree_files(&hooks);
     Ok(Prepared {
@@ -125,6 +128,30 @@ pub fn prepare(plan: &BuildPlan, build_dir: &Path, image_dir: &Path) -> Result<P
         evaluated,
         files,
     })
+}
+
+/// `err` (a bad `DISTRO_NAME` or `DIB_RELEASE`) with the environment.d files that assign the
+/// variable appended, so the message names the file to fix.
+fn name_setters(plan: &BuildPlan, err: Error) -> Error {
+    let msg = err.to_string();
+    let Some(var) = [settings::DISTRO_NAME.name, settings::DIB_RELEASE.name]
+        .into_iter()
+        .find(|v| msg.starts_with(&format!("{v}=")))
+    else {
+        return err;
+    };
+    let assign = format!("{var}=");
+    let setters: Vec<String> = plan
+        .hooks
+        .environment
+        .iter()
+        .filter(|h| fs::read_to_string(&h.path).is_ok_and(|t| t.contains(&assign)))
+        .map(|h| h.path.display().to_string())
+        .collect();
+    if setters.is_empty() {
+        return err;
+    }
+    Error::Usage(format!("{msg}; set in {}", setters.join(", ")))
 }
 
 /// The error for environment.d files that failed when sourced. An element's file is at fault:
