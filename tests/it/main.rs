@@ -4,6 +4,8 @@
 
 mod cli;
 mod errors;
+mod fuzz;
+mod hostile;
 mod in_image;
 mod keys;
 mod lint;

@@ -175,7 +175,7 @@ pub enum Error {
     },
 
     /// A key has a value that cannot be used.
-    #[error("{at}: {plugin} node `{node}`: invalid `{key}` value `{value}`: {reason}")]
+    #[error("{at}: {plugin} node `{}`: invalid `{key}` value `{}`: {reason}", node.escape_debug(), value.escape_debug())]
     InvalidValue {
         /// Where.
         at: Box<At>,

@@ -22,6 +22,13 @@ use crate::plan::Params;
 use crate::size::{human, parse_size, parse_size_spec};
 use crate::yaml::{V, Y};
 
+/// The number of entries in the GPT partition array kiln writes.
+const GPT_MAX_PARTITIONS: usize = 128;
+
+/// The largest image or volume kiln makes (1 PiB): sizes above it are refused when the config
+/// is read, so that arithmetic on sectors and bytes never comes near overflowing.
+pub(crate) const MAX_SIZE: u64 = 1 << 50;
+
 /// A checked graph: nodes in creation order and what planning derived from them.
 pub(crate) struct Checked {
     pub nodes: Vec<Node>,
@@ -128,9 +135,11 @@ impl<'a> Keys<'a> {
         let text = y
             .scalar_text()
             .ok_or_else(|| self.invalid(key, y, "expected a size such as 2GiB"))?;
-        parse_size(&text)
-            .map(Some)
-            .map_err(|e| self.invalid(key, y, size_reason(&e)))
+        let size = parse_size(&text).map_err(|e| self.invalid(key, y, size_reason(&e)))?;
+        if size > MAX_SIZE {
+            return Err(self.invalid(key, y, format!("sizes are at most {}", human(MAX_SIZE))));
+        }
+        Ok(Some(size))
     }
 
     fn uint(&self, key: &str, default: u32) -> Result<u32, Error> {
@@ -211,6 +220,22 @@ impl<'a> Builder<'a> {
         base: Vec<String>,
         kind: NodeKind,
     ) -> Result<(), Error> {
+        let node = Node {
+            name: name.to_owned(),
+            line: (line > 0).then_some(line),
+            base,
+            kind,
+        };
+        if let Some(reason) = node_name_problem(name) {
+            return Err(Error::InvalidValue {
+                at: At::new(self.source, line),
+                plugin: node.kind_name(),
+                node: name.to_owned(),
+                key: "name".into(),
+                value: name.to_owned(),
+                reason,
+            });
+        }
         if let Some(first) = self.lines.get(name) {
             return Err(Error::DuplicateName {
                 at: At::new(self.source, line),
@@ -219,12 +244,7 @@ impl<'a> Builder<'a> {
             });
         }
         self.lines.insert(name.to_owned(), line);
-        self.nodes.push(Node {
-            name: name.to_owned(),
-            line: (line > 0).then_some(line),
-            base,
-            kind,
-        });
+        self.nodes.push(node);
         Ok(())
     }
 
@@ -330,6 +350,23 @@ impl<'a> Builder<'a> {
         };
         if raw.partitions.is_empty() {
             return Err(k.missing("partitions"));
+        }
+        // kiln writes GPT with sgdisk's 128-entry array; a 129th partition would only fail
+        // when the table is written, after every phase has run.
+        if label == TableLabel::Gpt && raw.partitions.len() > GPT_MAX_PARTITIONS {
+            let p = &raw.partitions[GPT_MAX_PARTITIONS];
+            return Err(Error::InvalidValue {
+                at: Box::new(k.at(p.line)),
+                plugin: "partitioning",
+                node: raw.name.clone(),
+                key: "partitions".into(),
+                value: format!("{} partitions", raw.partitions.len()),
+                reason: format!(
+                    "a GPT table holds at most {GPT_MAX_PARTITIONS} partitions and `{}` is number {}; merge or drop partitions",
+                    p.name,
+                    GPT_MAX_PARTITIONS + 1
+                ),
+            });
         }
         let disk_id = match label {
             TableLabel::Mbr => format!("0x{:08x}", self.ids.u32("mbr-disk-id", &raw.name)),
@@ -526,6 +563,7 @@ impl<'a> Builder<'a> {
         } else {
             label
         };
+        check_mkfs_words(&k, raw.line, &fstype, &label)?;
         let opts = if k.get("opts").is_some() {
             k.words("opts")?
         } else if is_root {
@@ -540,7 +578,17 @@ impl<'a> Builder<'a> {
             Vec::new()
         };
         let uuid = match k.string("uuid")? {
-            Some(u) => u,
+            Some(u) => {
+                if let Some(reason) = fstab_field_problem(&u) {
+                    let y = k.get("uuid").expect("uuid was read");
+                    return Err(k.invalid(
+                        "uuid",
+                        y,
+                        format!("{reason}; a uuid goes into /etc/fstab as UUID=<uuid>"),
+                    ));
+                }
+                u
+            }
             None if is_fat(&fstype) => {
                 let s = self.ids.u32("vfat-serial", &raw.name);
                 format!("{:04X}-{:04X}", s >> 16, s & 0xFFFF)
@@ -578,6 +626,14 @@ impl<'a> Builder<'a> {
         let k = self.keys(raw);
         k.warn_unknown(&["mount_point"]);
         let mp = k.required("mount_point")?;
+        if let Some(reason) = fstab_field_problem(&mp) {
+            let y = k.get("mount_point").expect("mount_point was read");
+            return Err(k.invalid(
+                "mount_point",
+                y,
+                format!("{reason}; a mount point is a field of an /etc/fstab line"),
+            ));
+        }
         self.push(
             &raw.name,
             raw.line,
@@ -597,6 +653,18 @@ impl<'a> Builder<'a> {
             .string("options")?
             .filter(|o| !o.trim().is_empty())
             .unwrap_or_else(|| "defaults".to_owned());
+        if let Some(reason) = fstab_field_problem(&options) {
+            let y = k
+                .get("options")
+                .expect("only configured options can be malformed");
+            return Err(k.invalid(
+                "options",
+                y,
+                format!(
+                    "{reason}; write the mount options as one comma list, e.g. defaults,noatime"
+                ),
+            ));
+        }
         let dump_freq = k.uint("dump-freq", 0)?;
         let fsck_passno = k.uint("fsck-passno", 2)?;
         self.push(
@@ -610,6 +678,79 @@ impl<'a> Builder<'a> {
             },
         )
     }
+}
+
+/// The type names a program (`mkfs.<type>`) and, with the label, a field of an fstab line:
+/// each must be one plain word. `line` is the node's, for values that come from elsewhere
+/// (`--root-label`, `FS_TYPE`).
+fn check_mkfs_words(k: &Keys<'_>, line: u32, fstype: &str, label: &str) -> Result<(), Error> {
+    let fstype_ok = fstype
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric())
+        && fstype
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.'));
+    if !fstype_ok {
+        let y = k
+            .get("type")
+            .cloned()
+            .unwrap_or_else(|| Y::new(line, V::Str(fstype.to_owned())));
+        return Err(k.invalid(
+            "type",
+            &y,
+            "a filesystem type is one word of letters, digits, _ and . (ext4, xfs, vfat, swap)",
+        ));
+    }
+    // An empty label means "none": fstab then names the filesystem by UUID.
+    if let Some(reason) = Some(label)
+        .filter(|l| !l.is_empty())
+        .and_then(fstab_field_problem)
+    {
+        let y = k
+            .get("label")
+            .cloned()
+            .unwrap_or_else(|| Y::new(line, V::Str(label.to_owned())));
+        return Err(k.invalid(
+            "label",
+            &y,
+            format!("{reason}; a label goes into /etc/fstab as LABEL=<label>"),
+        ));
+    }
+    Ok(())
+}
+
+/// Why `name` cannot name a node, or `None`. Node names become file names (`<name>.raw`),
+/// LVM names (`/dev/<vg>/<lv>`), partition names on commands' argv and the subscripts of
+/// `IMAGE_BLOCK_DEVICES`, which hooks `eval`, so they are plain words.
+fn node_name_problem(name: &str) -> Option<String> {
+    let first = name.chars().next()?;
+    if !(first.is_ascii_alphanumeric() || first == '_') {
+        return Some(format!(
+            "it starts with {first:?}; a node name starts with a letter, a digit or _"
+        ));
+    }
+    name.chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '+' | '.')))
+        .map(|c| {
+            format!("it contains {c:?}; a node name holds only letters, digits, _, -, + and .")
+        })
+}
+
+/// Why `value` cannot be one field of an `/etc/fstab` line, or `None`. Fields are separated
+/// by blanks and `\` starts an octal escape, so neither may appear, nor control characters;
+/// a field starting with `#` would turn the line into a comment.
+pub(crate) fn fstab_field_problem(value: &str) -> Option<String> {
+    if value.is_empty() {
+        return Some("it is empty".into());
+    }
+    if value.starts_with('#') {
+        return Some("it starts with #, which would make the fstab line a comment".into());
+    }
+    value
+        .chars()
+        .find(|c| c.is_whitespace() || c.is_control() || *c == '\\')
+        .map(|c| format!("it contains {c:?}, which an fstab field cannot hold"))
 }
 
 fn at_node(source: &str, n: &Node) -> At {

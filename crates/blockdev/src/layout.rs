@@ -72,8 +72,10 @@ pub(crate) enum LayoutError {
     Mbr { index: usize, reason: String },
 }
 
+/// `v` rounded up to a multiple of `a`; saturates, so that a position past the end of any disk
+/// stays past it (and is reported as not fitting) instead of wrapping to a small number.
 fn align_up(v: u64, a: u64) -> u64 {
-    v.div_ceil(a) * a
+    v.div_ceil(a).saturating_mul(a)
 }
 
 /// Number of sectors for a partition, given the free sectors where it starts.
@@ -91,7 +93,7 @@ fn overflow(p: &PartReq, start: u64, sectors: u64, end: u64, sector: u64) -> Str
          the usable space",
         p.name,
         p.size,
-        human(sectors * sector),
+        human(sectors.saturating_mul(sector)),
         human(free)
     )
 }
@@ -161,11 +163,11 @@ pub(crate) fn mbr(
             }
             let n = next_logical;
             next_logical += 1;
-            (Some(ebr), ebr + align, n)
+            (Some(ebr), ebr.saturating_add(align), n)
         };
         let free = end.saturating_sub(start);
         let sectors = sectors_for(p.size, free, sector);
-        if sectors == 0 || start + sectors > end {
+        if sectors == 0 || start.saturating_add(sectors) > end {
             return Err(LayoutError::DoesNotFit {
                 index: i,
                 detail: overflow(p, start, sectors.max(1), end, sector),
@@ -204,7 +206,7 @@ pub(crate) fn gpt(
         let start = align_up(cursor, align);
         let free = end.saturating_sub(start);
         let sectors = sectors_for(p.size, free, sector);
-        if sectors == 0 || start + sectors > end {
+        if sectors == 0 || start.saturating_add(sectors) > end {
             return Err(LayoutError::DoesNotFit {
                 index: i,
                 detail: overflow(p, start, sectors.max(1), end, sector),

@@ -120,7 +120,9 @@ fn scale(int: &str, frac: &str, factor: u64) -> Option<u64> {
         frac.parse().ok()?
     };
     let denom = 10u128.pow(u32::try_from(frac.len()).ok()?);
-    let total = int_v.checked_mul(u128::from(factor))? + frac_v * u128::from(factor) / denom;
+    let total = int_v
+        .checked_mul(u128::from(factor))?
+        .checked_add(frac_v * u128::from(factor) / denom)?;
     u64::try_from(total).ok()
 }
 

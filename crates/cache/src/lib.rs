@@ -45,6 +45,17 @@ pub enum Error {
         /// The error.
         source: std::io::Error,
     },
+    /// A layer's list of deleted paths holds a path that is not a plain relative path
+    /// inside the tree (absolute, `..`, `.` or empty components).
+    #[error("{}: entry {entry:?} is not a relative path inside the image ({reason}); the layer is damaged or was not written by kiln: remove the cache directory that holds it and build again", path.display())]
+    BadLayerPath {
+        /// The list of deleted paths.
+        path: PathBuf,
+        /// The entry as stored.
+        entry: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// A tool (tar, cp) failed.
     #[error("{step} failed: {message}")]
     Step {
@@ -427,9 +438,39 @@ fn write_delta(dir: &Path, name: &str, delta: &Delta<'_>) -> Result<(), Error> {
     Ok(())
 }
 
+/// Why a path of a layer's list cannot name an entry inside the tree, or `None`: only plain
+/// relative paths (normal components, no `..` or `.`) are applied.
+fn layer_path_problem(p: &Path) -> Option<&'static str> {
+    use std::path::Component;
+    if p.as_os_str().is_empty() {
+        return Some("empty");
+    }
+    for c in p.components() {
+        match c {
+            Component::Normal(_) => {}
+            Component::RootDir | Component::Prefix(_) => return Some("absolute"),
+            Component::ParentDir => return Some("contains .."),
+            Component::CurDir => return Some("contains ."),
+        }
+    }
+    None
+}
+
 fn apply_delta(dir: &Path, name: &str, root: &Path) -> Result<(), Error> {
-    let del = fs::read(dir.join(format!("{name}.deleted"))).unwrap_or_default();
+    let del_file = dir.join(format!("{name}.deleted"));
+    let del = fs::read(&del_file).unwrap_or_default();
     let mut paths: Vec<&[u8]> = del.split(|b| *b == 0).filter(|p| !p.is_empty()).collect();
+    // Every path is checked before any is applied: a damaged list changes nothing.
+    for p in &paths {
+        let rel = Path::new(std::ffi::OsStr::from_bytes_compat(p));
+        if let Some(reason) = layer_path_problem(rel) {
+            return Err(Error::BadLayerPath {
+                path: del_file,
+                entry: rel.to_string_lossy().into_owned(),
+                reason,
+            });
+        }
+    }
     paths.reverse();
     for p in paths {
         // Resolved inside the tree (the last component not followed), so a symlinked parent
@@ -805,6 +846,33 @@ mod tests {
             "host"
         );
         assert!(!root.join("gone").exists());
+    }
+
+    #[test]
+    fn layer_paths_that_leave_the_tree_are_refused_before_any_is_applied() {
+        for bad in [&b"/etc/passwd"[..], b"a/../../x", b"../x", b"./a"] {
+            let d = tempfile::tempdir().unwrap();
+            let base = fs::canonicalize(d.path()).unwrap();
+            let (layer, root) = (base.join("layer"), base.join("root"));
+            fs::create_dir_all(&layer).unwrap();
+            fs::create_dir_all(&root).unwrap();
+            fs::write(root.join("first"), "x").unwrap();
+            let mut list = b"first\0".to_vec();
+            list.extend_from_slice(bad);
+            list.push(0);
+            fs::write(layer.join("layer.deleted"), &list).unwrap();
+            let err = apply_delta(&layer, "layer", &root).unwrap_err();
+            assert!(
+                matches!(&err, Error::BadLayerPath { path, .. } if *path == layer.join("layer.deleted")),
+                "{err}"
+            );
+            assert!(
+                err.to_string().contains("remove the cache directory"),
+                "{err}"
+            );
+            // Nothing was applied, not even the good entry listed first.
+            assert!(root.join("first").exists());
+        }
     }
 
     #[test]

@@ -186,6 +186,32 @@ pub enum Error {
         second_path: PathBuf,
     },
 
+    /// A directory under an `ELEMENTS_PATH` entry has a name that cannot be an element name.
+    #[error(
+        "{}: '{name}' cannot be an element name: {reason}; rename the directory or move it out of ELEMENTS_PATH",
+        path.display()
+    )]
+    BadElementName {
+        /// The directory.
+        path: PathBuf,
+        /// Its name.
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// An element holds a FIFO, socket or device (or a symlink to one).
+    #[error(
+        "{}: is a {kind}, not a regular file or directory; element files are read by kiln and copied into the build, so remove it or replace it with a regular file",
+        path.display()
+    )]
+    SpecialFile {
+        /// The file.
+        path: PathBuf,
+        /// What it is (`FIFO`, `socket`, `block device`, `character device`).
+        kind: &'static str,
+    },
+
     /// A file or directory could not be read or written.
     #[error("{}: {source}; check that the path exists and is accessible", path.display())]
     Io {

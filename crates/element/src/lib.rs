@@ -26,6 +26,7 @@ mod resolve;
 
 pub mod builtin;
 pub mod lint;
+pub mod names;
 pub mod package_installs;
 pub mod pkg_map;
 

@@ -74,6 +74,7 @@ impl Library {
             for name in element_dir_names(entry)? {
                 let dir = entry.join(&name);
                 let path = fs::canonicalize(&dir).at(&dir)?;
+                check_files(&path)?;
                 lib.copies
                     .entry(name.clone())
                     .or_default()
@@ -207,7 +208,14 @@ fn element_dir_names(entry: &Path) -> Result<Vec<String>, Error> {
             continue;
         }
         match item.file_name().into_string() {
-            Ok(name) => names.push(name),
+            // Dot directories (`.git`) are not elements: no element name starts with a dot.
+            Ok(name) if name.starts_with('.') => {}
+            Ok(name) => {
+                if let Some(reason) = crate::names::element_name_problem(&name) {
+                    return Err(Error::BadElementName { path, name, reason });
+                }
+                names.push(name);
+            }
             Err(raw) => tracing::warn!(
                 "ignoring element directory with a non-UTF-8 name {:?} in {}",
                 raw,
@@ -217,6 +225,50 @@ fn element_dir_names(entry: &Path) -> Result<Vec<String>, Error> {
     }
     names.sort();
     Ok(names)
+}
+
+/// Checks that everything under an element directory is a regular file, a directory or a
+/// symlink to one of them (or a dangling symlink): a FIFO would hang the build when read, a
+/// device would be read or copied from the host. Symlinked directories are not descended into.
+pub(crate) fn check_files(dir: &Path) -> Result<(), Error> {
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for item in fs::read_dir(&dir).at(&dir)? {
+            let path = item.at(&dir)?.path();
+            let meta = fs::symlink_metadata(&path).at(&path)?;
+            let file_type = if meta.file_type().is_symlink() {
+                match fs::metadata(&path) {
+                    Ok(target) => target.file_type(),
+                    Err(_) => continue,
+                }
+            } else {
+                meta.file_type()
+            };
+            if let Some(kind) = special_kind(file_type) {
+                return Err(Error::SpecialFile { path, kind });
+            }
+            if meta.is_dir() {
+                stack.push(path);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The name of a file type that is neither a regular file, a directory nor a symlink.
+fn special_kind(t: fs::FileType) -> Option<&'static str> {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_fifo() {
+        Some("FIFO")
+    } else if t.is_socket() {
+        Some("socket")
+    } else if t.is_block_device() {
+        Some("block device")
+    } else if t.is_char_device() {
+        Some("character device")
+    } else {
+        None
+    }
 }
 
 /// Reads `element-deps` / `element-provides`: one name per line, trimmed, blank lines
@@ -340,6 +392,56 @@ mod tests {
         assert!(err.to_string().contains("is not a directory"));
         let err = Library::discover(&[fx.path("missing")]).unwrap_err();
         assert!(matches!(err, Error::NotADirectory { .. }));
+    }
+
+    #[test]
+    fn element_names_that_are_not_shell_words_are_refused() {
+        let fx = Fixture::new();
+        fx.element("good");
+        fx.mkdir("main/.git");
+        fx.mkdir("main/$(touch x)");
+        let err = fx.try_library().unwrap_err();
+        assert!(
+            matches!(&err, Error::BadElementName { name, path, .. }
+                if name == "$(touch x)" && *path == fx.path("main/$(touch x)")),
+            "{err}"
+        );
+        assert!(err.to_string().contains("rename the directory"), "{err}");
+    }
+
+    #[test]
+    fn fifos_and_sockets_in_elements_are_refused_without_opening_them() {
+        for (rel, kind) in [
+            ("main/a/element-deps", "FIFO"),
+            ("main/a/install.d/10-x", "FIFO"),
+        ] {
+            let fx = Fixture::new();
+            fx.element("a").exec("install.d/20-ok", "true");
+            fs::create_dir_all(fx.path(rel).parent().unwrap()).unwrap();
+            nix::unistd::mkfifo(&fx.path(rel), nix::sys::stat::Mode::S_IRWXU).unwrap();
+            let err = fx.try_library().unwrap_err();
+            assert!(
+                matches!(&err, Error::SpecialFile { path, kind: k } if path.ends_with(rel.trim_start_matches("main/")) && *k == kind),
+                "{err}"
+            );
+        }
+        // A symlink to a FIFO outside the element is refused too.
+        let fx = Fixture::new();
+        fx.element("a");
+        let fifo = fx.path("elsewhere-fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        std::os::unix::fs::symlink(&fifo, fx.path("main/a/pkg-map")).unwrap();
+        let err = fx.try_library().unwrap_err();
+        assert!(matches!(err, Error::SpecialFile { .. }), "{err}");
+        // A socket.
+        let fx = Fixture::new();
+        fx.element("a");
+        let _sock = std::os::unix::net::UnixListener::bind(fx.path("main/a/sock")).unwrap();
+        let err = fx.try_library().unwrap_err();
+        assert!(
+            matches!(err, Error::SpecialFile { kind: "socket", .. }),
+            "{err}"
+        );
     }
 
     #[test]

@@ -249,6 +249,9 @@ pub fn targets(paths: &[PathBuf]) -> Result<Vec<Element>, Error> {
 }
 
 fn element_at(name: String, path: PathBuf, entry: PathBuf) -> Result<Element, Error> {
+    // A FIFO or device among the element's files would hang or read the host: refused before
+    // any file is opened, as discovery does.
+    crate::library::check_files(&path)?;
     let deps = read_name_list(&path.join("element-deps"))?;
     let provides = read_name_list(&path.join("element-provides"))?;
     Ok(Element {
@@ -286,6 +289,13 @@ pub fn lint(targets: &[Element], library: &Library, checker: &mut dyn Checker) -
 
     let mut out = Vec::new();
     for (index, element) in targets.iter().enumerate() {
+        if let Some(reason) = crate::names::element_name_problem(&element.name) {
+            out.push(Finding::error(
+                &element.path,
+                None,
+                format!("'{}' cannot be an element name: {reason} (kiln refuses it on ELEMENTS_PATH; rename the directory)", element.name),
+            ));
+        }
         check_readme(element, &mut out);
         check_name_list(element, "element-deps", Some(&known), &mut out);
         check_name_list(element, "element-provides", None, &mut out);
@@ -854,6 +864,31 @@ mod tests {
                 "main/el/install.d/31-empty:1: error: no #! line: the hook runs only through bash's fallback for files it cannot exec, as a bash script whatever it was written for (make the first line #!/bin/bash, or the interpreter it needs)",
                 "main/el/root.d/a b: warning: will never run: dib-run-parts only runs names matching [0-9A-Za-z_-]+ (rename it, e.g. to a-b)",
             ]
+        );
+    }
+
+    #[test]
+    fn bad_element_names_and_fifos() {
+        let fx = Fixture::new();
+        fx.element("$(touch x)").file("README.rst", "x\n");
+        let found = render(&fx, &lint_main(&fx, &[]));
+        assert_eq!(found.len(), 1, "{found:#?}");
+        assert!(
+            found[0].starts_with("main/$(touch x): error: '$(touch x)' cannot be an element name"),
+            "{found:#?}"
+        );
+        // A FIFO is refused before anything opens it (the lint would hang reading it).
+        let fx = Fixture::new();
+        fx.element("el").file("README.rst", "x\n");
+        nix::unistd::mkfifo(
+            &fx.path("main/el/element-deps"),
+            nix::sys::stat::Mode::S_IRWXU,
+        )
+        .unwrap();
+        let err = targets(&[fx.path("main")]).unwrap_err();
+        assert!(
+            matches!(err, Error::SpecialFile { kind: "FIFO", .. }),
+            "{err}"
         );
     }
 

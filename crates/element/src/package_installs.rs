@@ -149,6 +149,14 @@ pub fn parse_text(path: &Path, text: &str) -> Result<PackageInstalls, Error> {
             path,
             package: &name,
         };
+        if let Some(reason) = crate::names::generic_package_name_problem(&name) {
+            return Err(ctx.bad(
+                line,
+                format!(
+                    "{reason}; write the package's name as the key (it reaches the package manager as an argument)"
+                ),
+            ));
+        }
         let params = if value.value.is_falsy() {
             vec![Params::new(line)]
         } else if let Value::Seq(items) = value.value {
@@ -209,6 +217,15 @@ impl EntryCtx<'_> {
             match key.as_str() {
                 "phase" => match value.value {
                     Value::Str(s) => {
+                        if crate::names::package_phase(&s).is_none() {
+                            return Err(self.bad(
+                                at,
+                                format!(
+                                    "'phase' is {s:?}, which is not a phase directory; use one of {}",
+                                    RUNNER_PHASES.join(", ")
+                                ),
+                            ));
+                        }
                         if !RUNNER_PHASES.contains(&s.as_str()) {
                             tracing::warn!(
                                 "{}: package '{}' uses phase '{s}', which has no package-installs runner (only {}); it will not be installed",
@@ -318,6 +335,31 @@ pub fn load_dir(dir: &Path) -> Result<Option<PackageInstalls>, Error> {
         }
     }
     Ok(found)
+}
+
+/// Checks a legacy plain package list (`<phase>.d/package-installs-<element>`, read by the
+/// in-target `package-installs` script): per line, `#` starts a comment, words are package
+/// names, a leading `-` means "uninstall". Every name must be a generic package name
+/// ([`crate::names::generic_package_name_problem`]; the script maps it with pkg-map); the
+/// error names the file and line.
+pub fn check_legacy_list(path: &Path, text: &str) -> Result<(), Error> {
+    for (i, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or_default();
+        for word in line.split_whitespace() {
+            let name = word.strip_prefix('-').unwrap_or(word);
+            if let Some(reason) = crate::names::generic_package_name_problem(name) {
+                return Err(Error::BadPackageParams {
+                    path: path.to_path_buf(),
+                    line: Some(i + 1),
+                    package: word.to_string(),
+                    message: format!(
+                        "{reason}; list one package name per word (a leading - means uninstall)"
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The input of [`squash`] for an element set, read the way DIB's squash reads it: for
@@ -548,9 +590,9 @@ mod tests {
 
     #[test]
     fn parses_every_shape() {
-        let parsed = pi("a:\nb: {}\nc:\n  phase: pre-install.d\nd:\n  - arch: amd64\n  - not-arch: arm64\n    uninstall: false\ne: ''\n");
+        let parsed = pi("aa:\nbb: {}\ncc:\n  phase: pre-install.d\ndd:\n  - arch: amd64\n  - not-arch: arm64\n    uninstall: false\nee: ''\n");
         let names: Vec<&str> = parsed.packages.iter().map(|p| p.name.as_str()).collect();
-        assert_eq!(names, ["a", "b", "c", "d", "e"]);
+        assert_eq!(names, ["aa", "bb", "cc", "dd", "ee"]);
         assert_eq!(parsed.packages[0].params, [Params::new(Some(1))]);
         assert_eq!(parsed.packages[2].params[0].phase, "pre-install.d");
         assert_eq!(parsed.packages[3].params.len(), 2);
@@ -730,8 +772,12 @@ mod tests {
 
     #[test]
     fn when_errors_carry_lines() {
-        let err =
-            run_with("amd64", &[], &[("el", "a:\nb:\n  when: MISSING_VAR = 1\n")]).unwrap_err();
+        let err = run_with(
+            "amd64",
+            &[],
+            &[("el", "aa:\nbb:\n  when: MISSING_VAR = 1\n")],
+        )
+        .unwrap_err();
         match &err {
             Error::WhenUnsetVariable {
                 line,
@@ -740,7 +786,7 @@ mod tests {
                 ..
             } => {
                 assert_eq!(*line, Some(2));
-                assert_eq!(package, "b");
+                assert_eq!(package, "bb");
                 assert_eq!(variable, "MISSING_VAR");
             }
             other => panic!("unexpected {other:?}"),
@@ -753,7 +799,7 @@ mod tests {
         let err = run_with(
             "amd64",
             &[],
-            &[("el", "b:\n  - {}\n  - when: not a condition\n")],
+            &[("el", "bb:\n  - {}\n  - when: not a condition\n")],
         )
         .unwrap_err();
         match &err {
@@ -769,7 +815,7 @@ mod tests {
         let err = run_with(
             "amd64",
             &[],
-            &[("el", "b:\n  arch: s390x\n  when: NOPE = 1\n")],
+            &[("el", "bb:\n  arch: s390x\n  when: NOPE = 1\n")],
         )
         .unwrap_err();
         assert!(matches!(err, Error::WhenUnsetVariable { .. }));
@@ -780,17 +826,17 @@ mod tests {
         let path = Path::new("/e/el/package-installs.yaml");
         let err = parse_text(path, "- a\n- b\n").unwrap_err();
         assert!(matches!(err, Error::BadPackageParams { .. }), "{err:?}");
-        let err = parse_text(path, "a:\n  phase: [x]\n").unwrap_err();
+        let err = parse_text(path, "aa:\n  phase: [x]\n").unwrap_err();
         assert!(
-            matches!(err, Error::BadPackageParams { ref package, line: Some(2), .. } if package == "a"),
+            matches!(err, Error::BadPackageParams { ref package, line: Some(2), .. } if package == "aa"),
             "{err:?}"
         );
-        let err = parse_text(path, "a: just-a-string\n").unwrap_err();
+        let err = parse_text(path, "aa: just-a-string\n").unwrap_err();
         assert!(
             matches!(err, Error::BadPackageParams { line: Some(1), .. }),
             "{err:?}"
         );
-        let err = parse_text(path, "a:\n  arch: [amd64]\n").unwrap_err();
+        let err = parse_text(path, "aa:\n  arch: [amd64]\n").unwrap_err();
         assert!(matches!(err, Error::BadPackageParams { .. }), "{err:?}");
         let err = parse_text(path, "a: {phase: \n  - b: [\n").unwrap_err();
         match &err {
@@ -814,14 +860,14 @@ mod tests {
         let json_path = Path::new("/e/el/package-installs.json");
         let parsed = parse_text(
             json_path,
-            "{\"b\": null, \"a\": {\"phase\": \"pre-install.d\"}}",
+            "{\"bb\": null, \"aa\": {\"phase\": \"pre-install.d\"}}",
         )
         .unwrap();
         let names: Vec<&str> = parsed.packages.iter().map(|p| p.name.as_str()).collect();
-        assert_eq!(names, ["b", "a"]);
+        assert_eq!(names, ["bb", "aa"]);
         assert_eq!(parsed.packages[1].params[0].phase, "pre-install.d");
         // Not JSON, but YAML: DIB accepts it.
-        let parsed = parse_text(json_path, "a:\n  uninstall: yes\n").unwrap();
+        let parsed = parse_text(json_path, "aa:\n  uninstall: yes\n").unwrap();
         assert!(parsed.packages[0].params[0].uninstall);
         // Neither: the JSON error is reported for a .json file, with its line.
         let err = parse_text(json_path, "{\n  \"a\": [\n}\n").unwrap_err();
@@ -888,14 +934,84 @@ mod tests {
 
     #[test]
     fn dib_json_shape() {
-        let out = run(&[("a", "x:\ny:\n  uninstall:\n  phase: post-install.d\n")]);
+        let out = run(&[("a", "xx:\nyy:\n  uninstall:\n  phase: post-install.d\n")]);
         let json = to_dib_json(&out);
         assert_eq!(
             json,
             serde_json::json!({
-                "install.d": {"install": [["x", "a"]], "uninstall": []},
-                "post-install.d": {"install": [], "uninstall": [["y", "a"]]},
+                "install.d": {"install": [["xx", "a"]], "uninstall": []},
+                "post-install.d": {"install": [], "uninstall": [["yy", "a"]]},
             })
         );
+    }
+
+    #[test]
+    fn phase_values_that_are_not_phase_directories_are_refused() {
+        let path = Path::new("/e/el/package-installs.yaml");
+        for phase in ["../../x", "install", "/tmp/x.d", "install.d/../../y", ""] {
+            let text = format!("vim:\n  phase: {phase:?}\n");
+            let err = parse_text(path, &text).unwrap_err();
+            assert!(
+                matches!(&err, Error::BadPackageParams { line: Some(2), package, .. } if package == "vim"),
+                "{phase}: {err:?}"
+            );
+            assert!(
+                err.to_string()
+                    .starts_with("/e/el/package-installs.yaml:2: "),
+                "{err}"
+            );
+            assert!(err.to_string().contains("install.d"), "{err}");
+        }
+        // Every phase directory is accepted (with a warning when it has no runner).
+        let parsed = parse_text(path, "vim:\n  phase: finalise.d\n").unwrap();
+        assert_eq!(parsed.packages[0].params[0].phase, "finalise.d");
+    }
+
+    #[test]
+    fn package_names_that_are_not_plain_words_are_refused() {
+        let path = Path::new("/e/el/package-installs.json");
+        for (text, line) in [
+            ("ok-pkg:\n\"-oAPT::Get::Foo=1\":\n", 2),
+            ("\"--reinstall\":\n", 1),
+            ("\"foo bar\":\n", 1),
+            ("\"v;m\":\n", 1),
+            ("{\"ok\": null,\n \"$(id)\": null}", 2),
+        ] {
+            let err = parse_text(path, text).unwrap_err();
+            assert!(
+                matches!(&err, Error::BadPackageParams { line: l, .. } if *l == Some(line)),
+                "{text}: {err:?}"
+            );
+            assert!(err.to_string().contains("package name"), "{err}");
+        }
+        // Generic names that pkg-map turns into distribution names are accepted.
+        let parsed = parse_text(
+            path,
+            "{\"NetworkManager\": null, \"signed_grub_efi\": null}",
+        )
+        .unwrap();
+        assert_eq!(parsed.packages.len(), 2);
+    }
+
+    #[test]
+    fn legacy_lists_hold_only_package_names() {
+        let path = Path::new("/e/el/install.d/package-installs-el");
+        check_legacy_list(path, "vim curl # editors\n-nano\n\n# all\nNetworkManager\n").unwrap();
+        for (text, line) in [
+            ("vim\n--force-yes\n", 2),
+            ("-$(id)\n", 1),
+            ("ok\nok2 B;d\n", 2),
+        ] {
+            let err = check_legacy_list(path, text).unwrap_err();
+            assert!(
+                matches!(&err, Error::BadPackageParams { line: l, .. } if *l == Some(line)),
+                "{text}: {err:?}"
+            );
+            assert!(
+                err.to_string()
+                    .starts_with(&format!("/e/el/install.d/package-installs-el:{line}: ")),
+                "{err}"
+            );
+        }
     }
 }

@@ -65,6 +65,12 @@ impl Fixture {
         self.library_of(&["main"])
     }
 
+    /// Discovers the library of the single entry `main`, returning the error if any.
+    pub fn try_library(&self) -> Result<Library, crate::Error> {
+        fs::create_dir_all(self.path("main")).expect("mkdir entry");
+        Library::discover(&[self.path("main")])
+    }
+
     /// The library of the given entries, in order.
     pub fn library_of(&self, entries: &[&str]) -> Library {
         let entries: Vec<PathBuf> = entries.iter().map(|e| self.path(e)).collect();

@@ -56,28 +56,57 @@ pub fn write_lists(
     mkdir(&dir)?;
     for (phase, lists) in &squashed {
         let short = phase.trim_end_matches(".d");
-        let map_list = |list: &[(String, String)]| {
+        // The names were checked to be plain words when package-installs was read; what
+        // pkg-map turns them into (or the name itself, unmapped) reaches apt, so it must be a
+        // Debian package name: checked here, before any phase, naming the file to fix.
+        let map_list = |list: &[(String, String)]| -> Result<Vec<String>, Error> {
             let mut out: Vec<String> = Vec::new();
             for (pkg, element) in list {
-                let mapped = maps
+                let mapping = maps
                     .get(element)
-                    .and_then(|m| m.lookup(&distro, &release, pkg))
-                    .unwrap_or_else(|| pkg.clone());
+                    .and_then(|m| m.lookup(&distro, &release, pkg));
+                let mapped = mapping.clone().unwrap_or_else(|| pkg.clone());
                 for p in mapped.split_whitespace() {
+                    if let Some(reason) = kiln_element::names::package_name_problem(p) {
+                        let dir = plan
+                            .library
+                            .get(element)
+                            .map(|e| e.path.clone())
+                            .unwrap_or_default();
+                        let (path, message) = if mapping.is_some() {
+                            (
+                                dir.join("pkg-map"),
+                                format!("maps to {p:?} for {distro} {release}, which is not a package name: {reason}; fix the mapping"),
+                            )
+                        } else {
+                            (
+                                dir,
+                                format!("has no pkg-map entry for {distro} {release} and is not a Debian package name: {reason}; map it in the element's pkg-map or use the distribution's name"),
+                            )
+                        };
+                        return Err(kiln_element::Error::BadPackageParams {
+                            path,
+                            line: None,
+                            package: pkg.clone(),
+                            message,
+                        }
+                        .into());
+                    }
                     if !out.iter().any(|x| x == p) {
                         out.push(p.to_string());
                     }
                 }
             }
-            out
+            Ok(out)
         };
+        // The phase was checked to name a phase directory when the file was read.
         write(
             &dir.join(format!("{short}.install")),
-            &lines(&map_list(&lists.install)),
+            &lines(&map_list(&lists.install)?),
         )?;
         write(
             &dir.join(format!("{short}.uninstall")),
-            &lines(&map_list(&lists.uninstall)),
+            &lines(&map_list(&lists.uninstall)?),
         )?;
     }
     // DIB's own format too, for elements that read it.

@@ -38,7 +38,7 @@ use crate::{io, settings, Error};
 
 pub use explain::explain_cache;
 pub use keys::{cache_steps, kiln_identity, output_key, CacheStep};
-pub use preflight::{preflight, required_tools};
+pub use preflight::{layout_plan, preflight, required_tools};
 pub use prepare::{prepare, Prepared};
 
 /// What a successful build produced.

@@ -113,6 +113,7 @@ impl BuildPlan {
             .iter()
             .map(|t| kiln_output::OutputType::parse(t))
             .collect::<Result<Vec<_>, _>>()?;
+        req.check_inputs()?;
         let builtin = element::builtin::extract(&cache_root)?;
         let elements_path = elements_path(req, &builtin);
         let library = Library::discover(&elements_path)?;
@@ -409,6 +410,21 @@ fn validate_packages(
     };
     let ctx = element::package_installs::SquashContext { arch, env: &lookup };
     element::package_installs::squash(&inputs, &ctx)?;
+    // The legacy plain lists reach install-packages too.
+    for phase in element::package_installs::RUNNER_PHASES {
+        let Some(dir) = hooks.dirs.get(phase) else {
+            continue;
+        };
+        for entry in &dir.entries {
+            if entry.name.starts_with("package-installs-") && entry.path.is_file() {
+                let text = std::fs::read_to_string(&entry.path).map_err(|source| Error::Io {
+                    path: entry.path.clone(),
+                    source,
+                })?;
+                element::package_installs::check_legacy_list(&entry.path, &text)?;
+            }
+        }
+    }
     Ok(())
 }
 
@@ -419,10 +435,19 @@ fn choose_block_device(
 ) -> Result<(BlockDeviceSource, String), Error> {
     if let Some(v) = req.var(settings::DIB_BLOCK_DEVICE_CONFIG.name) {
         if let Some(path) = v.strip_prefix("file://") {
-            let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-                path: PathBuf::from(path),
-                source,
-            })?;
+            // Only a regular file is read: a FIFO or a device would hang or read the host.
+            let bad = |what: String| {
+                Error::Usage(format!(
+                    "{}=file://{path}: {what}; point it at a block-device YAML file",
+                    settings::DIB_BLOCK_DEVICE_CONFIG.name
+                ))
+            };
+            match std::fs::metadata(path) {
+                Ok(m) if m.is_file() => {}
+                Ok(_) => return Err(bad("not a regular file".into())),
+                Err(e) => return Err(bad(e.to_string())),
+            }
+            let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
             return Ok((BlockDeviceSource::File(PathBuf::from(path)), text));
         }
         return Ok((BlockDeviceSource::Inline, v.to_string()));

@@ -91,6 +91,91 @@ impl BuildRequest {
         }
     }
 
+    /// Checks what the request hands to commands before anything is read or run: every `-p`
+    /// package name (Debian policy syntax: a name starting with `-` would reach apt as an
+    /// option), the architecture (one lower-case word), `--max-online-resize` (a number), the
+    /// install type (written into a shell file), `DIB_BLOCK_SIZE` (a sector size, never
+    /// ignored), `DISTRO_NAME` and `DIB_RELEASE`
+    /// ([`check_path_words`]) and the disk sizes ([`DiskSizes::from_env`] on the request's
+    /// flags and environment).
+    pub fn check_inputs(&self) -> Result<(), crate::Error> {
+        for name in self.package_list() {
+            if let Some(reason) = kiln_element::names::package_name_problem(&name) {
+                return Err(crate::Error::Usage(format!(
+                    "-p {name}: {reason}; give package names separated by commas"
+                )));
+            }
+        }
+        // The architecture names files (`block-device-<arch>.yaml`) and reaches debootstrap and
+        // qemu-user: one lower-case word.
+        if let Some(arch) = self
+            .arch
+            .as_deref()
+            .or_else(|| self.var(settings::ARCH.name))
+        {
+            let word = !arch.is_empty()
+                && arch
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            if !word {
+                return Err(crate::Error::Usage(format!(
+                    "architecture {arch:?} (-a or {}) is not an architecture name: use a Debian one such as amd64, arm64, armhf, i386, ppc64el, s390x",
+                    settings::ARCH.name
+                )));
+            }
+        }
+        if let Some(v) = self
+            .max_online_resize
+            .as_deref()
+            .filter(|v| !v.is_empty())
+            .or_else(|| self.var(settings::MAX_ONLINE_RESIZE.name))
+        {
+            if v.trim().parse::<u64>().is_err() {
+                return Err(crate::Error::Usage(format!(
+                    "{v:?} (--max-online-resize or {}) is not a number of blocks: give a whole number",
+                    settings::MAX_ONLINE_RESIZE.name
+                )));
+            }
+        }
+        let install_type = self
+            .install_type
+            .as_deref()
+            .filter(|v| !v.is_empty())
+            .or_else(|| self.var(settings::DIB_DEFAULT_INSTALLTYPE.name));
+        if let Some(v) = install_type {
+            if !v
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
+            {
+                return Err(crate::Error::Usage(format!(
+                    "install type {v:?} (--install-type or {}) is not a word: use source or package",
+                    settings::DIB_DEFAULT_INSTALLTYPE.name
+                )));
+            }
+        }
+        if let Some(v) = self.var(settings::DIB_BLOCK_SIZE.name) {
+            if !matches!(v.trim(), "512" | "1024" | "2048" | "4096") {
+                return Err(crate::Error::Usage(format!(
+                    "{}={v:?}: a loop device's sector size is 512, 1024, 2048 or 4096",
+                    settings::DIB_BLOCK_SIZE.name
+                )));
+            }
+        }
+        check_path_words(&|name| self.var(name).map(String::from))?;
+        DiskSizes::from_env(&|name| {
+            let flag = match name {
+                n if n == settings::DIB_IMAGE_SIZE.name => self.image_size.as_deref(),
+                n if n == settings::DIB_IMAGE_EXTRA_SIZE.name => self.image_extra_size.as_deref(),
+                n if n == settings::DIB_JOURNAL_SIZE.name => self.journal_size.as_deref(),
+                _ => None,
+            };
+            flag.filter(|v| !v.is_empty())
+                .or_else(|| self.var(name))
+                .map(String::from)
+        })?;
+        Ok(())
+    }
+
     /// The output types, defaulting to qcow2 as DIB does.
     pub fn output_types(&self) -> Vec<String> {
         let mut t: Vec<String> = self
@@ -133,5 +218,170 @@ impl BuildRequest {
             }
         }
         name
+    }
+}
+
+/// The largest image kiln accepts: 1 PiB, far above any disk image and far below where the
+/// arithmetic on sizes in bytes could overflow.
+pub const MAX_IMAGE_BYTES: u64 = 1 << 50;
+
+/// The disk sizes a build asks for, parsed and range-checked.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct DiskSizes {
+    /// `--image-size` / `DIB_IMAGE_SIZE` in GB (GiB, as DIB computes it), decimals allowed.
+    pub image_size_gb: Option<f64>,
+    /// `--image-extra-size` / `DIB_IMAGE_EXTRA_SIZE` in MB.
+    pub extra_size_mb: Option<u64>,
+    /// `--mkfs-journal-size` / `DIB_JOURNAL_SIZE` in MB (default 64).
+    pub journal_size_mb: u64,
+}
+
+impl DiskSizes {
+    /// Reads and checks the three sizes through `get` (a variable's non-empty value). A value
+    /// that is not a number, is not positive or is larger than [`MAX_IMAGE_BYTES`] is
+    /// [`crate::Error::Usage`] naming the variable and its flag, never ignored.
+    pub fn from_env(get: &dyn Fn(&str) -> Option<String>) -> Result<DiskSizes, crate::Error> {
+        let limit_gb = MAX_IMAGE_BYTES >> 30;
+        let limit_mib = MAX_IMAGE_BYTES >> 20;
+        let image_size_gb = match get(settings::DIB_IMAGE_SIZE.name).as_deref() {
+            None => None,
+            Some(v) => match v.trim().parse::<f64>() {
+                Ok(gb) if gb.is_finite() && gb > 0.0 && gb <= limit_gb as f64 => Some(gb),
+                _ => {
+                    return Err(crate::Error::Usage(format!(
+                        "image size {v:?} (--image-size or {}) is not a size in GB: give a number above 0 and at most {limit_gb}, decimals allowed (e.g. 2.5)",
+                        settings::DIB_IMAGE_SIZE.name
+                    )))
+                }
+            },
+        };
+        let mb = |setting: &settings::Setting, flag: &str| -> Result<Option<u64>, crate::Error> {
+            match get(setting.name).as_deref() {
+                None => Ok(None),
+                Some(v) => match v.trim().parse::<u64>() {
+                    Ok(n) if n <= limit_mib => Ok(Some(n)),
+                    _ => Err(crate::Error::Usage(format!(
+                        "{v:?} ({flag} or {}) is not a size in MB: give a whole number from 0 to {limit_mib}",
+                        setting.name
+                    ))),
+                },
+            }
+        };
+        let extra_size_mb = mb(&settings::DIB_IMAGE_EXTRA_SIZE, "--image-extra-size")?;
+        let journal_size_mb = mb(&settings::DIB_JOURNAL_SIZE, "--mkfs-journal-size")?.unwrap_or(
+            settings::DIB_JOURNAL_SIZE
+                .default_value()
+                .parse()
+                .unwrap_or(64),
+        );
+        Ok(DiskSizes {
+            image_size_gb,
+            extra_size_mb,
+            journal_size_mb,
+        })
+    }
+}
+
+/// Checks `DISTRO_NAME` and `DIB_RELEASE` (as `get` returns them: the request's environment,
+/// or the environment after environment.d): hooks make host paths of them
+/// (`apt/$DISTRO_NAME-$DIB_RELEASE-$ARCH` in the cache) and put them in URLs and apt sources
+/// lines, so each must be one word of letters, digits and `. _ + ~ -`, not starting with `.`
+/// or `-`.
+pub fn check_path_words(get: &dyn Fn(&str) -> Option<String>) -> Result<(), crate::Error> {
+    for setting in [settings::DISTRO_NAME, settings::DIB_RELEASE] {
+        let Some(v) = get(setting.name).filter(|v| !v.is_empty()) else {
+            continue;
+        };
+        let word = !v.starts_with(['.', '-'])
+            && v.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '+' | '~' | '-'));
+        if !word {
+            return Err(crate::Error::Usage(format!(
+                "{}={v:?} is not a name: hooks make paths and apt sources lines of it, so use letters, digits and . _ + ~ - (e.g. bookworm); check the environment and the elements' environment.d files",
+                setting.name
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sizes(vars: &[(&str, &str)]) -> Result<DiskSizes, crate::Error> {
+        let env: BTreeMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+            .collect();
+        DiskSizes::from_env(&|name| env.get(name).cloned())
+    }
+
+    #[test]
+    fn disk_sizes_are_parsed_and_bounded() {
+        let s = sizes(&[("DIB_IMAGE_SIZE", "1.5"), ("DIB_IMAGE_EXTRA_SIZE", "100")]).unwrap();
+        assert_eq!(s.image_size_gb, Some(1.5));
+        assert_eq!(s.extra_size_mb, Some(100));
+        assert_eq!(s.journal_size_mb, 64);
+        for (var, bad) in [
+            ("DIB_IMAGE_SIZE", "abc"),
+            ("DIB_IMAGE_SIZE", "0"),
+            ("DIB_IMAGE_SIZE", "-1"),
+            ("DIB_IMAGE_SIZE", "NaN"),
+            ("DIB_IMAGE_SIZE", "inf"),
+            ("DIB_IMAGE_SIZE", "1048577"),
+            ("DIB_IMAGE_EXTRA_SIZE", "-5"),
+            ("DIB_IMAGE_EXTRA_SIZE", "1.5"),
+            ("DIB_JOURNAL_SIZE", "18446744073709551615"),
+        ] {
+            let err = sizes(&[(var, bad)]).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{var}={bad}");
+            assert!(err.to_string().contains(var), "{err}");
+        }
+    }
+
+    #[test]
+    fn request_inputs_that_reach_commands_are_checked() {
+        let ok = BuildRequest {
+            packages: vec!["vim,curl".into()],
+            arch: Some("arm64".into()),
+            install_type: Some("package".into()),
+            ..BuildRequest::default()
+        };
+        ok.check_inputs().unwrap();
+        let cases = [
+            BuildRequest {
+                packages: vec!["vim,-oDebug=1".into()],
+                ..BuildRequest::default()
+            },
+            BuildRequest {
+                arch: Some("../x".into()),
+                ..BuildRequest::default()
+            },
+            BuildRequest {
+                install_type: Some("\"$(id)\"".into()),
+                ..BuildRequest::default()
+            },
+            BuildRequest {
+                max_online_resize: Some("1 -O x".into()),
+                ..BuildRequest::default()
+            },
+            BuildRequest {
+                image_size: Some("big".into()),
+                ..BuildRequest::default()
+            },
+            BuildRequest {
+                env: [("DIB_RELEASE".to_string(), "a b".to_string())].into(),
+                ..BuildRequest::default()
+            },
+            BuildRequest {
+                env: [("DIB_BLOCK_SIZE".to_string(), "4k".to_string())].into(),
+                ..BuildRequest::default()
+            },
+        ];
+        for req in cases {
+            let err = req.check_inputs().unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{req:?}: {err}");
+        }
     }
 }

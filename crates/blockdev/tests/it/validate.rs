@@ -1,5 +1,7 @@
 //! Every config error is found at plan time, has its own variant, and says where and what to do.
 
+use std::fmt::Write as _;
+
 use kiln_blockdev::{plan, At, Error};
 
 use crate::fixtures::{params, EFI, GPT, MBR, MIB};
@@ -432,4 +434,96 @@ fn file_source_in_messages() {
         e.to_string().starts_with("/etc/kiln/layout.yaml:1: "),
         "{e}"
     );
+}
+
+/// Asserts an `InvalidValue` of `key` at `line` whose message says `needle`.
+fn invalid_at(e: &Error, key_want: &str, line_want: u32, needle: &str) {
+    assert!(
+        matches!(e, Error::InvalidValue { key, .. } if key == key_want),
+        "{e:?}"
+    );
+    assert_eq!(line(e), Some(line_want), "{e}");
+    assert!(e.to_string().contains(needle), "{e}");
+}
+
+#[test]
+fn fstab_fields_with_blanks_or_escapes_are_refused() {
+    // Each would break its /etc/fstab line (or add one): refused with the line of the value.
+    for (options, needle) in [
+        ("'defaults nofail'", "' '"),
+        ("\"defaults,\\tnoatime\"", "'\\t'"),
+        ("\"defaults\\nLABEL=x / ext4\"", "'\\n'"),
+        ("'a\\b'", "'\\\\'"),
+        ("'#x'", "comment"),
+    ] {
+        let e = err(&GPT.replace("options: defaults", &format!("options: {options}")));
+        invalid_at(&e, "options", 18, needle);
+    }
+    let with_mkfs_key = |kv: &str| {
+        GPT.replace(
+            "        mkfs:\n",
+            &format!("        mkfs:\n          {kv}\n"),
+        )
+    };
+    let e = err(&with_mkfs_key("label: 'my root'"));
+    invalid_at(&e, "label", 15, "' '");
+    assert!(e.to_string().contains("LABEL="), "{e}");
+    let e = err(&with_mkfs_key("uuid: \"a\\tb\""));
+    invalid_at(&e, "uuid", 15, "'\\t'");
+    let e = err(&GPT.replace("mount_point: /", "mount_point: '/my data'"));
+    invalid_at(&e, "mount_point", 16, "' '");
+    // A filesystem type names a program: mkfs.<type>.
+    let e = err(&with_mkfs_key("type: ../../tmp/x"));
+    invalid_at(&e, "type", 15, "one word");
+    // The empty label still means "by UUID".
+    assert!(plan(&with_mkfs_key("label: ''"), "x", &params(None)).is_ok());
+}
+
+#[test]
+fn node_names_are_plain_words() {
+    // A local_loop's name is a file name in the image directory.
+    let e = err(&GPT
+        .replace("name: image0", "name: ../../x")
+        .replace("base: image0", "base: ../../x"));
+    invalid_at(&e, "name", 2, "starts with '.'");
+    let e = err(&GPT.replace("name: root", "name: 'ro ot'"));
+    invalid_at(&e, "name", 10, "' '");
+}
+
+#[test]
+fn more_than_128_gpt_partitions_are_refused_at_plan_time() {
+    let table = |n: usize| {
+        let mut t = String::from("- local_loop:\n    name: image0\n- partitioning:\n    base: image0\n    label: gpt\n    partitions:\n");
+        for i in 0..n {
+            let _ = write!(t, "      - name: p{i}\n        size: 1MiB\n");
+        }
+        t.push_str(
+            "- mkfs:\n    name: mkfs_root\n    base: p0\n    mount:\n      mount_point: /\n",
+        );
+        t
+    };
+    assert!(plan(&table(128), "x", &params(Some(1 << 30))).is_ok());
+    let e = err_sized(&table(129), Some(1 << 30));
+    // The 129th partition's line: 6 header lines, 2 lines each.
+    invalid_at(&e, "partitions", 7 + 2 * 128, "at most 128");
+    assert!(e.to_string().contains("`p128`"), "{e}");
+}
+
+#[test]
+fn huge_sizes_are_errors_not_overflows() {
+    for (from, to) in [
+        ("size: 8MiB", "size: 18446744073709551615"),
+        ("size: 8MiB", "size: 16000000TiB"),
+        ("label: gpt", "label: mbr\n    align: 9000000TiB"),
+    ] {
+        let text = GPT
+            .replace(from, to)
+            .replace("type: 'EF02'\n", "")
+            .replace("type: '8300'\n", "");
+        let e = plan(&text, "DIB_BLOCK_DEVICE_CONFIG", &params(Some(1 << 30))).unwrap_err();
+        assert!(e.is_input_error(), "{e}");
+        assert!(e.to_string().starts_with("DIB_BLOCK_DEVICE_CONFIG:"), "{e}");
+    }
+    let e = err("- local_loop:\n    name: image0\n    size: 2000000TiB\n");
+    invalid_at(&e, "size", 3, "at most");
 }

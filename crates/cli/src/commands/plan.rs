@@ -38,6 +38,10 @@ impl PlanCmd {
         let typed: Vec<String> = std::env::args().skip(2).collect();
         let req = self.request_in(std::env::vars().collect(), typed);
         let plan = BuildPlan::new(&req)?;
+        // The block-device layout is validated as `kiln build` validates it before any phase.
+        if plan.needs_disk() {
+            kiln_pipeline::pipeline::layout_plan(&plan)?;
+        }
         if self.explain_cache {
             let v = kiln_pipeline::pipeline::explain_cache(&plan)?;
             if self.json {

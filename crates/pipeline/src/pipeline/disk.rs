@@ -56,18 +56,14 @@ impl Ctx<'_> {
             .get(settings::FS_TYPE.name)
             .cloned()
             .unwrap_or_else(|| settings::FS_TYPE.default_value().into());
+        // environment.d may have set the sizes too: checked again here, never ignored.
+        let sizes = crate::request::DiskSizes::from_env(&|name| {
+            self.env.get(name).filter(|v| !v.is_empty()).cloned()
+        })?;
         let opts = kiln_blockdev::SizeOpts {
-            image_size_gb: self
-                .env
-                .get(settings::DIB_IMAGE_SIZE.name)
-                .and_then(|v| v.parse().ok()),
-            extra_size_mb: self
-                .env
-                .get(settings::DIB_IMAGE_EXTRA_SIZE.name)
-                .and_then(|v| v.parse().ok()),
-            journal_size_mb: settings::DIB_JOURNAL_SIZE
-                .parse(&self.env)
-                .unwrap_or_default(),
+            image_size_gb: sizes.image_size_gb,
+            extra_size_mb: sizes.extra_size_mb,
+            journal_size_mb: sizes.journal_size_mb,
             root_fs_type: fs_type.clone(),
             efi: plan
                 .set
@@ -89,11 +85,20 @@ impl Ctx<'_> {
         {
             mkfs_opts = format!("-E resize={n} {mkfs_opts}");
         }
+        let size_bytes = size_kib
+            .checked_mul(1024)
+            .filter(|b| *b <= crate::request::MAX_IMAGE_BYTES)
+            .ok_or_else(|| {
+                Error::Usage(format!(
+                    "the image would be {size_kib} KiB, more than kiln's limit of {} bytes; set a smaller --image-size or --image-extra-size",
+                    crate::request::MAX_IMAGE_BYTES
+                ))
+            })?;
         let mut params = blockdev_params(
             plan,
             &self.ws.build_dir,
             &self.ws.image_dir,
-            Some(size_kib * 1024),
+            Some(size_bytes),
         );
         params.root_fs_opts = Some(mkfs_opts.trim().to_string());
         Ok(kiln_blockdev::plan(

@@ -44,8 +44,9 @@ pub fn preflight(plan: &BuildPlan) -> Result<(), Error> {
     }
 }
 
-/// The block-device plan of the layout, with placeholder directories (validates the layout).
-pub(super) fn layout_plan(plan: &BuildPlan) -> Result<kiln_blockdev::Plan, Error> {
+/// The block-device plan of the layout, with placeholder directories (validates the layout:
+/// `kiln plan` calls it too, so a layout `kiln build` would refuse is refused by both).
+pub fn layout_plan(plan: &BuildPlan) -> Result<kiln_blockdev::Plan, Error> {
     let params = blockdev_params(
         plan,
         Path::new("/nonexistent"),

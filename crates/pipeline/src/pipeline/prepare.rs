@@ -119,12 +119,14 @@ pub fn prepare(plan: &BuildPlan, build_dir: &Path, image_dir: &Path) -> Result<P
             message: e.to_string(),
         })?;
     if !out.status.success() {
-        return Err(Error::Step {
-            step: "environment.d".into(),
-            message: format!("sourcing environment.d failed:\n{}", out.stderr_str()),
-        });
+        return Err(env_d_failure(plan, &hooks, &marker, &out.stderr_str()));
     }
     let evaluated = env::parse_env0(&out.stdout);
+    // environment.d may have set them: checked again before any hook sees them, naming the
+    // files that assign them.
+    if let Err(e) = crate::request::check_path_words(&|name| evaluated.get(name).cloned()) {
+        return Err(name_setters(plan, e));
+    }
     crate::packages::write_lists(plan, &evaluated, &hooks)?;
     let files = cache::hook_tree_files(&hooks);
     let named = cache::variables::named_in_hooks(&plan.hooks, &[DIB_RUN_PARTS]);
@@ -137,6 +139,55 @@ pub fn prepare(plan: &BuildPlan, build_dir: &Path, image_dir: &Path) -> Result<P
         named,
         host_inputs,
     })
+}
+
+/// `err` (a bad `DISTRO_NAME` or `DIB_RELEASE`) with the environment.d files that assign the
+/// variable appended, so the message names the file to fix.
+fn name_setters(plan: &BuildPlan, err: Error) -> Error {
+    let msg = err.to_string();
+    let Some(var) = [settings::DISTRO_NAME.name, settings::DIB_RELEASE.name]
+        .into_iter()
+        .find(|v| msg.starts_with(&format!("{v}=")))
+    else {
+        return err;
+    };
+    let assign = format!("{var}=");
+    let setters: Vec<String> = plan
+        .hooks
+        .environment
+        .iter()
+        .filter(|h| fs::read_to_string(&h.path).is_ok_and(|t| t.contains(&assign)))
+        .map(|h| h.path.display().to_string())
+        .collect();
+    if setters.is_empty() {
+        return err;
+    }
+    Error::Usage(format!("{msg}; set in {}", setters.join(", ")))
+}
+
+/// The error for environment.d files that failed when sourced. An element's file is at fault:
+/// it is named by its path in the element, not in the merged tree, and it is an input error
+/// (exit 2) like every other error in an element's files.
+fn env_d_failure(plan: &BuildPlan, hooks: &Path, marker: &Path, stderr: &str) -> Error {
+    let mut stderr = stderr.trim().to_string();
+    for h in &plan.hooks.environment {
+        let source = h.path.display().to_string();
+        for merged in [
+            marker.join("../environment.d").join(&h.name),
+            hooks.join("environment.d").join(&h.name),
+        ] {
+            stderr = stderr.replace(&merged.display().to_string(), &source);
+        }
+    }
+    let lines: Vec<&str> = stderr
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    Error::Usage(format!(
+        "sourcing environment.d failed: {}; fix the environment.d file named there",
+        lines.join(" / ")
+    ))
 }
 
 const DIE: &str = "#!/bin/bash\n# kiln: DIB's lib/die. Sourced, it defines die(); run, it prints its arguments and fails.\nfunction die {\n    echo \"ERROR: $*\" >&2\n    exit 1\n}\nif [ \"${BASH_SOURCE[0]}\" = \"$0\" ]; then\n    die \"$@\"\nfi\n";
