@@ -144,6 +144,13 @@ impl RecordingRunner {
         }
     }
 
+    /// Records an effect that cannot fail (a process group killed: a group already gone is no
+    /// error), so no injected failure applies to it.
+    pub fn note(&self, line: &str) {
+        tracing::debug!(effect = %line, "effect (recorded)");
+        self.with(|s| s.log.push(line.to_owned()));
+    }
+
     /// How many effects were recorded so far.
     pub fn len(&self) -> usize {
         self.with(|s| s.log.len())

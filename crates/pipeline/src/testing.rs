@@ -203,8 +203,8 @@ impl Host for RecordingHost {
         let line = format!("phase {} ({place}): {}", run.phase, run.argv.join(" "));
         let ran = self.runner.record("phase", &line);
         // The group goes when the phase ends, whatever its end (and, in a chroot, whatever
-        // is still rooted there).
-        let _ = self.effect(&format!("killpg {}", run.phase));
+        // is still rooted there). Killing it cannot fail: a group already gone is no error.
+        self.runner.note(&format!("killpg {}", run.phase));
         if let Place::Chroot(root) = run.place {
             let _ = self.reap(root);
         }
