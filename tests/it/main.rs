@@ -1,5 +1,5 @@
 //! kiln's integration tests without root or network (the first tiers of `scripts/test`): plans,
-//! element-info, errors, help, the element linter. Real builds and boots are the separate test
+//! element-info, errors, help, the element linter, the pipeline through a recording host. Real builds and boots are the separate test
 //! binary `e2e` (tests/e2e).
 
 mod cli;
@@ -9,6 +9,7 @@ mod hostile;
 mod in_image;
 mod keys;
 mod lint;
+mod pipeline;
 mod plan;
 mod preflight;
 mod support;

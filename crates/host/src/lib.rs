@@ -18,7 +18,10 @@
 //!   ([`tools::package_for`]); a failure carries the tool, the command line, the exit status
 //!   and the last lines of stderr.
 //! - [`Runner`], [`SystemRunner`] and the fake [`RecordingRunner`]: the seam through which the
-//!   block-device layer (and anything else that wants a testable host) runs commands.
+//!   block-device layer (and anything else that wants a testable host) runs commands. The
+//!   fake's record ([`Effect`]s) is shared with kiln-pipeline's wider `Host` fake, and
+//!   [`unreleased`] checks it for set-ups (mounts, loop devices, partitions, process groups)
+//!   that were never undone.
 //! - [`tools`]: the table from tool to Debian package, and the preflight check that lists
 //!   every missing tool in one message.
 //!
@@ -39,4 +42,4 @@ pub mod tools;
 pub use cmd::{log_line, quote, quote_argv, Captured, Cmd, Outcome, Running, Stdin, LOG_TARGET};
 pub use error::Error;
 pub use runner::{host_can_mount, Output, Runner, SystemRunner};
-pub use testing::RecordingRunner;
+pub use testing::{unreleased, Effect, RecordingRunner};

@@ -165,7 +165,23 @@ pub fn dib_env(env: &BTreeMap<String, String>) -> String {
 /// DIB_PYTHON_EXEC: a Python that can import `diskimage_builder` and `yaml` (DIB's
 /// package-installs squash needs both). The venv that holds a DIB element tree on
 /// ELEMENTS_PATH comes first, then every `python3` on PATH; failing those, the first `python3`.
+/// Each probe starts a Python, so the answer is kept for the life of the process.
 fn find_python(elements_path: &[std::path::PathBuf]) -> String {
+    static FOUND: std::sync::Mutex<BTreeMap<Vec<std::path::PathBuf>, String>> =
+        std::sync::Mutex::new(BTreeMap::new());
+    let key = elements_path.to_vec();
+    if let Some(p) = FOUND.lock().ok().and_then(|f| f.get(&key).cloned()) {
+        return p;
+    }
+    let found = probe_python(elements_path);
+    if let Ok(mut f) = FOUND.lock() {
+        f.insert(key, found.clone());
+    }
+    found
+}
+
+/// [`find_python`]'s probes.
+fn probe_python(elements_path: &[std::path::PathBuf]) -> String {
     let mut candidates: Vec<std::path::PathBuf> = elements_path
         .iter()
         .filter(|e| e.ends_with("diskimage_builder/elements"))

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use kiln_host::Cmd;
 use kiln_sandbox::path::{empty_dir, resolve_in_root};
 
+use crate::host::{Host, SystemHost};
 use crate::{io, Error};
 
 /// `rel` (read as a path inside the image) as a host path inside `root`.
@@ -42,16 +43,19 @@ pub fn resolv_conf_in(root: &Path) -> Result<(), Error> {
 ///
 /// Returns what could not be removed (the build goes on; the caller warns).
 pub fn tidy(root: &Path) -> Result<Vec<String>, Error> {
+    tidy_on(root, &mut SystemHost::new())
+}
+
+/// [`tidy`], with its command (`lsattr`) and its unmounts going to `host`.
+pub fn tidy_on(root: &Path, host: &mut dyn Host) -> Result<Vec<String>, Error> {
     let mut problems = Vec::new();
     let etc = path(root, "etc")?;
     let target = etc.join("resolv.conf");
     let orig = etc.join("resolv.conf.ORIG");
     let is_link = fs::symlink_metadata(&target).is_ok_and(|m| m.file_type().is_symlink());
     let immutable = !is_link
-        && Cmd::new("lsattr")
-            .arg("-d")
-            .arg(&target)
-            .run_unchecked()
+        && host
+            .output(&Cmd::new("lsattr").arg("-d").arg(&target))
             .is_ok_and(|o| {
                 o.stdout_str()
                     .split_whitespace()
@@ -67,11 +71,11 @@ pub fn tidy(root: &Path) -> Result<Vec<String>, Error> {
         }
     }
     let tmp = path(root, "tmp")?;
-    if let Err(e) = kiln_sandbox::umount_all_under(&tmp) {
+    if let Err(e) = host.umount_all_under(&tmp) {
         problems.push(e.to_string());
     }
     // Never empty a directory something is still mounted on (it would reach into that mount).
-    if kiln_sandbox::mounts_under(&tmp).is_empty() {
+    if host.mounts_under(&tmp).is_empty() {
         for (p, e) in empty_dir(&tmp) {
             problems.push(format!("{}: {e}", p.display()));
         }

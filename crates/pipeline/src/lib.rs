@@ -10,6 +10,7 @@
 
 pub mod cache;
 pub mod env;
+pub mod host;
 pub mod in_image;
 pub mod lint;
 pub mod packages;
@@ -19,6 +20,7 @@ pub mod report;
 pub mod request;
 pub mod runner;
 pub mod settings;
+pub mod testing;
 mod workspace;
 
 use std::path::PathBuf;

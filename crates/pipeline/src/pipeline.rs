@@ -6,7 +6,8 @@
 //! tree outputs → [disk: unmount → disk conversions] → teardown. [`Ctx::build`] is that list;
 //! each named step runs through one wrapper, [`Ctx::step`], which checks for an interrupt
 //! first and records the step's time (`timings.json`, the timing table). Every error path ends
-//! in [`Workspace::teardown`].
+//! in [`Workspace::teardown`]. Every effect on the machine goes through the [`Host`] the build
+//! is given ([`run`]: the real one; [`run_with`]: any, such as a recording fake).
 //!
 //! The stages live in submodules: `preflight` (host checks before anything runs), `prepare`
 //! (hook tree and environment), `keys` (cache keys), `snapshots` (cache lookup, layers, trim),
@@ -31,8 +32,9 @@ use std::time::Instant;
 
 use kiln_element::Phase;
 
+use crate::host::{Host, SystemHost};
 use crate::plan::BuildPlan;
-use crate::runner::{check_interrupt, Console, HookTiming, StepTiming};
+use crate::runner::{Console, HookTiming, StepTiming};
 use crate::workspace::Workspace;
 use crate::{io, settings, Error};
 
@@ -66,11 +68,23 @@ struct Ctx<'a> {
     out_key: Option<String>,
 }
 
-/// Runs the build. On failure everything set up is torn down before the error returns.
+/// Runs the build on this machine, after the [`preflight`]. On failure everything set up is
+/// torn down before the error returns.
 pub fn run(plan: &BuildPlan, console: &Console) -> Result<BuildReport, Error> {
-    let start = Instant::now();
     preflight(plan)?;
-    let mut ctx = Ctx::new(plan, console)?;
+    run_with(plan, console, Box::new(SystemHost::new()))
+}
+
+/// Runs the build with every host effect going to `host` (no preflight: the caller checks
+/// the host first, as [`run`] does). On failure everything set up is torn down, on `host`,
+/// before the error returns.
+pub fn run_with(
+    plan: &BuildPlan,
+    console: &Console,
+    host: Box<dyn Host>,
+) -> Result<BuildReport, Error> {
+    let start = Instant::now();
+    let mut ctx = Ctx::new(plan, console, host)?;
     let result = ctx.build();
     let problems = ctx.ws.teardown();
     for p in &problems {
@@ -98,7 +112,7 @@ pub fn run(plan: &BuildPlan, console: &Console) -> Result<BuildReport, Error> {
 impl<'a> Ctx<'a> {
     /// The workspace made (on tmpfs when there is memory for it, as DIB decides), and what the
     /// steps need from the plan.
-    fn new(plan: &'a BuildPlan, console: &'a Console) -> Result<Self, Error> {
+    fn new(plan: &'a BuildPlan, console: &'a Console, host: Box<dyn Host>) -> Result<Self, Error> {
         let req = &plan.request;
         let base = req
             .var(settings::TMPDIR.name)
@@ -114,7 +128,7 @@ impl<'a> Ctx<'a> {
         let no_tmpfs = req.no_tmpfs || req.var(settings::DIB_NO_TMPFS.name) == Some("1");
         let use_tmpfs =
             !no_tmpfs && kiln_sandbox::mem_total_bytes() >= 2 * min_tmpfs_gib * (1 << 30);
-        let ws = Workspace::create(&base, use_tmpfs)?;
+        let ws = Workspace::create(&base, use_tmpfs, host)?;
         console.say(&format!(
             "build dir {} ({})",
             ws.build_dir.display(),
@@ -161,7 +175,9 @@ impl Ctx<'_> {
         let mnt = self.ws.mnt();
         fs::create_dir_all(&mnt).map_err(io(&mnt))?;
         let prepared = self.step("prepare", |ctx| {
-            let prepared = prepare(ctx.plan, &ctx.ws.build_dir, &ctx.ws.image_dir)?;
+            let ws = &mut ctx.ws;
+            let prepared =
+                prepare::prepare_on(ctx.plan, &ws.build_dir, &ws.image_dir, ws.host.as_mut())?;
             ctx.env = prepared.env.clone();
             Ok(prepared)
         })?;
@@ -208,7 +224,9 @@ impl Ctx<'_> {
         &mut self,
         f: impl FnOnce(&mut Self) -> Result<(Option<String>, T), Error>,
     ) -> Result<T, Error> {
-        check_interrupt()?;
+        if let Some(signal) = self.ws.host.interrupted() {
+            return Err(Error::Interrupted { signal });
+        }
         let t = Instant::now();
         let (name, value) = f(self)?;
         let hooks = std::mem::take(&mut self.hooks_ran);

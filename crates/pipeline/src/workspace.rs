@@ -6,6 +6,9 @@
 //! filesystems in and detaches loop devices), unmount whatever is left, and remove the
 //! directories. `teardown` runs explicitly on every path; `Drop` is the safety net.
 //!
+//! Every effect on the host goes through the [`Host`] the workspace owns (the real one, or a
+//! recording fake in tests), so the teardown acts on the same host the build did.
+//!
 //! The base directory (`TMPDIR`) is canonicalised once, here: the kernel lists mount points in
 //! `/proc/self/mountinfo` by their canonical path, so a `TMPDIR` reached through a symlink would
 //! otherwise match none of the build's mounts and teardown would leave them (and the host's
@@ -14,6 +17,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use crate::host::{Host, Mounted};
 use crate::Error;
 
 /// The directories and devices of one build.
@@ -26,15 +30,17 @@ pub struct Workspace {
     pub blockdev: Option<kiln_blockdev::Created>,
     /// Whether a tmpfs was mounted on the two directories.
     pub tmpfs: bool,
+    /// The host every effect of the build goes to.
+    pub host: Box<dyn Host>,
     /// The chroot's mounts inside `mnt`, while they are mounted.
-    chroot: Option<kiln_sandbox::ChrootMounts>,
+    chroot: Option<Box<dyn Mounted>>,
     done: bool,
 }
 
 impl Workspace {
     /// Creates both directories under `base` (canonicalised first, so every later comparison
-    /// with mountinfo matches) and mounts a tmpfs on them when `use_tmpfs`.
-    pub fn create(base: &Path, use_tmpfs: bool) -> Result<Self, Error> {
+    /// with mountinfo matches) and mounts a tmpfs on them when `use_tmpfs`, on `host`.
+    pub fn create(base: &Path, use_tmpfs: bool, host: Box<dyn Host>) -> Result<Self, Error> {
         let canonical = fs::canonicalize(base).map_err(|source| Error::Io {
             path: base.to_path_buf(),
             source,
@@ -65,13 +71,14 @@ impl Workspace {
             image_dir,
             blockdev: None,
             tmpfs: false,
+            host,
             chroot: None,
             done: false,
         };
         if use_tmpfs {
-            kiln_sandbox::mount_tmpfs(&ws.build_dir, 0)?;
+            ws.host.mount_tmpfs(&ws.build_dir)?;
             ws.tmpfs = true;
-            kiln_sandbox::mount_tmpfs(&ws.image_dir, 0)?;
+            ws.host.mount_tmpfs(&ws.image_dir)?;
         }
         Ok(ws)
     }
@@ -82,14 +89,14 @@ impl Workspace {
     }
 
     /// Creates `mnt/tmp` (resolved inside the tree) and mounts what a chroot phase needs in
-    /// `mnt` ([`kiln_sandbox::ChrootMounts`]); does nothing when they are already mounted.
+    /// `mnt` ([`Host::mount_chroot`]); does nothing when they are already mounted.
     pub fn mount_chroot(&mut self) -> Result<(), Error> {
         if self.chroot.is_some() {
             return Ok(());
         }
         let mnt = self.mnt();
         kiln_sandbox::path::create_dir_all_in_root(&mnt, Path::new("tmp"))?;
-        self.chroot = Some(kiln_sandbox::ChrootMounts::mount(&mnt)?);
+        self.chroot = Some(self.host.mount_chroot(&mnt)?);
         Ok(())
     }
 
@@ -104,11 +111,11 @@ impl Workspace {
         let mut failed = Vec::new();
         // Everything mounted below mnt, found in mountinfo (deepest and latest first): what hooks
         // mounted, stacked over or below the chroot's own mounts, and those themselves ...
-        for m in kiln_sandbox::mounts_under(&self.mnt()) {
+        for m in self.host.mounts_under(&self.mnt()) {
             if keep.contains(&m) {
                 continue;
             }
-            if let Err(e) = kiln_sandbox::umount(&m) {
+            if let Err(e) = self.host.umount(&m) {
                 failed.push(e.to_string());
             }
         }
@@ -135,7 +142,7 @@ impl Workspace {
         }
         self.done = true;
         let mut problems = Vec::new();
-        let left = kiln_sandbox::kill_processes_rooted_under(&self.build_dir);
+        let left = self.host.reap(&self.build_dir);
         if !left.is_empty() {
             problems.push(format!("processes still running in the build: {left:?}"));
         }
@@ -143,17 +150,16 @@ impl Workspace {
             problems.push(e.to_string());
         }
         if let Some(bd) = self.blockdev.take() {
-            let mut runner = kiln_blockdev::SystemRunner;
-            if let Err(e) = bd.umount(&mut runner) {
+            if let Err(e) = bd.umount(self.host.runner()) {
                 problems.push(e.to_string());
             }
         }
         for dir in [&self.build_dir, &self.image_dir] {
-            if let Err(e) = kiln_sandbox::umount_all_under(dir) {
+            if let Err(e) = self.host.umount_all_under(dir) {
                 problems.push(e.to_string());
             }
-            if let Err(e) = remove_tree(dir) {
-                problems.push(format!("{}: {e}", dir.display()));
+            if let Err(e) = remove_tree(self.host.as_mut(), dir) {
+                problems.push(e.to_string());
             }
         }
         problems
@@ -161,21 +167,18 @@ impl Workspace {
 }
 
 /// Removes a directory tree without crossing into other filesystems.
-fn remove_tree(dir: &Path) -> std::io::Result<()> {
+fn remove_tree(host: &mut dyn Host, dir: &Path) -> Result<(), Error> {
     if !dir.exists() {
         return Ok(());
     }
     // Refuse to descend into anything still mounted below (it would delete the host's files).
-    if !kiln_sandbox::mounts_under(dir).is_empty() {
-        return Err(std::io::Error::other("still has mounts below it"));
+    if !host.mounts_under(dir).is_empty() {
+        return Err(Error::Io {
+            path: dir.to_path_buf(),
+            source: std::io::Error::other("still has mounts below it"),
+        });
     }
-    kiln_host::Cmd::new("rm")
-        .arg("-rf")
-        .arg("--one-file-system")
-        .arg(dir)
-        .run()
-        .map(|_| ())
-        .map_err(std::io::Error::other)
+    host.remove_tree(dir)
 }
 
 impl Drop for Workspace {

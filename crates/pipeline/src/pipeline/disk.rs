@@ -10,6 +10,7 @@ use kiln_host::Cmd;
 
 use super::preflight::blockdev_params;
 use super::Ctx;
+use crate::host::Host;
 use crate::{io, settings, Error};
 
 impl Ctx<'_> {
@@ -37,8 +38,8 @@ impl Ctx<'_> {
         created.write_fstab(&crate::in_image::path(&built, "etc/fstab")?)?;
 
         // One copy of the tree into the image filesystem.
-        self.step("copy-into-image", |_| {
-            copy_tree(&built, &mnt)?;
+        self.step("copy-into-image", |ctx| {
+            copy_tree(ctx.ws.host.as_mut(), &built, &mnt)?;
             // As DIB does: the tree now lives in the image; free the memory it held.
             let _ = fs::remove_dir_all(&built);
             Ok(())
@@ -49,7 +50,7 @@ impl Ctx<'_> {
     /// `DIB_IMAGE_SIZE` (KiB) for the hooks.
     fn size_layout(&mut self, built: &Path) -> Result<kiln_blockdev::Plan, Error> {
         let plan = self.plan;
-        let du = du_kib(built)?;
+        let du = du_kib(self.ws.host.as_mut(), built)?;
         let req = &plan.request;
         let fs_type = self
             .env
@@ -111,8 +112,7 @@ impl Ctx<'_> {
     /// Creates the image and its block devices, tells the watchdog the loop device, and sets
     /// `IMAGE_BLOCK_DEVICE(S)` for the hooks.
     fn create_devices(&mut self, bp: &kiln_blockdev::Plan) -> Result<(), Error> {
-        let mut runner = kiln_blockdev::SystemRunner;
-        let created = bp.create(&mut runner)?;
+        let created = bp.create(self.ws.host.runner())?;
         // Once the build's namespace is gone, the kernel no longer shows this loop device's
         // backing file under the build directory; the watchdog needs its name.
         kiln_sandbox::watchdog::note_loop(created.image_block_device());
@@ -134,21 +134,18 @@ impl Ctx<'_> {
         self.step("block-device-umount", |ctx| {
             let created = ctx.ws.blockdev.take().expect("created above");
             let raw = created.image_path().to_path_buf();
-            created.umount(&mut kiln_blockdev::SystemRunner)?;
+            created.umount(ctx.ws.host.runner())?;
             Ok(raw)
         })
     }
 }
 
-fn du_kib(dir: &Path) -> Result<u64, Error> {
-    let out = Cmd::new("du")
-        .args(["-s", "-k", "-x"])
-        .arg(dir)
-        .run_unchecked()
-        .map_err(|e| Error::Step {
-            step: "size".into(),
-            message: e.to_string(),
-        })?;
+fn du_kib(host: &mut dyn Host, dir: &Path) -> Result<u64, Error> {
+    let cmd = Cmd::new("du").args(["-s", "-k", "-x"]).arg(dir);
+    let out = host.output(&cmd).map_err(|e| Error::Step {
+        step: "size".into(),
+        message: e.to_string(),
+    })?;
     out.stdout_str()
         .split_whitespace()
         .next()
@@ -160,17 +157,15 @@ fn du_kib(dir: &Path) -> Result<u64, Error> {
 }
 
 /// Copies a tree with everything kept (owners, modes, hardlinks, xattrs, ACLs, device nodes).
-fn copy_tree(from: &Path, to: &Path) -> Result<(), Error> {
-    Cmd::new("cp")
+fn copy_tree(host: &mut dyn Host, from: &Path, to: &Path) -> Result<(), Error> {
+    let cmd = Cmd::new("cp")
         .arg("-a")
         .arg("--preserve=all")
         .arg("--no-target-directory")
         .arg(from)
-        .arg(to)
-        .run()
-        .map(|_| ())
-        .map_err(|e| Error::Step {
-            step: "copy-into-image".into(),
-            message: e.to_string(),
-        })
+        .arg(to);
+    host.run(&cmd).map(|_| ()).map_err(|e| Error::Step {
+        step: "copy-into-image".into(),
+        message: e.to_string(),
+    })
 }

@@ -8,6 +8,7 @@ use kiln_host::Cmd;
 
 use super::Ctx;
 use crate::cache;
+use crate::host::Host;
 use crate::{settings, Error};
 
 impl Ctx<'_> {
@@ -15,7 +16,7 @@ impl Ctx<'_> {
     pub(super) fn outputs_from_cache(&mut self, entry: &Path) -> Result<Vec<PathBuf>, Error> {
         let sums = self.checksums();
         let overwrite = self.overwrite();
-        let stamp = timestamp();
+        let stamp = timestamp(self.ws.host.as_mut());
         let mut outs = Vec::new();
         for ty in kiln_output::production_order(&self.plan.outputs) {
             let dest = kiln_output::output_path(&self.plan.image_name, ty);
@@ -29,11 +30,11 @@ impl Ctx<'_> {
         }
         let name_d = PathBuf::from(format!("{}.d", self.plan.image_name.display()));
         if entry.join("name.d").is_dir() {
-            let _ = Cmd::new("cp")
+            let cp = Cmd::new("cp")
                 .arg("-a")
                 .arg(entry.join("name.d/."))
-                .arg(&name_d)
-                .run();
+                .arg(&name_d);
+            let _ = self.ws.host.run(&cp);
         }
         Ok(outs)
     }
@@ -85,14 +86,14 @@ impl Ctx<'_> {
         let opts = plan.output_options()?;
         let sums = self.checksums();
         let overwrite = self.overwrite();
-        let stamp = timestamp();
+        let stamp = timestamp(self.ws.host.as_mut());
         for ty in kiln_output::production_order(&plan.outputs) {
             if ty.source() != kind {
                 continue;
             }
             let dest = kiln_output::output_path(&plan.image_name, ty);
             self.step(ty.name(), |ctx| {
-                kiln_output::produce(ty, source, &dest, &opts)?;
+                ctx.ws.host.produce(ty, source, &dest, &opts)?;
                 kiln_output::finish(&dest, overwrite, sums, &stamp)?;
                 ctx.console.say(&format!("wrote {}", dest.display()));
                 outputs.push(dest.clone());
@@ -117,9 +118,7 @@ impl Ctx<'_> {
 }
 
 /// The stamp an old output is renamed with when it is kept.
-fn timestamp() -> String {
-    Cmd::new("date")
-        .arg("+%Y.%m.%d-%H.%M.%S")
-        .run()
+fn timestamp(host: &mut dyn Host) -> String {
+    host.run(&Cmd::new("date").arg("+%Y.%m.%d-%H.%M.%S"))
         .map_or_else(|_| "old".into(), |o| o.stdout_str().trim().to_string())
 }

@@ -12,6 +12,7 @@ use kiln_host::Cmd;
 
 use super::snapshots::Snapshotter;
 use super::Ctx;
+use crate::host::PhaseRun;
 use crate::runner::{self, Place};
 use crate::{settings, Error};
 
@@ -82,20 +83,22 @@ impl Ctx<'_> {
         self.step("packages", |ctx| {
             let mut argv = vec!["install-packages".to_string()];
             argv.extend(ctx.plan.request.package_list());
-            runner::run_simple(
-                ctx.console,
-                "packages",
-                &Place::Chroot(mnt.to_path_buf()),
-                &argv,
-                &ctx.env,
-            )
+            let run = PhaseRun {
+                phase: "packages",
+                place: &Place::Chroot(mnt.to_path_buf()),
+                argv: &argv,
+                env: &ctx.env,
+                elements: &BTreeMap::new(),
+                capture: None,
+            };
+            ctx.ws.host.run_phase(ctx.console, &run).map(|_| ())
         })
     }
 
     /// After cleanup.d: the tidy-up of the tree ([`crate::in_image::tidy`]), every path resolved
     /// inside the image; what it could not remove is a warning.
-    fn tidy(&self, mnt: &Path) -> Result<(), Error> {
-        for p in crate::in_image::tidy(mnt)? {
+    fn tidy(&mut self, mnt: &Path) -> Result<(), Error> {
+        for p in crate::in_image::tidy_on(mnt, self.ws.host.as_mut())? {
             self.console.say(&format!("warning: tidy: {p}"));
         }
         Ok(())
@@ -171,41 +174,41 @@ impl Ctx<'_> {
                     hooks.join("dib-run-parts").display().to_string(),
                     dir.display().to_string(),
                 ];
-                runner::run(
-                    self.console,
-                    phase.name(),
+                let run = PhaseRun {
+                    phase: phase.name(),
                     place,
-                    &argv,
-                    &env,
-                    &elements,
-                    prefix,
-                )
+                    argv: &argv,
+                    env: &env,
+                    elements: &elements,
+                    capture: prefix,
+                };
+                self.ws.host.run_phase(self.console, &run)
             }
             Place::Chroot(root) => {
                 let in_target =
                     kiln_sandbox::path::create_dir_all_in_root(root, Path::new("tmp/in_target.d"))?;
-                let hooks_mount = kiln_sandbox::Mount::bind(&hooks, &in_target, true)?;
+                let hooks_mount = self.ws.host.bind(&hooks, &in_target, true)?;
                 let argv = vec![
                     "bash".to_string(),
                     "/tmp/in_target.d/dib-run-parts".to_string(),
                     format!("/tmp/in_target.d/{}", phase.dir_name()),
                 ];
-                let r = runner::run(
-                    self.console,
-                    phase.name(),
+                let run = PhaseRun {
+                    phase: phase.name(),
                     place,
-                    &argv,
-                    &env,
-                    &elements,
-                    prefix,
-                );
+                    argv: &argv,
+                    env: &env,
+                    elements: &elements,
+                    capture: prefix,
+                };
+                let r = self.ws.host.run_phase(self.console, &run);
                 if r.is_err() {
                     if let Err(Error::HookFailed { .. }) = &r {
                         // Let a debugging user look around before the mounts go.
                         self.check_break("after-error", Some(place));
                     }
                 }
-                kiln_sandbox::kill_processes_rooted_under(root);
+                self.ws.host.reap(root);
                 if let Err(e) = hooks_mount.unmount() {
                     self.console.say(&format!("warning: {e}"));
                 }

@@ -10,6 +10,7 @@ use kiln_host::Cmd;
 use super::preflight::blockdev_params;
 use crate::cache;
 use crate::env;
+use crate::host::{Host, SystemHost};
 use crate::plan::BuildPlan;
 use crate::{io, settings, Error};
 
@@ -36,6 +37,16 @@ pub struct Prepared {
 /// Lays out the hook tree under `build_dir/hooks` and kiln's helpers under `build_dir/lib`,
 /// computes the hooks' environment and evaluates environment.d, and writes the package lists.
 pub fn prepare(plan: &BuildPlan, build_dir: &Path, image_dir: &Path) -> Result<Prepared, Error> {
+    prepare_on(plan, build_dir, image_dir, &mut SystemHost::new())
+}
+
+/// [`prepare`], running environment.d through `host`.
+pub(super) fn prepare_on(
+    plan: &BuildPlan,
+    build_dir: &Path,
+    image_dir: &Path,
+    host: &mut dyn Host,
+) -> Result<Prepared, Error> {
     let hooks = build_dir.join("hooks");
     let lib = build_dir.join("lib");
     plan.hooks.materialise(&hooks)?;
@@ -107,17 +118,16 @@ pub fn prepare(plan: &BuildPlan, build_dir: &Path, image_dir: &Path) -> Result<P
     // Learn what environment.d says, the way dib-run-parts sources it.
     let marker = hooks.join(".kiln");
     fs::create_dir_all(&marker).map_err(io(&marker))?;
-    let out = Cmd::new("bash")
+    let cmd = Cmd::new("bash")
         .arg(hooks.join("dib-run-parts"))
         .arg("--print-env")
         .arg(&marker)
         .env_clear()
-        .envs(&env)
-        .run_unchecked()
-        .map_err(|e| Error::Step {
-            step: "environment.d".into(),
-            message: e.to_string(),
-        })?;
+        .envs(&env);
+    let out = host.output(&cmd).map_err(|e| Error::Step {
+        step: "environment.d".into(),
+        message: e.to_string(),
+    })?;
     if !out.status.success() {
         return Err(env_d_failure(plan, &hooks, &marker, &out.stderr_str()));
     }

@@ -116,12 +116,12 @@ impl Ctx<'_> {
     }
 
     /// Indexes the tree through a non-recursive bind mount, so nothing mounted inside it counts.
-    fn view_index(&self, mnt: &Path) -> Result<cache::Index, Error> {
+    fn view_index(&mut self, mnt: &Path) -> Result<cache::Index, Error> {
         let view = self.ws.build_dir.join("view");
         fs::create_dir_all(&view).map_err(io(&view))?;
-        kiln_sandbox::bind(mnt, &view, true)?;
+        let bound = self.ws.host.bind(mnt, &view, true)?;
         let idx = cache::index(&view);
-        kiln_sandbox::umount(&view)?;
+        bound.unmount()?;
         Ok(idx)
     }
 
@@ -133,7 +133,7 @@ impl Ctx<'_> {
             let hooks = ctx.ws.build_dir.join("hooks");
             let view = ctx.ws.build_dir.join("view");
             fs::create_dir_all(&view).map_err(io(&view))?;
-            kiln_sandbox::bind(&mnt, &view, true)?;
+            let bound = ctx.ws.host.bind(&mnt, &view, true)?;
             let result = (|| {
                 let tree_now = cache::index(&view);
                 let hooks_now = cache::index(&hooks);
@@ -158,7 +158,7 @@ impl Ctx<'_> {
                 snap.hooks_index = hooks_now;
                 Ok::<(), Error>(())
             })();
-            let _ = kiln_sandbox::umount(&view);
+            let _ = bound.unmount();
             result
         })
     }
