@@ -291,13 +291,15 @@ fn attached_loops() -> Vec<AttachedLoop> {
 }
 
 /// Parses `losetup -J -l -O NAME,BACK-MAJ:MIN,BACK-INO` (numbers may come as numbers or
-/// strings, depending on the version; nothing at all when no device is attached).
+/// strings, depending on the version, and `back-maj:min` padded with spaces; nothing at all
+/// when no device is attached).
 pub fn parse_losetup(json: &[u8]) -> Vec<AttachedLoop> {
     let Ok(v) = serde_json::from_slice::<serde_json::Value>(json) else {
         return Vec::new();
     };
+    // losetup pads some columns with spaces, even in JSON.
     let text = |x: &serde_json::Value| match x {
-        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::String(s) => s.trim().to_string(),
         other => other.to_string(),
     };
     v["loopdevices"]
@@ -465,7 +467,7 @@ mod tests {
         }];
         let attached = parse_losetup(
             br#"{"loopdevices": [
-                {"name": "/dev/loop3", "back-maj:min": "0:52", "back-ino": 17},
+                {"name": "/dev/loop3", "back-maj:min": "       0:52 ", "back-ino": 17},
                 {"name": "/dev/loop4", "back-maj:min": "0:52", "back-ino": "17"},
                 {"name": "/dev/loop5", "back-maj:min": "0:53", "back-ino": 99}
             ]}"#,
