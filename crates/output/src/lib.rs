@@ -83,7 +83,8 @@ pub enum Source {
 /// How one format is written. Each module under `src/` implements it for its format(s).
 pub trait Producer: Sync + std::fmt::Debug {
     /// Writes the output made from `source` (the tree or the raw image, per the table's
-    /// [`Format::source`]) to `pending` (`NAME.<ext>-new`; [`finish`] renames it into place).
+    /// [`Format::source`]) to `pending` (`.NAME.<ext>.kiln-new/NAME.<ext>`, in a private
+    /// directory; [`finish`] renames it into place).
     fn produce(&self, source: &Path, pending: &Path, opts: &Options) -> Result<()>;
 
     /// Whether, with `opts`, it runs the table's [`Format::tools`] (kiln's own qcow2 writer
