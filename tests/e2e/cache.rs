@@ -364,3 +364,190 @@ fn kiln_cache_ls_and_gc_on_the_command_line() {
     assert_eq!(out.status.code(), Some(2));
     assert_no_leftovers(&dir, &h);
 }
+
+/// Every file of the layers of the build `kiln build ARGS` would make (its keys from
+/// `--print-cache-keys`) that is a generated identity: an SSH host key, a random seed, a machine
+/// id that is neither empty nor `uninitialized`, an iSCSI initiator name. Each entry is
+/// `KEY-PREFIX: PATH`; a layer not in the cache is skipped (it was never stored).
+pub fn identities_in_layers(
+    dir: &Path,
+    elements_path: Option<&Path>,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Vec<String> {
+    let mut c = kiln_command("build", dir, elements_path, args, env);
+    c.arg("--print-cache-keys");
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let keys: Vec<String> = v["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["key"].as_str().unwrap().to_string())
+        .collect();
+    assert!(!keys.is_empty(), "no cache steps in {v:#}");
+    let mut found = Vec::new();
+    let mut listed = 0;
+    for key in &keys {
+        let layer = crate::harness::cache()
+            .join("phases")
+            .join(key)
+            .join("layer.tar.zst");
+        if !layer.is_file() {
+            continue;
+        }
+        listed += 1;
+        let list = Command::new("tar")
+            .arg("-tf")
+            .arg(&layer)
+            .arg("--use-compress-program=zstd -d")
+            .output()
+            .unwrap();
+        assert!(list.status.success(), "tar -t {}", layer.display());
+        for entry in String::from_utf8_lossy(&list.stdout).lines() {
+            let p = entry.trim_start_matches("./");
+            let judged_by_content = matches!(
+                p,
+                "etc/machine-id" | "var/lib/dbus/machine-id" | "etc/iscsi/initiatorname.iscsi"
+            );
+            let always = p.starts_with("etc/ssh/ssh_host_")
+                || matches!(
+                    p,
+                    "var/lib/systemd/random-seed"
+                        | "var/lib/urandom/random-seed"
+                        | "var/lib/systemd/credential.secret"
+                );
+            let identity = always
+                || (judged_by_content && {
+                    let content = Command::new("tar")
+                        .arg("-xOf")
+                        .arg(&layer)
+                        .arg("--use-compress-program=zstd -d")
+                        .arg(entry)
+                        .output()
+                        .unwrap()
+                        .stdout;
+                    let t = String::from_utf8_lossy(&content);
+                    let t = t.trim();
+                    if p.ends_with("initiatorname.iscsi") {
+                        t.contains("InitiatorName=")
+                    } else {
+                        !t.is_empty() && t != "uninitialized"
+                    }
+                });
+            if identity {
+                found.push(format!("{}: {p}", &key[..12]));
+            }
+        }
+    }
+    assert!(listed > 0, "none of the build's layers is in the cache");
+    found
+}
+
+/// `tar -xOf TAR ./PATH`: the content of one file of a tar output (None when it has none).
+fn file_in_tar(tar: &Path, path: &str) -> Option<String> {
+    let out = Command::new("tar")
+        .arg("-xOf")
+        .arg(tar)
+        .arg(format!("./{path}"))
+        .output()
+        .unwrap();
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn images_from_one_cached_chain_get_their_own_identities() {
+    if !capable("images_from_one_cached_chain_get_their_own_identities") {
+        return;
+    }
+    let t = fixture_elements(&rootfs_tar());
+    // A stand-in for openssh-server and open-iscsi: the install phase makes host keys (with the
+    // tree's ssh-keygen, or a fake one that writes random keys as `ssh-keygen -A` does), a
+    // machine id, a random seed and an initiator name.
+    let ids = t
+        .el("identities")
+        .hook(
+            "install",
+            "50-make-identities",
+            "mkdir -p /etc/ssh /etc/iscsi /var/lib/systemd /usr/local/sbin\n\
+             if ! command -v ssh-keygen >/dev/null; then\n\
+             printf '%s\\n' '#!/bin/sh' '[ \"$1\" = -A ] || exit 64' \
+             'head -c 32 /dev/urandom | od -An -tx1 | tr -d \" \\\\n\" > /etc/ssh/ssh_host_ed25519_key' \
+             'echo public > /etc/ssh/ssh_host_ed25519_key.pub' > /usr/local/sbin/ssh-keygen\n\
+             chmod 755 /usr/local/sbin/ssh-keygen\n\
+             fi\n\
+             ssh-keygen -A\n\
+             test -s /etc/ssh/ssh_host_ed25519_key\n\
+             head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n' > /etc/machine-id\n\
+             head -c 512 /dev/urandom > /var/lib/systemd/random-seed\n\
+             echo \"InitiatorName=iqn.1993-08.org.debian:01:$(head -c 6 /dev/urandom | od -An -tx1 | tr -d ' \\n')\" > /etc/iscsi/initiatorname.iscsi",
+        )
+        .hook("post-root", "50-variant", "echo variant-zero");
+    let h = heavy();
+    let _t = Timer::start("images_from_one_cached_chain_get_their_own_identities");
+    let dir = work("identities");
+    let hook = ids.path.join("post-root.d/50-variant");
+    // A run-unique post-root, so the first build stores the chain and the others restore it
+    // (each with its own output key: a changed post-root).
+    let run = format!(
+        "{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let mut keys = Vec::new();
+    for n in 0..3 {
+        fs::write(&hook, format!("#!/bin/bash\necho variant-{run}-{n}\n")).unwrap();
+        let name = format!("ids{n}");
+        let args = ["-n", "test-rootfs", "identities", "-t", "tar", "-o", &name];
+        let o = build(&dir, Some(t.path()), &args, &[]);
+        assert_eq!(o.code, 0, "{}", o.stderr);
+        if n > 0 {
+            assert!(o.log.contains("cache: post-install hit"), "{}", o.log);
+            assert!(
+                o.log
+                    .contains("cache: made new ssh-host-keys, iscsi-initiator-name, machine-id"),
+                "{}",
+                o.log
+            );
+            // None of the identities came from the cache.
+            assert_eq!(
+                identities_in_layers(&dir, Some(t.path()), &args, &[]),
+                Vec::<String>::new()
+            );
+        }
+        let tar = dir.join(format!("{name}.tar"));
+        let key = file_in_tar(&tar, "etc/ssh/ssh_host_ed25519_key")
+            .expect("the image has no SSH host key");
+        assert!(!key.trim().is_empty());
+        if n > 0 {
+            // What a distribution ships in an image: an empty machine id, no seed, and a
+            // name made for this image (or made at first start).
+            assert_eq!(file_in_tar(&tar, "etc/machine-id").as_deref(), Some(""));
+            assert_eq!(file_in_tar(&tar, "var/lib/systemd/random-seed"), None);
+            let iscsi = file_in_tar(&tar, "etc/iscsi/initiatorname.iscsi").unwrap();
+            assert!(
+                iscsi.starts_with("InitiatorName=") || iscsi == "GenerateName=yes\n",
+                "{iscsi:?}"
+            );
+        }
+        keys.push(key);
+    }
+    assert_ne!(
+        keys[1], keys[2],
+        "two images from one cached chain share a host key"
+    );
+    assert_ne!(
+        keys[0], keys[1],
+        "a restored image kept the first build's host key"
+    );
+    assert_no_leftovers(&dir, &h);
+}

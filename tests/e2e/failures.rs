@@ -201,8 +201,42 @@ fn sigint_during_disk_finalise_detaches_everything() {
         !crate::harness::attached_loops().is_subset(h.loops_before()),
         "no loop device attached while finalise runs"
     );
+    assert_private_while_running(child.id(), &dir);
     interrupt(&dir, &h, child, Signal::SIGINT, 130);
     assert!(!dir.join("k.raw").exists());
+}
+
+/// While a disk build runs, its build and image directories (tmpfs in its own mount namespace,
+/// seen through `/proc/PID/root`) are 0700 and every file in the image directory (the raw image)
+/// is 0600.
+fn assert_private_while_running(pid: u32, dir: &Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let tmp =
+        Path::new(&format!("/proc/{pid}/root")).join(dir.join("tmp").strip_prefix("/").unwrap());
+    let mut seen = Vec::new();
+    for e in fs::read_dir(&tmp).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !(name.starts_with("kiln_pipeline.") || name.starts_with("kiln_image.")) {
+            continue;
+        }
+        let mode = fs::metadata(e.path()).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o700, "{name} is {mode:o} while the build runs");
+        seen.push(name.clone());
+        if name.starts_with("kiln_image.") {
+            for f in fs::read_dir(e.path()).unwrap().flatten() {
+                let m = fs::symlink_metadata(f.path()).unwrap();
+                if m.is_file() {
+                    let mode = m.permissions().mode() & 0o7777;
+                    assert_eq!(mode, 0o600, "{} is {mode:o}", f.path().display());
+                    seen.push(f.file_name().to_string_lossy().into_owned());
+                }
+            }
+        }
+    }
+    assert!(
+        seen.len() >= 3,
+        "build dir, image dir and image not all seen: {seen:?}"
+    );
 }
 
 #[test]

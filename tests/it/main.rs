@@ -2,6 +2,7 @@
 //! element-info, errors, help, the element linter, the pipeline through a recording host. Real builds and boots are the separate test
 //! binary `e2e` (tests/e2e).
 
+mod apt_trust;
 mod cli;
 mod errors;
 mod fuzz;

@@ -22,7 +22,13 @@
 //! tree is copied into the image anyway, and overlay's copy-up and rename rules would be visible
 //! to hooks; tar layers are invisible to them).
 //!
+//! Generated identities (SSH host keys, seeds, the machine id, the iSCSI initiator name) never
+//! enter a layer: [`identity`] holds their table, and a layer's meta records which of them the
+//! tree held, so a build that restores it can make new ones.
+//!
 //! Outputs are cached too: an identical request copies its cached outputs.
+
+pub mod identity;
 
 use kiln_host::Cmd;
 use std::collections::BTreeMap;
@@ -274,6 +280,10 @@ pub struct LayerMeta {
     pub bytes: u64,
     /// When it was made (seconds since the epoch).
     pub created: u64,
+    /// The generated identities ([`identity::IDENTITIES`] names) the tree held when the layer
+    /// was made; none of them is in any layer.
+    #[serde(default)]
+    pub identities: Vec<String>,
 }
 
 /// The cache directory of phase layers and outputs.
@@ -336,7 +346,8 @@ impl PhaseCache {
     }
 
     /// Records a layer: the change to the tree and the change to the hook tree that a step
-    /// made, under the key of its inputs.
+    /// made, under the key of its inputs. Generated identities in the tree are left out and
+    /// recorded by name in the meta ([`identity`]).
     pub fn store(
         &self,
         inputs: &Inputs,
@@ -354,7 +365,13 @@ impl PhaseCache {
             .prefix(".tmp-")
             .tempdir_in(&self.dir)
             .map_err(io(&self.dir))?;
-        write_delta(tmp.path(), "layer", tree)?;
+        let (kept, _identities) = identity::strip(tree.root, tree.changed);
+        let stripped = Delta {
+            root: tree.root,
+            changed: &kept,
+            deleted: tree.deleted,
+        };
+        write_delta(tmp.path(), "layer", &stripped)?;
         write_delta(tmp.path(), "hooks", hooks)?;
         let bytes = du_bytes(tmp.path());
         let meta = LayerMeta {
@@ -363,6 +380,7 @@ impl PhaseCache {
             tree_kib,
             bytes,
             created: now(),
+            identities: identity::present(tree.root),
         };
         fs::write(
             tmp.path().join("meta.json"),
@@ -955,6 +973,75 @@ mod tests {
         assert_eq!(m.permissions().mode() & 0o7777, 0o4750);
         assert_eq!(m.nlink(), 2);
         assert_eq!(fs::read_to_string(out_hooks.join("h")).unwrap(), "hook");
+    }
+
+    #[test]
+    fn stored_layers_never_hold_generated_identities() {
+        let d = tempfile::tempdir().unwrap();
+        let cache = PhaseCache::new(&d.path().join("cache"));
+        let tree = d.path().join("tree");
+        let hooks = d.path().join("hooks");
+        fs::create_dir_all(tree.join("etc/ssh")).unwrap();
+        fs::create_dir_all(tree.join("var/lib/systemd")).unwrap();
+        fs::create_dir_all(&hooks).unwrap();
+        fs::write(tree.join("etc/ssh/ssh_host_ed25519_key"), "private").unwrap();
+        fs::write(tree.join("etc/ssh/sshd_config"), "Port 22").unwrap();
+        fs::write(
+            tree.join("etc/machine-id"),
+            "0123456789abcdef0123456789abcdef\n",
+        )
+        .unwrap();
+        fs::write(tree.join("var/lib/systemd/random-seed"), "seed").unwrap();
+        let (changed, deleted) = diff(&Index::new(), &index(&tree));
+        let inputs = Inputs {
+            phase: "install".into(),
+            parent: None,
+            arch: "amd64".into(),
+            release_digest: None,
+            version: "t".into(),
+            env: BTreeMap::new(),
+            files: BTreeMap::new(),
+            extra: Vec::new(),
+        };
+        let key = cache
+            .store(
+                &inputs,
+                &Delta {
+                    root: &tree,
+                    changed: &changed,
+                    deleted: &deleted,
+                },
+                &Delta {
+                    root: &hooks,
+                    changed: &[],
+                    deleted: &[],
+                },
+                1,
+            )
+            .unwrap();
+        // The running build's tree keeps them.
+        assert!(tree.join("etc/ssh/ssh_host_ed25519_key").exists());
+        let meta = cache.get(&key).unwrap();
+        assert_eq!(
+            meta.identities,
+            vec!["ssh-host-keys", "machine-id", "systemd-random-seed"]
+        );
+        let out = d.path().join("out");
+        let out_hooks = d.path().join("out-hooks");
+        fs::create_dir_all(&out).unwrap();
+        fs::create_dir_all(&out_hooks).unwrap();
+        cache.restore(&[key], &out, &out_hooks).unwrap();
+        assert_eq!(
+            fs::read_to_string(out.join("etc/ssh/sshd_config")).unwrap(),
+            "Port 22"
+        );
+        for gone in [
+            "etc/ssh/ssh_host_ed25519_key",
+            "etc/machine-id",
+            "var/lib/systemd/random-seed",
+        ] {
+            assert!(!out.join(gone).exists(), "{gone} was stored in the layer");
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@
 
 use std::fs::OpenOptions;
 use std::io::{Seek, SeekFrom, Write};
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -56,11 +57,17 @@ pub trait Runner {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
         }
+        // Private to the user while the build runs (the image holds the whole tree), and never
+        // through a symlink someone planted at its name.
         let f = OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(path)
+            .map_err(|e| io(path, e))?;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))
             .map_err(|e| io(path, e))?;
         f.set_len(size).map_err(|e| io(path, e))
     }
@@ -157,5 +164,29 @@ impl Runner for SystemRunner {
 
     fn boxed_clone(&self) -> Option<Box<dyn Runner + Send>> {
         Some(Box::new(SystemRunner))
+    }
+}
+
+#[cfg(test)]
+mod sparse_tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt as _;
+
+    #[test]
+    fn the_sparse_image_is_private_and_never_made_through_a_symlink() {
+        let d = tempfile::tempdir().unwrap();
+        let img = d.path().join("image.raw");
+        std::fs::write(&img, b"old").unwrap();
+        std::fs::set_permissions(&img, std::fs::Permissions::from_mode(0o644)).unwrap();
+        SystemRunner.create_sparse_file(&img, 1 << 20).unwrap();
+        let m = std::fs::metadata(&img).unwrap();
+        assert_eq!(m.mode() & 0o777, 0o600);
+        assert_eq!(m.len(), 1 << 20);
+        let victim = d.path().join("victim");
+        std::fs::write(&victim, b"keep").unwrap();
+        let link = d.path().join("planted.raw");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        assert!(SystemRunner.create_sparse_file(&link, 1 << 20).is_err());
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
     }
 }

@@ -10,9 +10,12 @@
 //!
 //! Two families, as in DIB: tree outputs (`tar`, `tgz`, `squashfs`) made from the final tree,
 //! and disk outputs (`raw`, `qcow2`, `vmdk`, `vhd`, …) made from the raw image. Every output
-//! is written as `NAME.<ext>-new` and renamed into place by [`finish`], after an existing file
-//! was moved aside with a timestamp (unless `OVERWRITE_OLD_IMAGE`), and may get `.md5` /
-//! `.sha256` files.
+//! is written in a private directory next to it (`.NAME.<ext>.kiln-new/`, mode 0700, made
+//! fresh by [`prepare_pending`]) and renamed into place by [`finish`], after an existing file
+//! was moved aside with a timestamp (unless `OVERWRITE_OLD_IMAGE`), with its `.md5` /
+//! `.sha256` files written the same way. Nothing is ever opened for writing at a path another
+//! user can plant in the output directory: a symlink at `NAME.<ext>` or `NAME.<ext>.sha256` is
+//! replaced by the rename, never followed, so its target is untouched.
 
 use std::fs;
 use std::io;
@@ -80,7 +83,8 @@ pub enum Source {
 /// How one format is written. Each module under `src/` implements it for its format(s).
 pub trait Producer: Sync + std::fmt::Debug {
     /// Writes the output made from `source` (the tree or the raw image, per the table's
-    /// [`Format::source`]) to `pending` (`NAME.<ext>-new`; [`finish`] renames it into place).
+    /// [`Format::source`]) to `pending` (`.NAME.<ext>.kiln-new/NAME.<ext>`, in a private
+    /// directory; [`finish`] renames it into place).
     fn produce(&self, source: &Path, pending: &Path, opts: &Options) -> Result<()>;
 
     /// Whether, with `opts`, it runs the table's [`Format::tools`] (kiln's own qcow2 writer
@@ -385,11 +389,18 @@ pub fn tools_for(ty: OutputType, opts: &Options) -> Vec<&'static str> {
 }
 
 /// Writes output `ty` made from `source` (the final tree for tree outputs, the raw image for
-/// disk outputs) as `dest`'s pending file; [`finish`] then puts it in place. The one entry
-/// point of every format.
+/// disk outputs) as `dest`'s pending file ([`prepare_pending`]); [`finish`] then puts it in
+/// place. The one entry point of every format. On failure the pending directory is removed.
 pub fn produce(ty: OutputType, source: &Path, dest: &Path, opts: &Options) -> Result<()> {
     match ty.format().support {
-        Support::Yes(p) => p.produce(source, &pending_path(dest), opts),
+        Support::Yes(p) => {
+            let pending = prepare_pending(dest)?;
+            let r = p.produce(source, &pending, opts);
+            if r.is_err() {
+                discard_pending(dest);
+            }
+            r
+        }
         Support::No(hint) => Err(Error::Unsupported {
             name: ty.name().to_string(),
             hint,
@@ -397,11 +408,48 @@ pub fn produce(ty: OutputType, source: &Path, dest: &Path, opts: &Options) -> Re
     }
 }
 
-/// Where an output is written before [`finish`] renames it into place (`NAME.ext-new`).
+/// The private directory an output is written in before [`finish`] renames it into place:
+/// `.NAME.<ext>.kiln-new` beside `dest`, so the rename never crosses a filesystem.
+fn pending_dir(dest: &Path) -> PathBuf {
+    let name = dest.file_name().unwrap_or_default().to_string_lossy();
+    dest.with_file_name(format!(".{name}.kiln-new"))
+}
+
+/// Where an output is written before [`finish`] renames it into place (inside the private
+/// directory [`prepare_pending`] makes).
 pub fn pending_path(dest: &Path) -> PathBuf {
-    let mut s = dest.as_os_str().to_owned();
-    s.push("-new");
-    PathBuf::from(s)
+    pending_dir(dest).join(dest.file_name().unwrap_or_default())
+}
+
+/// Makes `dest`'s private pending directory afresh (mode 0700; whatever had its name, a stale
+/// directory of a killed build or a planted symlink, is removed without being followed) and
+/// returns the pending file's path, which nobody else can create or replace.
+pub fn prepare_pending(dest: &Path) -> Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    let dir = pending_dir(dest);
+    let io_err = |source| Error::Io {
+        path: dir.clone(),
+        source,
+    };
+    match fs::symlink_metadata(&dir) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(&dir).map_err(io_err)?,
+        Ok(_) => fs::remove_file(&dir).map_err(io_err)?,
+        Err(_) => {}
+    }
+    // Fails if anything took the name meanwhile; never reuses what it did not make.
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .map_err(io_err)?;
+    Ok(pending_path(dest))
+}
+
+/// Removes `dest`'s pending directory and what is in it (after a failure).
+pub fn discard_pending(dest: &Path) {
+    let dir = pending_dir(dest);
+    if fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
+        let _ = fs::remove_dir_all(&dir);
+    }
 }
 
 /// Which checksums to write, from `DIB_CHECKSUM` / `--checksum` (`1`, `md5`, `sha256`, lists).
@@ -433,15 +481,52 @@ impl Checksums {
 }
 
 /// Finishes an output: moves an existing `dest` (and its checksums) aside with a timestamp
-/// unless `overwrite`, renames `dest-new` into place and writes the asked checksums.
+/// unless `overwrite`, writes the asked checksums beside the pending file, renames the
+/// checksums and the pending file into place (a symlink at any of those names is replaced,
+/// never followed) and removes the pending directory. On failure the pending directory is
+/// removed and nothing is left half-written at `dest`.
 pub fn finish(dest: &Path, overwrite: bool, sums: Checksums, stamp: &str) -> Result<()> {
+    let r = finish_inner(dest, overwrite, sums, stamp);
+    discard_pending(dest);
+    r
+}
+
+fn finish_inner(dest: &Path, overwrite: bool, sums: Checksums, stamp: &str) -> Result<()> {
     let tmp = pending_path(dest);
-    if dest.exists() && !overwrite {
-        let name = dest
-            .file_name()
-            .unwrap_or_default()
-            .to_string_lossy()
-            .into_owned();
+    let dir = pending_dir(dest);
+    let file = dest.file_name().unwrap_or_default();
+    // The checksums first, in the private directory, of the file under its final name.
+    let mut jobs = Vec::new();
+    let mut sum_files = Vec::new();
+    for (on, tool) in [(sums.md5, "md5sum"), (sums.sha256, "sha256sum")] {
+        if !on {
+            continue;
+        }
+        let ext = tool.trim_end_matches("sum");
+        let mut sum_name = file.to_owned();
+        sum_name.push(format!(".{ext}"));
+        let out_path = dir.join(&sum_name);
+        let out = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&out_path)
+            .map_err(|source| Error::Io {
+                path: out_path.clone(),
+                source,
+            })?;
+        let cmd = Cmd::new(tool).arg(file).current_dir(&dir);
+        let child = cmd.spawn(out.into(), Stdio::piped())?;
+        jobs.push((cmd, child));
+        sum_files.push((out_path, dest.with_file_name(sum_name)));
+    }
+    for (cmd, child) in jobs {
+        let done = child.wait_with_output()?;
+        if !done.status.success() {
+            return Err(cmd.failed(done.status, &done.stderr_str()).into());
+        }
+    }
+    if !overwrite && fs::symlink_metadata(dest).is_ok() {
+        let name = file.to_string_lossy().into_owned();
         let (stem, ext) = name.rsplit_once('.').unwrap_or((name.as_str(), ""));
         let moved = dest.with_file_name(format!("{stem}-{stamp}.{ext}"));
         tracing::info!("keeping the old {} as {}", dest.display(), moved.display());
@@ -451,7 +536,7 @@ pub fn finish(dest: &Path, overwrite: bool, sums: Checksums, stamp: &str) -> Res
         })?;
         for s in ["md5", "sha256"] {
             let old = PathBuf::from(format!("{}.{s}", dest.display()));
-            if old.exists() {
+            if fs::symlink_metadata(&old).is_ok() {
                 let _ = fs::rename(&old, format!("{}.{s}", moved.display()));
             }
         }
@@ -460,31 +545,8 @@ pub fn finish(dest: &Path, overwrite: bool, sums: Checksums, stamp: &str) -> Res
         path: tmp.clone(),
         source,
     })?;
-    let dir = dest
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let file = dest.file_name().unwrap_or_default();
-    let mut jobs = Vec::new();
-    for (on, tool) in [(sums.md5, "md5sum"), (sums.sha256, "sha256sum")] {
-        if !on {
-            continue;
-        }
-        let ext = tool.trim_end_matches("sum");
-        let out_path = PathBuf::from(format!("{}.{ext}", dest.display()));
-        let out = fs::File::create(&out_path).map_err(|source| Error::Io {
-            path: out_path.clone(),
-            source,
-        })?;
-        let cmd = Cmd::new(tool).arg(file).current_dir(dir);
-        let child = cmd.spawn(out.into(), Stdio::piped())?;
-        jobs.push((cmd, child));
-    }
-    for (cmd, child) in jobs {
-        let done = child.wait_with_output()?;
-        if !done.status.success() {
-            return Err(cmd.failed(done.status, &done.stderr_str()).into());
-        }
+    for (from, to) in sum_files {
+        fs::rename(&from, &to).map_err(|source| Error::Io { path: to, source })?;
     }
     Ok(())
 }
@@ -681,7 +743,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let dest = d.path().join("img.qcow2");
         fs::write(&dest, b"old").unwrap();
-        fs::write(pending_path(&dest), b"new").unwrap();
+        fs::write(prepare_pending(&dest).unwrap(), b"new").unwrap();
         finish(
             &dest,
             false,
@@ -697,8 +759,108 @@ mod tests {
         let sha = fs::read_to_string(d.path().join("img.qcow2.sha256")).unwrap();
         assert!(sha.ends_with("  img.qcow2\n"), "{sha}");
         // Overwrite mode replaces in place.
-        fs::write(pending_path(&dest), b"newer").unwrap();
+        fs::write(prepare_pending(&dest).unwrap(), b"newer").unwrap();
         finish(&dest, true, Checksums::default(), "x").unwrap();
         assert_eq!(fs::read(&dest).unwrap(), b"newer");
+        assert!(!d.path().join(".img.qcow2.kiln-new").exists());
+    }
+
+    /// Files outside the output directory that planted symlinks point at.
+    fn victims(d: &Path) -> Vec<PathBuf> {
+        let outside = d.join("outside");
+        fs::create_dir_all(&outside).unwrap();
+        ["image", "md5", "sha256", "pending"]
+            .iter()
+            .map(|n| {
+                let v = outside.join(n);
+                fs::write(&v, format!("victim {n}")).unwrap();
+                v
+            })
+            .collect()
+    }
+
+    fn assert_untouched(victims: &[PathBuf]) {
+        for v in victims {
+            let n = v.file_name().unwrap().to_string_lossy();
+            assert_eq!(
+                fs::read_to_string(v).unwrap(),
+                format!("victim {n}"),
+                "{} was written through a planted symlink",
+                v.display()
+            );
+        }
+    }
+
+    #[test]
+    fn planted_symlinks_at_the_output_paths_are_never_followed() {
+        use std::os::unix::fs::{symlink, PermissionsExt as _};
+        for overwrite in [true, false] {
+            let d = tempfile::tempdir().unwrap();
+            let v = victims(d.path());
+            let out = d.path().join("out");
+            fs::create_dir_all(&out).unwrap();
+            let disk = crate::testutil::sparse_disk(d.path());
+            let want = fs::read(&disk).unwrap();
+            let dest = out.join("img.raw");
+            symlink(&v[0], &dest).unwrap();
+            symlink(&v[1], out.join("img.raw.md5")).unwrap();
+            symlink(&v[2], out.join("img.raw.sha256")).unwrap();
+            // The old fixed pending name and the private directory's name, planted too.
+            symlink(&v[3], out.join("img.raw-new")).unwrap();
+            symlink(d.path().join("outside"), out.join(".img.raw.kiln-new")).unwrap();
+            produce(
+                OutputType::parse("raw").unwrap(),
+                &disk,
+                &dest,
+                &Options::default(),
+            )
+            .unwrap();
+            let private = fs::symlink_metadata(out.join(".img.raw.kiln-new")).unwrap();
+            assert!(private.is_dir());
+            assert_eq!(private.permissions().mode() & 0o777, 0o700);
+            finish(
+                &dest,
+                overwrite,
+                Checksums {
+                    md5: true,
+                    sha256: true,
+                },
+                "stamp",
+            )
+            .unwrap();
+            assert_untouched(&v);
+            let m = fs::symlink_metadata(&dest).unwrap();
+            assert!(m.is_file(), "{overwrite}: the output is not a regular file");
+            assert_eq!(fs::read(&dest).unwrap(), want);
+            for s in ["md5", "sha256"] {
+                let p = out.join(format!("img.raw.{s}"));
+                assert!(fs::symlink_metadata(&p).unwrap().is_file());
+                assert!(fs::read_to_string(&p).unwrap().ends_with("  img.raw\n"));
+            }
+            // The outside directory the private name pointed at kept only its own files.
+            assert_eq!(fs::read_dir(d.path().join("outside")).unwrap().count(), 4);
+            assert!(!out.join(".img.raw.kiln-new").exists());
+            if !overwrite {
+                // The planted link was moved aside as the "old image", not followed.
+                let old = fs::symlink_metadata(out.join("img-stamp.raw")).unwrap();
+                assert!(old.file_type().is_symlink());
+            }
+        }
+    }
+
+    #[test]
+    fn a_failed_producer_leaves_no_pending_directory() {
+        let d = tempfile::tempdir().unwrap();
+        let dest = d.path().join("img.tar");
+        let missing = d.path().join("no-such-tree");
+        assert!(produce(
+            OutputType::parse("tar").unwrap(),
+            &missing,
+            &dest,
+            &Options::default()
+        )
+        .is_err());
+        assert!(!d.path().join(".img.tar.kiln-new").exists());
+        assert!(!dest.exists());
     }
 }

@@ -1,7 +1,9 @@
 //! `raw`: the disk image itself. It is moved into place (copied sparsely across filesystems),
-//! so it is made after every other disk output.
+//! so it is made after every other disk output. The image is private (0600) while the build
+//! runs; the output gets the mode any new file gets (0666 less the umask), like the others.
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 
 use kiln_host::Cmd;
@@ -22,8 +24,26 @@ impl Producer for Raw {
                 .arg(pending)
                 .run()?;
         }
-        Ok(())
+        fs::set_permissions(pending, fs::Permissions::from_mode(0o666 & !umask())).map_err(
+            |source| crate::Error::Io {
+                path: pending.to_path_buf(),
+                source,
+            },
+        )
     }
+}
+
+/// This process's umask, from `/proc/self/status` (reading it with `umask(2)` would change it
+/// for every thread meanwhile); 022 when the kernel does not say.
+fn umask() -> u32 {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Umask:"))
+                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        })
+        .unwrap_or(0o022)
 }
 
 #[cfg(test)]
@@ -37,6 +57,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let disk = sparse_disk(d.path());
         let want = fs::read(&disk).unwrap();
+        fs::set_permissions(&disk, fs::Permissions::from_mode(0o600)).unwrap();
         let dest = d.path().join("out/img.raw");
         fs::create_dir_all(dest.parent().unwrap()).unwrap();
         produce(
@@ -48,5 +69,13 @@ mod tests {
         .unwrap();
         assert!(!disk.exists());
         assert_eq!(fs::read(pending_path(&dest)).unwrap(), want);
+        // The private image becomes an ordinary output.
+        let mode = fs::metadata(pending_path(&dest))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o666 & !umask());
+        assert_eq!(mode & 0o044, 0o044 & !umask());
     }
 }

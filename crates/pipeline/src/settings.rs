@@ -172,6 +172,10 @@ settings! {
         "Debian security mirror.";
     DIB_OFFLINE = "DIB_OFFLINE", Bool, Unset, PhaseKey,
         "Non-empty and not 0 (or `--offline`): elements use cached downloads and kiln does not ask the mirror for the keys.";
+    DIB_DEBOOTSTRAP_INSECURE = "DIB_DEBOOTSTRAP_INSECURE", Bool, Unset, PhaseKey,
+        "1: bootstrap without checking the mirror's signatures when the host lacks the distribution's archive keyring (otherwise the build stops and names the package to install).";
+    DIB_APT_ALLOW_EXPIRED = "DIB_APT_ALLOW_EXPIRED", Bool, Unset, PhaseKey,
+        "1: apt accepts a Release file past its Valid-Until or dated ahead of the clock, to build from a snapshot or frozen mirror named by DIB_DISTRIBUTION_MIRROR.";
     // Hooks' environment.
     PATH = "PATH", PathList, Value("/usr/local/bin:/usr/bin:/bin"), PhaseKey,
         "Command search path; hooks get kiln's helper directory first (left out of the keys) and the sbin directories appended.";

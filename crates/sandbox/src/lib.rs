@@ -110,12 +110,13 @@ pub fn bind(src: &Path, dst: &Path, readonly: bool) -> Result<()> {
     Ok(())
 }
 
-/// Mounts a tmpfs of at most `size_bytes` (0: the kernel default) on `dst`.
+/// Mounts a tmpfs of at most `size_bytes` (0: the kernel default) on `dst`, private to the user
+/// (mode 0700: the build tree and image inside are nobody else's to read).
 pub fn mount_tmpfs(dst: &Path, size_bytes: u64) -> Result<()> {
     let opts = if size_bytes > 0 {
-        format!("size={size_bytes},mode=0755")
+        format!("size={size_bytes},mode=0700")
     } else {
-        "mode=0755".to_string()
+        "mode=0700".to_string()
     };
     mount(
         Some("tmpfs"),

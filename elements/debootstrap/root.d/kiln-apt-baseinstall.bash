@@ -11,7 +11,8 @@
 #      /etc/apt/sources.list;
 #   2. mounts /proc, a read-only /sys, /dev and /dev/pts (unmounted again on every exit path)
 #      and lends the build host's resolv.conf if the image has none;
-#   3. runs apt-get update, apt-get dist-upgrade (unless DIB_AVOID_PACKAGES_UPDATE=1) and
+#   3. runs apt-get update (through the dpkg element's kiln-apt-update, which explains an
+#      expired Release file), apt-get dist-upgrade (unless DIB_AVOID_PACKAGES_UPDATE=1) and
 #      apt-get install PACKAGE... in the image.
 
 _kiln_mounts=()
@@ -124,7 +125,14 @@ kiln_apt_baseinstall() {
         fi
     fi
 
-    kiln_in_target apt-get update
+    # The dpkg element's kiln-apt-update explains a Release file past its Valid-Until.
+    local update=${BASH_SOURCE[0]%/*}/../bin/kiln-apt-update
+    if [ -f "$update" ]; then
+        kiln_in_target DIB_APT_ALLOW_EXPIRED="${DIB_APT_ALLOW_EXPIRED:-0}" \
+            bash -c "$(cat "$update")" kiln-apt-update
+    else
+        kiln_in_target apt-get update
+    fi
     mkdir -p "$TARGET_ROOT/var/lib/apt/lists"
     touch "$TARGET_ROOT/var/lib/apt/lists/.kiln-updated"
     if [ "${DIB_AVOID_PACKAGES_UPDATE:-0}" != 1 ]; then

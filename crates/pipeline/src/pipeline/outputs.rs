@@ -22,7 +22,11 @@ impl Ctx<'_> {
             let dest = kiln_output::output_path(&self.plan.image_name, ty);
             let name = dest.file_name().unwrap_or_default();
             let src = entry.join("files").join(name);
-            cache::copy_file(&src, &kiln_output::pending_path(&dest))?;
+            let pending = kiln_output::prepare_pending(&dest)?;
+            if let Err(e) = cache::copy_file(&src, &pending) {
+                kiln_output::discard_pending(&dest);
+                return Err(e.into());
+            }
             kiln_output::finish(&dest, overwrite, sums, &stamp)?;
             self.console
                 .say(&format!("wrote {} (from the cache)", dest.display()));

@@ -42,6 +42,9 @@ impl Ctx<'_> {
             crate::in_image::resolv_conf_in(&mnt)?;
         }
         self.ws.mount_chroot()?;
+        if hits > 0 {
+            self.regenerate_identities(snap, hits)?;
+        }
         for i in hits.max(1)..snap.steps.len() {
             match snap.steps[i].phase {
                 Some(p) => {

@@ -1,6 +1,8 @@
 //! The phase cache during a build: the lookup before the first phase (the whole request's
 //! outputs, else the longest chain of stored layers, restored), a layer after each cacheable
-//! step, and the trim to `KILN_CACHE_MAX_SIZE` at the end.
+//! step, and the trim to `KILN_CACHE_MAX_SIZE` at the end. After a restore, the generated
+//! identities the layers left out (SSH host keys, the iSCSI initiator name, the machine id; see
+//! [`cache::identity`]) are made anew in the chroot, so every image gets its own.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -9,6 +11,7 @@ use super::keys::{cache_steps, output_key, CacheStep};
 use super::prepare::Prepared;
 use super::Ctx;
 use crate::cache;
+use crate::runner::{self, Place};
 use crate::{io, Error};
 
 /// Where the snapshotting stands during a build.
@@ -95,6 +98,51 @@ impl Ctx<'_> {
                     out_key,
                 },
             ))
+        })
+    }
+
+    /// After `hits` layers were restored (with the chroot mounted): makes new generated
+    /// identities for those the tree held when the last restored layer was stored, each with
+    /// its row's script in the chroot (step `identities`). Nothing runs when it held none.
+    pub(super) fn regenerate_identities(
+        &mut self,
+        snap: &Snapshotter,
+        hits: usize,
+    ) -> Result<(), Error> {
+        let Some(last) = hits.checked_sub(1).and_then(|i| snap.steps.get(i)) else {
+            return Ok(());
+        };
+        let recorded = snap
+            .layers
+            .get(&last.key)
+            .map(|m| m.identities)
+            .unwrap_or_default();
+        let rows = cache::identity::to_regenerate(&recorded);
+        if rows.is_empty() {
+            return Ok(());
+        }
+        self.step("identities", |ctx| {
+            let mnt = ctx.ws.mnt();
+            for row in &rows {
+                let argv = vec![
+                    "sh".to_string(),
+                    "-c".to_string(),
+                    row.regenerate.to_string(),
+                ];
+                runner::run_simple(
+                    ctx.console,
+                    "identities",
+                    &Place::Chroot(mnt.clone()),
+                    &argv,
+                    &ctx.env,
+                )?;
+            }
+            let names: Vec<&str> = rows.iter().map(|r| r.name).collect();
+            ctx.console.say(&format!(
+                "cache: made new {} (never stored in layers)",
+                names.join(", ")
+            ));
+            Ok(())
         })
     }
 
