@@ -997,9 +997,10 @@ mod tests {
             phase: "install".into(),
             parent: None,
             arch: "amd64".into(),
-            release_digest: None,
+            mirror: BTreeMap::new(),
             version: "t".into(),
             env: BTreeMap::new(),
+            host_files: BTreeMap::new(),
             files: BTreeMap::new(),
             extra: Vec::new(),
         };

@@ -347,17 +347,6 @@ fn kill_group(pgid: i32) {
     kiln_sandbox::signal_group(pgid, nix::sys::signal::Signal::SIGKILL);
 }
 
-/// Runs a plain engine command (no hooks) at `place`, logging it; fails with its output tail.
-pub fn run_simple(
-    console: &Console,
-    step: &str,
-    place: &Place,
-    argv: &[String],
-    env: &BTreeMap<String, String>,
-) -> Result<(), Error> {
-    run(console, step, place, argv, env, &BTreeMap::new(), None).map(|_| ())
-}
-
 /// Whether `path` is a directory with something other than `lost+found` and `tmp` in it.
 pub fn has_content(path: &Path) -> bool {
     std::fs::read_dir(path).is_ok_and(|rd| {

@@ -306,7 +306,8 @@ impl Host for RecordingHost {
             source.display(),
             dest.display()
         ))?;
-        let pending = kiln_output::pending_path(dest);
+        // Where the real producer writes: the output's private pending directory.
+        let pending = kiln_output::prepare_pending(dest)?;
         std::fs::write(&pending, b"").map_err(crate::io(&pending))
     }
 

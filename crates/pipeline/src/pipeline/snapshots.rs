@@ -11,7 +11,7 @@ use super::keys::{cache_steps, output_key, CacheStep};
 use super::prepare::Prepared;
 use super::Ctx;
 use crate::cache;
-use crate::runner::{self, Place};
+use crate::runner::Place;
 use crate::{io, Error};
 
 /// Where the snapshotting stands during a build.
@@ -129,13 +129,16 @@ impl Ctx<'_> {
                     "-c".to_string(),
                     row.regenerate.to_string(),
                 ];
-                runner::run_simple(
-                    ctx.console,
-                    "identities",
-                    &Place::Chroot(mnt.clone()),
-                    &argv,
-                    &ctx.env,
-                )?;
+                let place = Place::Chroot(mnt.clone());
+                let run = crate::host::PhaseRun {
+                    phase: "identities",
+                    place: &place,
+                    argv: &argv,
+                    env: &ctx.env,
+                    elements: &std::collections::BTreeMap::new(),
+                    capture: None,
+                };
+                ctx.ws.host.run_phase(ctx.console, &run)?;
             }
             let names: Vec<&str> = rows.iter().map(|r| r.name).collect();
             ctx.console.say(&format!(
