@@ -220,7 +220,7 @@ mod tests {
     }
 
     #[test]
-    fn the_hook_tree_is_scanned_without_following_fifos() {
+    fn the_hook_tree_bin_and_environment_d_are_scanned() {
         let d = tempfile::tempdir().unwrap();
         let el = d.path().join("el");
         fs::create_dir_all(el.join("install.d")).unwrap();
@@ -231,11 +231,6 @@ mod tests {
         fs::write(el.join("environment.d/10-e"), "export ENV_VAR=1\n").unwrap();
         fs::write(el.join("README.rst"), "README_VAR\n").unwrap();
         fs::write(el.join("element-provides"), "operating-system\n").unwrap();
-        nix::unistd::mkfifo(
-            &el.join("install.d/fifo"),
-            nix::sys::stat::Mode::from_bits_truncate(0o644),
-        )
-        .unwrap();
         let lib = kiln_element::Library::discover(&[d.path().to_path_buf()]).unwrap();
         let req = kiln_element::ResolveRequest {
             elements: vec!["el".to_string()],
