@@ -138,3 +138,37 @@ fn block_device_plan_prints_commands() {
     assert!(out.status.success());
     let _: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
 }
+
+/// A reader that goes away (`kiln plan … | head -1`) ends a printing command quietly: no panic,
+/// no backtrace, the usual SIGPIPE death, as for any Unix tool.
+#[test]
+fn a_closed_pipe_ends_printing_commands_quietly() {
+    use std::os::unix::process::ExitStatusExt as _;
+    let t = Tree::new();
+    t.os().deps(&["a"]);
+    for i in 0..200 {
+        t.el("a").hook("install", &format!("{i:03}-hook"), "true");
+    }
+    let cache = tempfile::tempdir().unwrap();
+    for args in [
+        vec!["plan", "test-os", "a"],
+        vec!["element-info", "--expand-dependencies", "test-os", "a"],
+    ] {
+        let mut child = kiln(&[t.path()], cache.path())
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The reader goes away before kiln writes.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(
+            out.status.success() || out.status.signal() == Some(13),
+            "{args:?}: {:?} {stderr}",
+            out.status
+        );
+    }
+}

@@ -50,13 +50,20 @@ pub fn run(argv: Vec<OsString>) -> anyhow::Result<i32> {
     match prog.as_str() {
         "disk-image-create" => commands::build::disk_image_create(argv),
         "element-info" => {
+            kiln_sandbox::die_quietly_on_closed_pipe();
             let cmd = commands::element_info::ElementInfoCmd::parse_from(argv);
             cmd.run()
         }
         _ => match Cli::parse_from(argv).command {
             Command::Build(c) => c.run(),
-            Command::Plan(c) => c.run(),
-            Command::ElementInfo(c) => c.run(),
+            Command::Plan(c) => {
+                kiln_sandbox::die_quietly_on_closed_pipe();
+                c.run()
+            }
+            Command::ElementInfo(c) => {
+                kiln_sandbox::die_quietly_on_closed_pipe();
+                c.run()
+            }
             Command::BlockDevice(c) => c.run(),
             Command::Test(c) => c.run(),
             Command::Cache(c) => c.run(),

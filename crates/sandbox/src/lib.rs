@@ -456,6 +456,18 @@ pub fn set_parent_death_signal() {
     }
 }
 
+/// Restores the default action of SIGPIPE (the Rust runtime ignores it, so a write to a closed
+/// pipe fails and `println!` panics). For commands that only print and set nothing up
+/// (`kiln plan | head`): the reader going away ends the process quietly, as it does for `ls`.
+/// Never for a command that mounts or attaches anything, which must live to tear it down.
+pub fn die_quietly_on_closed_pipe() {
+    // SAFETY: installs the default disposition for one signal; no handler code and no memory
+    // are involved.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 /// Total physical memory in bytes (from /proc/meminfo), 0 when unknown.
 pub fn mem_total_bytes() -> u64 {
     fs::read_to_string("/proc/meminfo")
