@@ -56,6 +56,8 @@ impl Fixture {
             .hook("install", "10-install", "true")
             .hook("finalise", "50-finalise", "true")
             .file("block-device-default.yaml", LAYOUT);
+        // A second element, so that two plans can differ in their elements only.
+        tree.el("extra").hook("install", "20-extra", "echo extra");
         Self {
             tree,
             cache: tempfile::tempdir().unwrap(),
@@ -69,13 +71,20 @@ impl Fixture {
         fs::canonicalize(self.tmp.path()).unwrap()
     }
 
+    /// The fixture's plan, with a fixed build seed: the identifiers in the record (the mkfs
+    /// `-U` value) are then the same whatever kiln binary runs the test.
     fn plan(&self) -> BuildPlan {
+        self.plan_of(&["test-os"], Some("pipeline-fixture"))
+    }
+
+    /// A plan of `elements` with the build seed `seed` (`--seed`), or the default seed.
+    fn plan_of(&self, elements: &[&str], seed: Option<&str>) -> BuildPlan {
         let env = [
             ("ELEMENTS_PATH", self.tree.path().display().to_string()),
             ("TMPDIR", self.tmp().display().to_string()),
         ];
         let req = BuildRequest {
-            elements: vec!["test-os".into()],
+            elements: elements.iter().map(|e| (*e).to_string()).collect(),
             arch: Some("amd64".into()),
             image_name: self.out.path().join("image"),
             types: vec!["qcow2".into(), "raw".into()],
@@ -84,6 +93,7 @@ impl Fixture {
             no_cache: true,
             // Always on tmpfs, whatever this machine's memory: the mounts are part of the test.
             min_tmpfs: Some(0),
+            seed: seed.map(String::from),
             env: env.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
             ..BuildRequest::default()
         };
@@ -184,6 +194,50 @@ fn disk_build_effect_sequence() {
     let out = fs::canonicalize(fx.out.path()).unwrap();
     assert_eq!(host_mounts_under(&out), Vec::<PathBuf>::new());
     insta::assert_snapshot!("pipeline_disk_build_effects", fx.normalise(&effects));
+}
+
+/// The root filesystem UUID a recorded build gave `mkfs` (`-U`).
+fn root_uuid(fx: &Fixture, plan: &BuildPlan) -> String {
+    let (result, effects, console) = fx.build(plan, |r| r, None);
+    result.unwrap_or_else(|e| panic!("{e}\n{console}"));
+    let mkfs: Vec<&str> = effects
+        .iter()
+        .map(|e| e.line.as_str())
+        .filter(|l| l.starts_with("mkfs -t ext4 "))
+        .collect();
+    let [line] = mkfs[..] else {
+        panic!("one mkfs expected: {mkfs:?}")
+    };
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let at = words.iter().position(|w| *w == "-U").expect("mkfs -U");
+    let uuid = words[at + 1].to_string();
+    assert_eq!(uuid.len(), 36, "{line}");
+    assert_eq!(&uuid[14..15], "8", "not a version 8 UUID: {line}");
+    uuid
+}
+
+/// The root filesystem's UUID comes from the build seed: by default a digest of the build's
+/// inputs, so the same plan gives the same UUID, a plan with other elements (same layout)
+/// another; `--seed` sets it, and two seeds give two UUIDs.
+#[test]
+fn root_uuid_follows_the_build_seed() {
+    let fx = Fixture::new();
+    let plain = root_uuid(&fx, &fx.plan_of(&["test-os"], None));
+    assert_eq!(plain, root_uuid(&fx, &fx.plan_of(&["test-os"], None)));
+    let extra = root_uuid(&fx, &fx.plan_of(&["test-os", "extra"], None));
+    assert_ne!(plain, extra, "two images with one layout share a root UUID");
+    let seeded = root_uuid(&fx, &fx.plan_of(&["test-os"], Some("one")));
+    assert_ne!(seeded, plain);
+    assert_ne!(seeded, extra);
+    // An explicit seed alone decides: the elements no longer matter, another seed does.
+    assert_eq!(
+        seeded,
+        root_uuid(&fx, &fx.plan_of(&["test-os", "extra"], Some("one")))
+    );
+    assert_ne!(
+        seeded,
+        root_uuid(&fx, &fx.plan_of(&["test-os"], Some("two")))
+    );
 }
 
 /// How one run ended, for the checks below.

@@ -369,6 +369,7 @@ fn key_flags(other_cache: &str) -> Vec<Vec<String>> {
         &["--qemu-img-options", "compat=1.1"],
         &["--root-label", "lbl"],
         &["--install-type", "package"],
+        &["--seed", "s1"],
     ];
     v.iter()
         .map(|f| f.iter().map(|s| (*s).to_string()).collect())
@@ -413,6 +414,42 @@ fn plan_keys_equal_build_keys_for_every_flag() {
         assert_eq!(p, b, "plan and build disagree on the keys with {flags:?}");
         assert_ne!(p, base, "{flags:?} does not change the keys");
     }
+}
+
+/// The build seed enters the output key only (the phase layers stay shared), and `--seed` and
+/// `KILN_SEED` are one setting: the same value gives the same keys from either. An empty
+/// `--seed` is an input error.
+#[test]
+fn seed_enters_the_output_key_only() {
+    let t = fixture();
+    let cache = tempfile::tempdir().unwrap();
+    let plan = ["plan", "--explain-cache", "--json"];
+    let base = keys(&t, cache.path(), &plan, &[]);
+    let flag = keys(&t, cache.path(), &plan, &["--seed".into(), "s1".into()]);
+    let steps =
+        |v: &serde_json::Value| v.as_array().unwrap()[..v.as_array().unwrap().len() - 1].to_vec();
+    assert_eq!(steps(&base), steps(&flag), "the seed changed a phase key");
+    assert_ne!(
+        base.as_array().unwrap().last(),
+        flag.as_array().unwrap().last()
+    );
+    let mut c = kiln(&[t.path()], cache.path());
+    c.env("KILN_IT_CLEARED_BY_C", "1")
+        .env("KILN_CACHE_ENV", "KILN_IT_CLEARED_BY_C")
+        .env("KILN_SEED", "s1")
+        .args(plan)
+        .args(["app", "-n"]);
+    let (code, out, err) = run(c);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(flag.as_array().unwrap().last(), Some(&v["outputs"]["key"]));
+    let other = keys(&t, cache.path(), &plan, &["--seed".into(), "s2".into()]);
+    assert_ne!(flag, other);
+
+    let mut c = kiln(&[t.path()], cache.path());
+    c.args(["plan", "app", "-n", "--seed", ""]);
+    let (code, _, err) = run(c);
+    crate::support::assert_input_error(code, &err, &["--seed is empty"]);
 }
 
 #[test]

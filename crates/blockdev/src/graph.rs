@@ -44,7 +44,7 @@ pub(crate) fn build(raws: &[RawNode], source: &str, params: &Params) -> Result<C
     let mut b = Builder {
         source,
         params,
-        ids: Ids::new(&canonical),
+        ids: Ids::new(params.seed.as_deref(), &canonical),
         nodes: Vec::new(),
         lines: HashMap::new(),
     };

@@ -11,7 +11,8 @@
 //!
 //! Where kiln deliberately differs from DIB:
 //! - identifiers (MBR disk id, GPT GUIDs, filesystem UUIDs, vfat serials) are derived from
-//!   the config, never random, so the same inputs build the same image;
+//!   the build seed ([`Params::seed`]; without one, from the config), never random, so the
+//!   same inputs build the same image;
 //! - partition devices come from `partx` (`/dev/loopNpK`), not device-mapper/kpartx;
 //! - a filesystem the kernel cannot mount (vfat here) is filled offline with mtools;
 //! - node order is topological with ties broken by name, not a hash order.

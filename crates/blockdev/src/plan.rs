@@ -38,6 +38,10 @@ pub struct Params {
     pub root_fs_opts: Option<String>,
     /// Sector size that overrides every local_loop's `block_size` (`DIB_BLOCK_SIZE`).
     pub block_size: Option<u64>,
+    /// The build seed every derived identifier (filesystem UUIDs, GPT GUIDs, the MBR disk id,
+    /// vfat serials) comes from; any text. `None` (or empty) derives them from the layout
+    /// alone. Identifiers the config sets itself (`uuid:`) are kept.
+    pub seed: Option<String>,
 }
 
 impl Default for Params {
@@ -51,6 +55,7 @@ impl Default for Params {
             root_fs_type: "ext4".to_owned(),
             root_fs_opts: None,
             block_size: None,
+            seed: None,
         }
     }
 }

@@ -129,6 +129,7 @@ mod tests {
         &["--root-label", "lbl"],
         &["--install-type", "package"],
         &["--no-cache"],
+        &["--seed", "s1"],
     ];
 
     /// Flags accepted for DIB's sake that make no request: `kiln build` and `kiln plan` reject

@@ -96,6 +96,10 @@ pub struct RequestArgs {
     /// Ignore kiln's caches (bootstrap tarballs) and rebuild them.
     #[arg(long)]
     pub no_cache: bool,
+    /// Build seed (any text; KILN_SEED): the filesystem UUIDs and disk ids derive from it.
+    /// Default: a digest of the build's inputs.
+    #[arg(long, value_name = "SEED")]
+    pub seed: Option<String>,
 }
 
 /// The `-t` help: the listed rows of kiln-output's table of formats.
@@ -146,6 +150,7 @@ const KEPT_BY_CLEAR_ENV: &[&str] = &[
     "TERM",
     "USER",
     settings::SOURCE_DATE_EPOCH.name,
+    settings::KILN_SEED.name,
 ];
 
 impl RequestArgs {
@@ -193,6 +198,7 @@ impl RequestArgs {
             install_type: self.install_type.clone(),
             logfile: None,
             no_cache: self.no_cache,
+            seed: self.seed.clone(),
             verbose: 0,
             env,
             args,

@@ -124,6 +124,9 @@ pub fn base_env(
     if req.no_cache {
         set(S::KILN_NO_CACHE, "1".into());
     }
+    if let Some(v) = req.seed.as_deref().filter(|v| !v.is_empty()) {
+        set(S::KILN_SEED, v.to_string());
+    }
     if req.var(S::DIB_DEBIAN_SECURITY_MIRROR.name).is_none() {
         if let Some(m) = host_debian_security_mirror() {
             set(S::DIB_DEBIAN_SECURITY_MIRROR, m);

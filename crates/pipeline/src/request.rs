@@ -57,6 +57,8 @@ pub struct BuildRequest {
     pub logfile: Option<PathBuf>,
     /// `--no-cache`: ignore and rewrite kiln's caches.
     pub no_cache: bool,
+    /// `--seed`: the build seed the disk's identifiers derive from (`KILN_SEED` otherwise).
+    pub seed: Option<String>,
     /// `-v` count.
     pub verbose: u8,
     /// The process environment the request was made in (host variables, `DIB_*`, `break`, …).
@@ -72,6 +74,15 @@ impl BuildRequest {
             .get(name)
             .map(String::as_str)
             .filter(|v| !v.is_empty())
+    }
+
+    /// The build seed the user set (`--seed`, else `KILN_SEED`), if any. Without one, a build
+    /// seeds the disk's identifiers with its output key.
+    pub fn seed(&self) -> Option<&str> {
+        self.seed
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .or_else(|| self.var(settings::KILN_SEED.name))
     }
 
     /// How qcow2 is compressed: `KILN_QCOW2_LEVEL` (zlib level 1-9, default 3) for kiln's own
@@ -99,6 +110,11 @@ impl BuildRequest {
     /// ([`check_path_words`]) and the disk sizes ([`DiskSizes::from_env`] on the request's
     /// flags and environment).
     pub fn check_inputs(&self) -> Result<(), crate::Error> {
+        if self.seed.as_deref() == Some("") {
+            return Err(crate::Error::Usage(
+                "--seed is empty: give any text (the same seed gives the same disk identifiers), or leave --seed out to seed from the build's inputs".into(),
+            ));
+        }
         for name in self.package_list() {
             if let Some(reason) = kiln_element::names::package_name_problem(&name) {
                 return Err(crate::Error::Usage(format!(

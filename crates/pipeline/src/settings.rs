@@ -233,6 +233,8 @@ settings! {
         "Set by kiln: the output types, space separated (`-t`).";
     KILN_QCOW2_LEVEL = "KILN_QCOW2_LEVEL", Text, Value("3"), OutputKey,
         "zlib level 1-9 of kiln's own qcow2 writer, or `qemu-img` to let `qemu-img convert -c` compress.";
+    KILN_SEED = "KILN_SEED", Text, Computed("the build's output key, a digest of all its inputs"), OutputKey,
+        "Build seed (`--seed` overrides it; any text): every filesystem UUID, GPT disk and partition GUID, MBR disk id and vfat serial the layout does not set derives from it, so one seed gives one set of identifiers.";
     // Never a key.
     IMAGE_NAME = "IMAGE_NAME", Path, Value("image"), NotKey,
         "Set by kiln: the image name (`-o`) without the output suffix.";

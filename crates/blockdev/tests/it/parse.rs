@@ -399,6 +399,92 @@ fn identifiers_are_derived_not_random() {
     assert_eq!(uuid(&a), uuid(&d));
 }
 
+/// Every derived identifier of a plan, by node: filesystem UUIDs and vfat serials, the
+/// partition table's disk id or GUID, the GPT partition GUIDs.
+fn identifiers(p: &kiln_blockdev::Plan) -> Vec<(String, String)> {
+    p.nodes()
+        .iter()
+        .filter_map(|n| {
+            match &n.kind {
+                NodeKind::Mkfs { uuid, .. } => Some(uuid.clone()),
+                NodeKind::PartitionTable { disk_id, .. } => Some(disk_id.clone()),
+                NodeKind::Partition { guid, .. } => guid.clone(),
+                _ => None,
+            }
+            .map(|id| (n.name.clone(), id))
+        })
+        .collect()
+}
+
+fn seeded(text: &str, seed: &str) -> kiln_blockdev::Plan {
+    let params = Params {
+        seed: Some(seed.into()),
+        ..params(Some(2048 * MIB))
+    };
+    plan(text, "test.yaml", &params).unwrap()
+}
+
+#[test]
+fn identifiers_follow_the_seed() {
+    for text in [EFI, MBR, LVM] {
+        let a = identifiers(&seeded(text, "build-a"));
+        assert!(a.len() >= 2, "{a:?}");
+        // The same seed: the same identifiers.
+        assert_eq!(a, identifiers(&seeded(text, "build-a")));
+        // Another seed: every identifier differs.
+        let b = identifiers(&seeded(text, "build-b"));
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(&b) {
+            assert_eq!(x.0, y.0);
+            assert_ne!(x.1, y.1, "{} kept its identifier under another seed", x.0);
+        }
+        // A seed replaces the layout-derived identifiers.
+        assert_ne!(a, identifiers(&planned(text, Some(2048 * MIB))));
+    }
+    // The seed alone decides: the same seed over a changed layout keeps the root's UUID.
+    let root = |p: &kiln_blockdev::Plan| match &p.node("mkfs_root").unwrap().kind {
+        NodeKind::Mkfs { uuid, .. } => uuid.clone(),
+        _ => unreachable!(),
+    };
+    assert_eq!(
+        root(&seeded(EFI, "s")),
+        root(&seeded(&EFI.replace("550MiB", "500MiB"), "s"))
+    );
+    // Seeded UUIDs are RFC 9562 version 8; the MBR disk id is 0x and 8 hex digits.
+    let u = root(&seeded(EFI, "s"));
+    assert_eq!(u.len(), 36);
+    assert_eq!(&u[14..15], "8");
+    let mbr = identifiers(&seeded(MBR, "s"));
+    let (_, disk_id) = mbr
+        .iter()
+        .find(|(_, id)| id.starts_with("0x"))
+        .expect("an MBR disk id");
+    assert_eq!(disk_id.len(), 10);
+    assert!(u32::from_str_radix(&disk_id[2..], 16).is_ok_and(|v| v != 0));
+}
+
+#[test]
+fn configured_uuid_wins_over_the_seed() {
+    let text = EFI.replace(
+        "        mkfs:\n          mount:\n            mount_point: /\n",
+        "        mkfs:\n          uuid: 0badc0de-0000-4000-8000-000000000001\n          mount:\n            mount_point: /\n",
+    );
+    assert_ne!(text, EFI);
+    for seed in ["one", "two"] {
+        let p = seeded(&text, seed);
+        let NodeKind::Mkfs { uuid, .. } = &p.node("mkfs_root").unwrap().kind else {
+            panic!()
+        };
+        assert_eq!(uuid, "0badc0de-0000-4000-8000-000000000001");
+        assert!(
+            p.commands().iter().any(|c| c.starts_with("mkfs -t ext4 ")
+                && c.contains(" -U 0badc0de-0000-4000-8000-000000000001 ")),
+            "{:#?}",
+            p.commands()
+        );
+    }
+}
+
 #[test]
 fn lvm_commands() {
     let p = planned(LVM, None);

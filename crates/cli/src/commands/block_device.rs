@@ -48,6 +48,7 @@ impl BlockDeviceCmd {
                     root_fs_type: fs_type.clone(),
                     root_fs_opts: None,
                     block_size: None,
+                    seed: None,
                 };
                 let plan = kiln_blockdev::plan(&text, &config.display().to_string(), &params)?;
                 if *json {

@@ -102,6 +102,11 @@ impl Ctx<'_> {
             Some(size_bytes),
         );
         params.root_fs_opts = Some(mkfs_opts.trim().to_string());
+        // The identifiers' seed: the user's, else the output key (a digest of every input), so
+        // the same inputs give the same identifiers and other inputs others.
+        if params.seed.is_none() {
+            params.seed.clone_from(&self.out_key);
+        }
         Ok(kiln_blockdev::plan(
             &plan.block_device.1,
             &plan.block_device.0.describe(),

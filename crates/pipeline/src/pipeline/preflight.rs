@@ -137,6 +137,8 @@ pub(super) fn blockdev_params(
         block_size: req
             .var(settings::DIB_BLOCK_SIZE.name)
             .and_then(|v| v.parse().ok()),
+        // The user's seed; a build without one seeds with its output key (`disk.rs`).
+        seed: req.seed().map(String::from),
     }
 }
 
