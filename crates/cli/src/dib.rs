@@ -2,7 +2,7 @@
 //!
 //! The flags and their meaning follow `disk-image-create` (reference 3.4); kiln accepts a
 //! superset: `--image-extra-size` and `--mkfs-journal-size` work (they are broken in DIB), and
-//! `--no-cache` / `-v` are kiln's own.
+//! `--no-cache`, `--seed` and `-v` are kiln's own.
 //!
 //! [`RequestArgs`] holds every flag that shapes the [`BuildRequest`], and so the cache keys. Every
 //! command that computes a plan or keys flattens it (`#[command(flatten)]`) and turns it into a
