@@ -139,6 +139,8 @@ fn rootfs_outputs_checksums_and_manifests() {
         x.path().join("usr/bin/less").exists(),
         "-p less was not installed"
     );
+    // NAME.d/sbom.spdx.json: exactly the image's installed packages, valid SPDX.
+    assert_sbom(&dir.join("debian-rootfs.d/sbom.spdx.json"), x.path());
     // The tgz and the squashfs hold the same tree as the tar.
     assert_same_tree(&dir, &r.tar);
     // SOURCE_DATE_EPOCH honoured; nothing of the host's /dev, /proc or /sys.
@@ -168,6 +170,118 @@ fn rootfs_outputs_checksums_and_manifests() {
         .unwrap()
         .iter()
         .any(|s| s["step"] == "install"));
+}
+
+/// The spdx-tools release (PyPI) whose validator checks the SBOM.
+const SPDX_TOOLS_VERSION: &str = "0.8.5";
+
+static SPDX_VALIDATOR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+
+/// `pyspdxtools`, the SPDX project's validator, from `pip install spdx-tools==VERSION` into a
+/// venv of this run.
+fn spdx_validator() -> Result<PathBuf, String> {
+    SPDX_VALIDATOR
+        .get_or_init(|| {
+            let venv = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+                .join(format!("spdx-tools-venv-{SPDX_TOOLS_VERSION}"));
+            let bin = venv.join("bin/pyspdxtools");
+            if bin.exists() {
+                return Ok(bin);
+            }
+            let st = Command::new("python3")
+                .args(["-m", "venv"])
+                .arg(&venv)
+                .status();
+            if !st.is_ok_and(|s| s.success()) {
+                return Err("python3 -m venv failed (install python3-venv)".into());
+            }
+            let st = Command::new(venv.join("bin/pip"))
+                .args([
+                    "install",
+                    "-q",
+                    &format!("spdx-tools=={SPDX_TOOLS_VERSION}"),
+                ])
+                .status();
+            if !st.is_ok_and(|s| s.success()) {
+                return Err(format!(
+                    "pip install spdx-tools=={SPDX_TOOLS_VERSION} failed"
+                ));
+            }
+            Ok(bin)
+        })
+        .clone()
+}
+
+/// The SBOM at `sbom` lists exactly the installed packages of the tree at `root` (as dpkg
+/// itself reports them), with the `.deb` checksums and locations of the packages apt
+/// installed, and the SPDX project's validator accepts it.
+fn assert_sbom(sbom: &std::path::Path, root: &std::path::Path) {
+    let text = fs::read_to_string(sbom)
+        .unwrap_or_else(|e| panic!("{}: {e} (no SBOM beside the image)", sbom.display()));
+    let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(doc["spdxVersion"], "SPDX-2.3");
+    // SOURCE_DATE_EPOCH (1700000000) is the creation time.
+    assert_eq!(doc["creationInfo"]["created"], "2023-11-14T22:13:20Z");
+    let pkgs = doc["packages"].as_array().unwrap();
+    let mut listed: Vec<String> = pkgs
+        .iter()
+        .filter(|p| p["SPDXID"] != "SPDXRef-Image")
+        .map(|p| {
+            let arch = p["externalRefs"][0]["referenceLocator"]
+                .as_str()
+                .and_then(|l| l.rsplit_once("arch="))
+                .map(|(_, a)| a.to_string())
+                .unwrap_or_default();
+            format!(
+                "{}:{} {}",
+                p["name"].as_str().unwrap(),
+                arch,
+                p["versionInfo"].as_str().unwrap()
+            )
+        })
+        .collect();
+    listed.sort();
+    let mut installed: Vec<String> = sh(&format!(
+        "dpkg-query --admindir='{}/var/lib/dpkg' -W \
+         -f '${{db:Status-Abbrev}} ${{Package}}:${{Architecture}} ${{Version}}\n'",
+        root.display()
+    ))
+    .lines()
+    .filter_map(|l| l.strip_prefix("ii ").or_else(|| l.strip_prefix("hi ")))
+    .map(|l| l.trim().to_string())
+    .collect();
+    installed.sort();
+    assert_eq!(
+        listed, installed,
+        "the SBOM's packages differ from the image's dpkg status"
+    );
+    // The packages apt installed carry their .deb's SHA256 and where it came from.
+    for name in ["apt", "less"] {
+        let p = pkgs.iter().find(|p| p["name"] == name).unwrap();
+        let sum = p["checksums"][0]["checksumValue"].as_str().unwrap_or("");
+        assert!(
+            sum.len() == 64 && sum.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{name}: no SHA256 in the SBOM: {p}"
+        );
+        let loc = p["downloadLocation"].as_str().unwrap();
+        assert!(
+            loc.contains("://") && loc.contains(&format!("/{name}_")),
+            "{name}: download location {loc}"
+        );
+    }
+    let validator = spdx_validator().unwrap();
+    let out = Command::new(&validator)
+        .arg("-i")
+        .arg(sbom)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "pyspdxtools rejects {}:\n{}{}",
+        sbom.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// The tgz and the squashfs next to `tar_file` hold the same tree as it.

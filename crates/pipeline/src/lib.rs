@@ -19,6 +19,7 @@ pub mod plan;
 pub mod report;
 pub mod request;
 pub mod runner;
+pub mod sbom;
 pub mod settings;
 pub mod testing;
 mod workspace;
@@ -80,6 +81,9 @@ pub enum Error {
         /// Timings of the hooks that ran.
         hooks: Vec<runner::HookTiming>,
     },
+    /// The image's SBOM could not be made (`NAME.d/sbom.spdx.json`).
+    #[error(transparent)]
+    Sbom(#[from] sbom::SbomError),
     /// An engine step failed.
     #[error("{step} failed: {message}")]
     Step {

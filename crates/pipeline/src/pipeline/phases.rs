@@ -14,7 +14,7 @@ use super::snapshots::Snapshotter;
 use super::Ctx;
 use crate::host::PhaseRun;
 use crate::runner::{self, Place};
-use crate::{settings, Error};
+use crate::{sbom, settings, Error};
 
 impl Ctx<'_> {
     /// root.d on the host (unless its layer was restored), DIB's resolv.conf, then the chroot
@@ -73,11 +73,14 @@ impl Ctx<'_> {
     pub(super) fn finalise(&mut self, outputs: &mut Vec<PathBuf>) -> Result<(), Error> {
         let mnt = self.ws.mnt();
         self.ws.mount_chroot()?;
+        // apt's lists (the .debs' SHA256 and locations) before cleanup.d empties them.
+        let index = self.apt_index(&mnt)?;
         self.run_phase(Phase::PreFinalise, &Place::Host, None)?;
         self.run_phase(Phase::Finalise, &Place::Chroot(mnt.clone()), None)?;
         self.run_phase(Phase::Cleanup, &Place::Host, Some(&mnt))?;
         self.ws.umount_chroot()?;
         self.tidy(&mnt)?;
+        self.sbom(&mnt, &index)?;
         self.tree_outputs(&mnt, outputs)
     }
 
@@ -105,6 +108,46 @@ impl Ctx<'_> {
             self.console.say(&format!("warning: tidy: {p}"));
         }
         Ok(())
+    }
+
+    /// Reads the tree's apt lists for the SBOM (step `sbom-index`). Lists that cannot be read
+    /// are a warning: the SBOM then says NOASSERTION for the .debs' SHA256 and location.
+    fn apt_index(&mut self, mnt: &Path) -> Result<sbom::AptIndex, Error> {
+        self.step("sbom-index", |ctx| {
+            Ok(sbom::AptIndex::read(mnt).unwrap_or_else(|e| {
+                ctx.console.say(&format!(
+                    "warning: SBOM: cannot read the apt lists ({e}); no .deb checksums"
+                ));
+                sbom::AptIndex::default()
+            }))
+        })
+    }
+
+    /// Writes the finished tree's SBOM to `NAME.d/sbom.spdx.json` (step `sbom`); a tree without
+    /// a dpkg status gets none. A status that cannot be read fails the build.
+    fn sbom(&mut self, mnt: &Path, index: &sbom::AptIndex) -> Result<(), Error> {
+        self.step("sbom", |ctx| {
+            let image = &ctx.plan.image_name;
+            let dest = PathBuf::from(format!("{}.d", image.display())).join(sbom::FILE_NAME);
+            let name = image.file_name().map_or_else(
+                || image.display().to_string(),
+                |n| n.to_string_lossy().into(),
+            );
+            let epoch = ctx
+                .plan
+                .request
+                .var(settings::SOURCE_DATE_EPOCH.name)
+                .and_then(|v| v.parse().ok());
+            match sbom::write(mnt, &name, index, epoch, &dest)? {
+                Some(n) => ctx
+                    .console
+                    .say(&format!("wrote {} ({n} packages)", dest.display())),
+                None => ctx
+                    .console
+                    .say("no dpkg status in the image: no SBOM written"),
+            }
+            Ok(())
+        })
     }
 
     /// The hooks' environment, with `TARGET_ROOT` for the host phases that work on the tree.
