@@ -107,6 +107,7 @@ impl Error {
             Self::Element(_) | Self::Usage(_) | Self::Sandbox(kiln_sandbox::Error::Binfmt(_)) => 2,
             Self::BlockDevice(e) if e.is_input_error() => 2,
             Self::Output(e) if e.is_input_error() => 2,
+            Self::Cache(e) if e.is_input_error() => 2,
             Self::Interrupted { signal } => 128 + signal,
             _ => 1,
         }

@@ -188,6 +188,8 @@ impl Ctx<'_> {
             self.disk_outputs(&raw, &mut outputs)?;
         }
         self.store_outputs(&outputs);
+        // The snapshotter holds the cache's shared lock; the trim needs it released.
+        drop(snap);
         self.trim_cache();
         Ok(outputs)
     }
