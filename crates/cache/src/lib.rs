@@ -31,6 +31,7 @@
 //! recognise.
 
 pub mod guard;
+pub mod space;
 
 pub use guard::{secure_root, ExclusiveLock, SharedLock};
 
@@ -76,6 +77,20 @@ pub enum Error {
         /// What is wrong with it.
         why: String,
     },
+    /// The cache's filesystem is full: the entry being stored was removed, the rest is intact.
+    #[error(
+        "{path}: no space left for the cache ({fs}) while {what}; the unfinished entry was \
+         removed and the cache is intact. Free space there, lower KILN_CACHE_MAX_SIZE \
+         (`kiln cache gc --max-size SIZE`), or point DIB_IMAGE_CACHE at a larger filesystem"
+    )]
+    NoSpace {
+        /// The cache directory.
+        path: PathBuf,
+        /// The filesystem, as [`space::Filesystem`] describes it.
+        fs: String,
+        /// What was being stored.
+        what: String,
+    },
     /// A stored layer does not match the digests recorded when it was stored.
     #[error("{path}: {why}")]
     Corrupt {
@@ -84,6 +99,19 @@ pub enum Error {
         /// What does not match.
         why: String,
     },
+}
+
+/// `err`, or [`Error::NoSpace`] about the cache directory `dir` if it reports ENOSPC. Call it
+/// while the unfinished entry still takes its space, so the numbers show the full filesystem.
+fn with_space(err: Error, dir: &Path, what: &str) -> Error {
+    if !space::mentions_no_space(&err.to_string()) {
+        return err;
+    }
+    Error::NoSpace {
+        path: dir.to_path_buf(),
+        fs: space::Filesystem::of(dir).map_or_else(|| "its filesystem".into(), |f| f.to_string()),
+        what: what.to_string(),
+    }
 }
 
 impl Error {
@@ -398,26 +426,32 @@ impl PhaseCache {
             .prefix(".tmp-")
             .tempdir_in(&self.dir)
             .map_err(io(&self.dir))?;
-        write_delta(tmp.path(), "layer", tree)?;
-        write_delta(tmp.path(), "hooks", hooks)?;
-        let bytes = du_bytes(tmp.path());
-        let mut digests = BTreeMap::new();
-        for f in LAYER_FILES {
-            digests.insert(f.to_string(), file_digest(&tmp.path().join(f))?);
-        }
-        let meta = LayerMeta {
-            key: key.clone(),
-            inputs: inputs.clone(),
-            tree_kib,
-            bytes,
-            created: now(),
-            digests,
-        };
-        fs::write(
-            tmp.path().join("meta.json"),
-            serde_json::to_vec_pretty(&meta).unwrap_or_default(),
-        )
-        .map_err(io(tmp.path()))?;
+        let written = (|| {
+            write_delta(tmp.path(), "layer", tree)?;
+            write_delta(tmp.path(), "hooks", hooks)?;
+            let bytes = du_bytes(tmp.path());
+            let mut digests = BTreeMap::new();
+            for f in LAYER_FILES {
+                digests.insert(f.to_string(), file_digest(&tmp.path().join(f))?);
+            }
+            let meta = LayerMeta {
+                key: key.clone(),
+                inputs: inputs.clone(),
+                tree_kib,
+                bytes,
+                created: now(),
+                digests,
+            };
+            fs::write(
+                tmp.path().join("meta.json"),
+                serde_json::to_vec_pretty(&meta).unwrap_or_default(),
+            )
+            .map_err(io(tmp.path()))
+        })();
+        // On failure the temporary directory is removed when `tmp` drops, after this check.
+        written.map_err(|e| {
+            with_space(e, &self.dir, &format!("storing the {} layer", inputs.phase))
+        })?;
         let tmp_path = tmp.keep();
         if fs::rename(&tmp_path, &final_dir).is_err() {
             // The same layer was stored meanwhile.
@@ -644,21 +678,24 @@ impl OutputCache {
             .prefix(".tmp-")
             .tempdir_in(&self.dir)
             .map_err(io(&self.dir))?;
-        for f in files {
-            let name = f.file_name().unwrap_or_default();
-            copy_file(f, &tmp.path().join("files").join(name))?;
-        }
-        if name_d.is_dir() {
-            run_tool(
-                &Cmd::new("cp")
-                    .arg("-a")
-                    .arg(name_d)
-                    .arg(tmp.path().join("name.d")),
-                "store NAME.d",
-            )?;
-            let _ = fs::remove_file(tmp.path().join("name.d/build.log"));
-        }
-        fs::write(tmp.path().join("complete"), now().to_string()).map_err(io(tmp.path()))?;
+        let written = (|| {
+            for f in files {
+                let name = f.file_name().unwrap_or_default();
+                copy_file(f, &tmp.path().join("files").join(name))?;
+            }
+            if name_d.is_dir() {
+                run_tool(
+                    &Cmd::new("cp")
+                        .arg("-a")
+                        .arg(name_d)
+                        .arg(tmp.path().join("name.d")),
+                    "store NAME.d",
+                )?;
+                let _ = fs::remove_file(tmp.path().join("name.d/build.log"));
+            }
+            fs::write(tmp.path().join("complete"), now().to_string()).map_err(io(tmp.path()))
+        })();
+        written.map_err(|e| with_space(e, &self.dir, "storing the outputs"))?;
         let p = tmp.keep();
         let dest = self.dir.join(key);
         let _ = fs::remove_dir_all(&dest);
@@ -1167,6 +1204,36 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let (cache, _) = stored_layer(d.path());
         assert!(cache.verify("0000").unwrap().is_none());
+    }
+
+    #[test]
+    fn enospc_while_storing_names_the_cache_filesystem() {
+        let d = tempfile::tempdir().unwrap();
+        let full = Error::Step {
+            step: "snapshot layer".into(),
+            message: "tar: etc/a: Cannot write: No space left on device".into(),
+        };
+        let e = with_space(full, d.path(), "storing the root layer");
+        let text = e.to_string();
+        let fs = space::Filesystem::of(d.path()).unwrap();
+        assert!(matches!(e, Error::NoSpace { .. }), "{text}");
+        for needle in [
+            format!("{}: no space left for the cache", d.path().display()),
+            format!("mounted at {}", fs.mount_point.display()),
+            "storing the root layer".to_string(),
+            "DIB_IMAGE_CACHE".to_string(),
+        ] {
+            assert!(text.contains(&needle), "missing {needle:?} in {text}");
+        }
+        // Any other failure is left as it is.
+        let other = Error::Step {
+            step: "snapshot layer".into(),
+            message: "tar: exit 2".into(),
+        };
+        assert!(matches!(
+            with_space(other, d.path(), "x"),
+            Error::Step { .. }
+        ));
     }
 
     #[test]

@@ -83,6 +83,14 @@ pub enum Error {
         /// What went wrong.
         message: String,
     },
+    /// A build failed because a filesystem it writes to is full; `note` names it.
+    #[error("{source}\n{note}")]
+    NoSpace {
+        /// The error the build stopped with.
+        source: Box<Error>,
+        /// Which filesystem is full and what to do.
+        note: String,
+    },
     /// The build was interrupted by a signal.
     #[error("interrupted by signal {signal}")]
     Interrupted {

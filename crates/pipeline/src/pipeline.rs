@@ -22,6 +22,7 @@ mod phases;
 mod preflight;
 mod prepare;
 mod snapshots;
+mod space;
 mod timings;
 
 use std::collections::BTreeMap;
@@ -72,6 +73,8 @@ pub fn run(plan: &BuildPlan, console: &Console) -> Result<BuildReport, Error> {
     preflight(plan)?;
     let mut ctx = Ctx::new(plan, console)?;
     let result = ctx.build();
+    // Before the teardown frees the build's space: which filesystem is full, if one is.
+    let space_note = result.as_ref().err().and_then(|e| ctx.space_note(e));
     let problems = ctx.ws.teardown();
     for p in &problems {
         console.say(&format!("teardown: {p}"));
@@ -82,7 +85,13 @@ pub fn run(plan: &BuildPlan, console: &Console) -> Result<BuildReport, Error> {
             if let Error::HookFailed { .. } = &e {
                 ctx.check_break("after-error", None);
             }
-            return Err(e);
+            return Err(match space_note {
+                Some(note) => Error::NoSpace {
+                    source: Box::new(e),
+                    note,
+                },
+                None => e,
+            });
         }
     };
     let report = BuildReport {
