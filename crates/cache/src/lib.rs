@@ -101,15 +101,19 @@ pub enum Error {
     },
 }
 
-/// `err`, or [`Error::NoSpace`] about the cache directory `dir` if it reports ENOSPC. Call it
-/// while the unfinished entry still takes its space, so the numbers show the full filesystem.
+/// `err`, or [`Error::NoSpace`] about the cache directory `dir` if it reports ENOSPC or the
+/// filesystem is full. Call it while the unfinished entry still takes its space: tools do not
+/// always say ENOSPC (tar piping into zstd says only "Wrote only 4096 of 10240 bytes"), but the
+/// filesystem is full then, and the numbers show it.
 fn with_space(err: Error, dir: &Path, what: &str) -> Error {
-    if !space::mentions_no_space(&err.to_string()) {
+    let fs = space::Filesystem::of(dir);
+    let full = fs.as_ref().is_some_and(space::Filesystem::is_full);
+    if !full && !space::mentions_no_space(&err.to_string()) {
         return err;
     }
     Error::NoSpace {
         path: dir.to_path_buf(),
-        fs: space::Filesystem::of(dir).map_or_else(|| "its filesystem".into(), |f| f.to_string()),
+        fs: fs.map_or_else(|| "its filesystem".into(), |f| f.to_string()),
         what: what.to_string(),
     }
 }

@@ -1,10 +1,11 @@
 //! A build that failed for want of space says which filesystem is full.
 //!
 //! Hooks and tools report ENOSPC about some file ("tar: …: Cannot write: No space left on
-//! device"); the user needs the filesystem and the fix. When a build's error mentions ENOSPC,
-//! [`Ctx::space_note`] looks, before the teardown frees anything, at the filesystems the build
-//! writes to (the build and image directories under TMPDIR, the output directory, the cache)
-//! and names each one that is full. The cache names itself when one of its stores fails
+//! device"), or not at all (tar piping into a compressor says "Wrote only 4096 of 10240
+//! bytes"); the user needs the filesystem and the fix. When a build fails, [`Ctx::space_note`]
+//! looks, before the teardown frees anything, at the filesystems the build writes to (the build
+//! and image directories under TMPDIR, the output directory, the cache) and names each one
+//! that is full. The cache names itself when one of its stores fails
 //! ([`crate::cache::Error::NoSpace`]), so that error needs no note.
 
 use std::path::Path;
@@ -14,13 +15,13 @@ use crate::cache::space::{mentions_no_space, Filesystem};
 use crate::Error;
 
 impl Ctx<'_> {
-    /// What to tell the user about the full filesystem behind `err`, if `err` is ENOSPC.
+    /// What to tell the user about the full filesystems behind `err`, if any is full (or, when
+    /// `err` reports ENOSPC, nearly so).
     pub(super) fn space_note(&self, err: &Error) -> Option<String> {
-        if matches!(err, Error::Cache(crate::cache::Error::NoSpace { .. }))
-            || !mentions_no_space(&err.to_string())
-        {
+        if matches!(err, Error::Cache(crate::cache::Error::NoSpace { .. })) {
             return None;
         }
+        let enospc = mentions_no_space(&err.to_string());
         let tmpdir = "point TMPDIR at a larger filesystem (with DIB_NO_TMPFS=1 the build \
                       directory is on TMPDIR's filesystem, otherwise it is a tmpfs in memory)";
         let out_dir = self
@@ -54,7 +55,7 @@ impl Ctx<'_> {
                 continue;
             }
             seen.push(fs.mount_point.clone());
-            if fs.is_full() {
+            if fs.is_full() || (enospc && fs.avail < (64 << 20)) {
                 lines.push(format!(
                     "no space left on the filesystem of {what} ({}: {fs}); {fix}",
                     path.display()
