@@ -122,13 +122,13 @@ impl Ctx<'_> {
         })
     }
 
-    /// Keeps the cache under its size limit (least recently used entries go first), if no
-    /// other build is using the cache (a later build trims then). Call it after the
+    /// Keeps the cache under its size limit (least recently used entries go first) and removes
+    /// the unfinished entries of killed builds, if no other build is using the cache (a later
+    /// build trims then). Call it after the
     /// snapshotter, and with it this build's shared lock, is gone.
     pub(super) fn trim_cache(&mut self) {
-        let Some(max) = cache::max_size(&self.plan.request.env) else {
-            return;
-        };
+        // Without a limit nothing is trimmed, but killed builds' unfinished entries still go.
+        let max = cache::max_size(&self.plan.request.env).unwrap_or(u64::MAX);
         let lock = match cache::ExclusiveLock::try_acquire(&self.plan.cache_root) {
             Ok(Some(lock)) => lock,
             Ok(None) => {
