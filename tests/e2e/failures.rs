@@ -480,3 +480,49 @@ fn enospc_in_the_cache_names_it_and_leaves_it_intact() {
     assert_no_leftovers(&dir, &h);
     drop(small);
 }
+
+/// Found by `scripts/chaos`: a SIGKILL while an output was being written left its pending file
+/// (`NAME.ext-new`) in the output directory, outside the build directories the watchdog
+/// removed.
+#[test]
+fn sigkill_while_writing_an_output_leaves_no_pending_file() {
+    if !capable("sigkill_while_writing_an_output_leaves_no_pending_file") {
+        return;
+    }
+    let t = fixture_elements(&rootfs_tar());
+    let h = heavy();
+    // Timed from here: the wait for the heavy lock is not this test's time.
+    let _t = Timer::start("sigkill_while_writing_an_output_leaves_no_pending_file");
+    let dir = work("sigkill-output");
+    // A compressed qcow2 takes seconds to write: time enough to see its pending file.
+    let mut c = build_command(
+        &dir,
+        Some(t.path()),
+        &["-n", "test-rootfs", "-t", "qcow2", "-o", "p"],
+        &[("DIB_BLOCK_DEVICE_CONFIG", MBR)],
+    );
+    c.stdout(Stdio::null()).stderr(Stdio::null());
+    let mut child = c.spawn().unwrap();
+    let pending = dir.join("p.qcow2-new");
+    let start = Instant::now();
+    while !pending.exists() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the build ended before its output was seen being written"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "no output was written"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    signal(child.id(), Signal::SIGKILL);
+    let _ = child.wait();
+    assert_no_leftovers_within(&dir, &h, Duration::from_secs(30));
+    let t0 = Instant::now();
+    while pending.exists() && t0.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!pending.exists(), "{} left behind", pending.display());
+    assert!(!dir.join("p.qcow2").exists());
+}

@@ -10,6 +10,14 @@ use super::Ctx;
 use crate::cache;
 use crate::{settings, Error};
 
+/// Tells the watchdog the pending file of output `dest` (`NAME.ext-new`, in the output
+/// directory, outside the build's directories): if kiln is killed while writing it, the
+/// watchdog removes it with the build directories (its `rm -rf` takes a file as well). Once
+/// the output is renamed into place the pending path no longer exists and nothing is removed.
+fn note_pending(dest: &Path) {
+    kiln_sandbox::watchdog::note_dir(&kiln_output::pending_path(dest));
+}
+
 impl Ctx<'_> {
     /// Copies a cached request's outputs into place (and its NAME.d manifests).
     pub(super) fn outputs_from_cache(&mut self, entry: &Path) -> Result<Vec<PathBuf>, Error> {
@@ -21,6 +29,7 @@ impl Ctx<'_> {
             let dest = kiln_output::output_path(&self.plan.image_name, ty);
             let name = dest.file_name().unwrap_or_default();
             let src = entry.join("files").join(name);
+            note_pending(&dest);
             cache::copy_file(&src, &kiln_output::pending_path(&dest))?;
             kiln_output::finish(&dest, overwrite, sums, &stamp)?;
             self.console
@@ -92,8 +101,13 @@ impl Ctx<'_> {
             }
             let dest = kiln_output::output_path(&plan.image_name, ty);
             self.step(ty.name(), |ctx| {
-                kiln_output::produce(ty, source, &dest, &opts)?;
-                kiln_output::finish(&dest, overwrite, sums, &stamp)?;
+                note_pending(&dest);
+                let made = kiln_output::produce(ty, source, &dest, &opts)
+                    .and_then(|()| kiln_output::finish(&dest, overwrite, sums, &stamp));
+                if let Err(e) = made {
+                    let _ = std::fs::remove_file(kiln_output::pending_path(&dest));
+                    return Err(e.into());
+                }
                 ctx.console.say(&format!("wrote {}", dest.display()));
                 outputs.push(dest.clone());
                 Ok(())
