@@ -47,9 +47,16 @@ impl Filesystem {
         })
     }
 
-    /// Whether it is (nearly) full: less than 2 % or 4 MiB free, whichever is more.
+    /// Whether it is full: less than 4 MiB free. Evidence enough on its own, even when the
+    /// failing tool did not say ENOSPC.
     pub fn is_full(&self) -> bool {
-        self.avail < (self.size / 50).max(4 << 20)
+        self.avail < 4 << 20
+    }
+
+    /// Whether it is nearly full: less than 2 % or 64 MiB free, whichever is more. Only with a
+    /// message that says ENOSPC (the writer's own files may have gone since).
+    pub fn is_nearly_full(&self) -> bool {
+        self.avail < (self.size / 50).max(64 << 20)
     }
 }
 
@@ -119,7 +126,7 @@ mod tests {
     }
 
     #[test]
-    fn fullness_has_a_floor_and_a_ratio() {
+    fn full_is_absolute_and_nearly_full_has_a_floor_and_a_ratio() {
         let fs = |size: u64, avail: u64| Filesystem {
             fstype: "tmpfs".into(),
             mount_point: PathBuf::from("/x"),
@@ -129,8 +136,12 @@ mod tests {
         assert!(fs(64 << 20, 0).is_full());
         assert!(fs(64 << 20, 3 << 20).is_full());
         assert!(!fs(64 << 20, 5 << 20).is_full());
-        assert!(fs(100 << 30, 1 << 30).is_full());
-        assert!(!fs(100 << 30, 3 << 30).is_full());
+        // A big disk 99 % used is not full: a failure there is not blamed on it unasked.
+        assert!(!fs(100 << 30, 1 << 30).is_full());
+        assert!(fs(100 << 30, 1 << 30).is_nearly_full());
+        assert!(!fs(100 << 30, 3 << 30).is_nearly_full());
+        assert!(fs(1 << 30, 60 << 20).is_nearly_full());
+        assert!(!fs(1 << 30, 80 << 20).is_nearly_full());
     }
 
     #[test]

@@ -55,7 +55,7 @@ impl Ctx<'_> {
                 continue;
             }
             seen.push(fs.mount_point.clone());
-            if fs.is_full() || (enospc && fs.avail < (64 << 20)) {
+            if fs.is_full() || (enospc && fs.is_nearly_full()) {
                 lines.push(format!(
                     "no space left on the filesystem of {what} ({}: {fs}); {fix}",
                     path.display()
