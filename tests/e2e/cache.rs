@@ -338,8 +338,26 @@ fn kiln_cache_ls_and_gc_on_the_command_line() {
         .collect();
     assert!(kinds.contains(&("layer", "root")), "{ls}");
     assert!(kinds.contains(&("outputs", "g.tar")), "{ls}");
-    // Trim to almost nothing: the big root layer and the outputs go.
-    kiln_cache(&private, &["gc", "--max-size", "1MiB"]);
+    // Trim to almost nothing: the big root layer and the outputs go; a stray file in outputs/
+    // and a directory kiln did not make are skipped and reported, and the trim succeeds.
+    fs::write(private.join("outputs/stray.txt"), "not kiln's").unwrap();
+    fs::create_dir_all(private.join("phases/not-a-layer")).unwrap();
+    let gc = Command::new(crate::kiln_bin())
+        .args(["cache", "gc", "--max-size", "1MiB"])
+        .env("DIB_IMAGE_CACHE", &private)
+        .output()
+        .unwrap();
+    let gc_err = String::from_utf8_lossy(&gc.stderr);
+    assert!(gc.status.success(), "{gc_err}");
+    for stray in ["outputs/stray.txt", "phases/not-a-layer"] {
+        let p = private.join(stray);
+        assert!(
+            gc_err.contains(&format!("{} is not an entry kiln made", p.display())),
+            "{gc_err}"
+        );
+        assert!(p.exists(), "gc removed {stray}");
+    }
+    assert!(String::from_utf8_lossy(&gc.stdout).contains("2 skipped"));
     let after = kiln_cache(&private, &["ls"]);
     assert!(
         !after
@@ -549,5 +567,152 @@ fn images_from_one_cached_chain_get_their_own_identities() {
         keys[0], keys[1],
         "a restored image kept the first build's host key"
     );
+    assert_no_leftovers(&dir, &h);
+}
+
+#[test]
+fn a_damaged_layer_is_rebuilt_not_restored() {
+    if !capable("a_damaged_layer_is_rebuilt_not_restored") {
+        return;
+    }
+    let t = fixture_elements(&rootfs_tar());
+    let marker = |last: &str| {
+        t.el("damage")
+            .hook("install", "50-damage", "echo installed > /etc/damage")
+            .hook(
+                "finalise",
+                "50-damage",
+                &format!("echo {last} > /etc/damage-final"),
+            );
+    };
+    let h = heavy();
+    // Timed from here: the wait for the heavy lock is not this test's time.
+    let _t = Timer::start("a_damaged_layer_is_rebuilt_not_restored");
+    let dir = work("cache-damaged");
+    let private = dir.join("cache");
+    let private_s = private.display().to_string();
+    let env = [("DIB_IMAGE_CACHE", private_s.as_str())];
+    let args = |name: &'static str| ["-n", "test-rootfs", "damage", "-t", "tar", "-o", name];
+    marker("1");
+    let first = build(&dir, Some(t.path()), &args("one"), &env);
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    // Truncate the root layer (the chain's first): as a full disk or a killed copy would.
+    let root_layer = fs::read_dir(private.join("phases"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            fs::read_to_string(p.join("meta.json")).is_ok_and(|m| m.contains("\"phase\": \"root\""))
+        })
+        .expect("a root layer");
+    let tar = root_layer.join("layer.tar.zst");
+    let len = fs::metadata(&tar).unwrap().len();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&tar)
+        .unwrap()
+        .set_len(len / 3)
+        .unwrap();
+    // The next build (a finalise change, so the outputs miss) warns and runs root again.
+    marker("2");
+    let second = build(&dir, Some(t.path()), &args("two"), &env);
+    assert_eq!(second.code, 0, "{}", second.stderr);
+    for said in [&second.stderr, &second.log] {
+        assert!(said.contains("warning: cache: layer root"), "{said}");
+        assert!(
+            said.contains("layer.tar.zst: does not match the digest"),
+            "{said}"
+        );
+    }
+    assert!(second.log.contains("cache: root miss"), "{}", second.log);
+    // The image is whole: the same tree as the first build's, and the new finalise mark.
+    let names = |name: &str| -> Vec<String> {
+        crate::harness::tar_listing(&dir.join(name), true)
+            .iter()
+            .filter_map(|l| l.split_whitespace().nth(5).map(String::from))
+            .collect()
+    };
+    assert_eq!(names("one.tar"), names("two.tar"));
+    let final_mark = crate::harness::sh(&format!(
+        "tar -xOf {} ./etc/damage-final",
+        dir.join("two.tar").display()
+    ));
+    assert_eq!(final_mark, "2\n");
+    // The rebuilt layer was stored again and is restored from now on.
+    marker("3");
+    let third = build(&dir, Some(t.path()), &args("three"), &env);
+    assert_eq!(third.code, 0, "{}", third.stderr);
+    assert!(third.log.contains("cache: root hit"), "{}", third.log);
+    assert!(!third.log.contains("is damaged"), "{}", third.log);
+    assert_no_leftovers(&dir, &h);
+}
+
+#[test]
+fn kiln_cache_gc_waits_for_a_build_using_the_cache() {
+    if !capable("kiln_cache_gc_waits_for_a_build_using_the_cache") {
+        return;
+    }
+    let t = fixture_elements(&rootfs_tar());
+    let h = heavy();
+    // Timed from here: the wait for the heavy lock is not this test's time.
+    let _t = Timer::start("kiln_cache_gc_waits_for_a_build_using_the_cache");
+    let dir = work("cache-lock");
+    let private = dir.join("cache");
+    let private_s = private.display().to_string();
+    let mut c = crate::harness::build_command(
+        &dir,
+        Some(t.path()),
+        &["-n", "test-rootfs", "fail-at", "-t", "tar", "-o", "l"],
+        &[
+            ("DIB_IMAGE_CACHE", &private_s),
+            ("KILN_TEST_SLOW", "install"),
+        ],
+    );
+    c.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut build = c.spawn().unwrap();
+    let log = dir.join("l.d/build.log");
+    let t0 = Instant::now();
+    while !fs::read_to_string(&log).is_ok_and(|l| l.contains("kiln-test-sleeping")) {
+        assert!(t0.elapsed().as_secs() < 180, "the slow hook never started");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // The build has stored its root layer and holds the cache: a trim to nothing must wait.
+    let gc_err = dir.join("gc.stderr");
+    let mut gc = Command::new(crate::kiln_bin())
+        .args(["cache", "gc", "--max-size", "0"])
+        .env("DIB_IMAGE_CACHE", &private)
+        .stdout(std::process::Stdio::null())
+        .stderr(fs::File::create(&gc_err).unwrap())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert!(
+        gc.try_wait().unwrap().is_none(),
+        "gc did not wait for the build"
+    );
+    assert!(fs::read_to_string(&gc_err)
+        .unwrap()
+        .contains("waiting for the builds using the cache"));
+    assert!(
+        kiln_cache(&private, &["ls"]).contains("layer    root"),
+        "a layer went while the build held the cache"
+    );
+    crate::harness::signal(build.id(), nix::sys::signal::Signal::SIGINT);
+    assert_eq!(build.wait().unwrap().code(), Some(130));
+    // Once the build is gone the trim runs.
+    let t1 = Instant::now();
+    let status = loop {
+        if let Some(st) = gc.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            t1.elapsed().as_secs() < 60,
+            "gc still waits after the build ended"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(status.success(), "{}", fs::read_to_string(&gc_err).unwrap());
+    assert!(!kiln_cache(&private, &["ls"]).contains("layer"));
     assert_no_leftovers(&dir, &h);
 }

@@ -346,3 +346,217 @@ fn fallback_layout_without_tmpfs_has_label_size_and_fstab() {
     assert!(fstab.contains("LABEL=kiln-root / ext4"), "fstab: {fstab}");
     assert_no_leftovers(&dir, &h);
 }
+
+/// A tmpfs the test mounts (unmounted when dropped, even when the test fails).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, options: &str) -> Self {
+        fs::create_dir_all(at).unwrap();
+        crate::harness::sh(&format!(
+            "mount -t tmpfs -o {options} kiln-test-tmpfs {}",
+            at.display()
+        ));
+        Tmpfs(at.to_path_buf())
+    }
+
+    fn remount(&self, options: &str) {
+        crate::harness::sh(&format!("mount -o remount,{options} {}", self.0.display()));
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn enospc_in_the_build_directory_names_it_and_tears_down() {
+    if !capable("enospc_in_the_build_directory_names_it_and_tears_down") {
+        return;
+    }
+    let t = fixture_elements(&rootfs_tar());
+    let h = heavy();
+    // Timed from here: the wait for the heavy lock is not this test's time.
+    let _t = Timer::start("enospc_in_the_build_directory_names_it_and_tears_down");
+    let dir = work("enospc-build");
+    let private = dir.join("cache").display().to_string();
+    // TMPDIR on a tmpfs smaller than the fixture's root filesystem, and the build directory on
+    // TMPDIR's filesystem (DIB_NO_TMPFS): unpacking the root filesystem fills it.
+    let tmp = dir.join("tmp");
+    let small = Tmpfs::mount(&tmp, "size=96m");
+    let o = build(
+        &dir,
+        Some(t.path()),
+        &["-n", "test-rootfs", "-t", "raw", "-o", "full"],
+        &[
+            ("DIB_NO_TMPFS", "1"),
+            ("DIB_BLOCK_DEVICE_CONFIG", MBR),
+            ("DIB_IMAGE_CACHE", &private),
+        ],
+    );
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    for needle in [
+        "No space left on device".to_string(),
+        "no space left on the filesystem of the build directory".to_string(),
+        format!("tmpfs mounted at {}", tmp.display()),
+        "TMPDIR".to_string(),
+    ] {
+        assert!(
+            o.stderr.contains(&needle),
+            "missing {needle:?} in:\n{}",
+            o.stderr
+        );
+    }
+    assert!(!o.stderr.contains("panicked"), "{}", o.stderr);
+    assert!(!dir.join("full.raw").exists());
+    // The build directory is gone from the full filesystem, which is whole again.
+    let left: Vec<_> = fs::read_dir(&tmp)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "left in TMPDIR: {left:?}");
+    drop(small);
+    assert_no_leftovers(&dir, &h);
+}
+
+#[test]
+fn enospc_in_the_cache_names_it_and_leaves_it_intact() {
+    if !capable("enospc_in_the_cache_names_it_and_leaves_it_intact") {
+        return;
+    }
+    let t = fixture_elements(&rootfs_tar());
+    let spacey = |root: &str, last: &str| {
+        t.el("spacey")
+            .hook(
+                "root",
+                "20-spacey",
+                &format!("echo {root} > \"$TARGET_ROOT/etc/spacey\""),
+            )
+            .hook(
+                "finalise",
+                "50-spacey",
+                &format!("echo {last} > /etc/spacey-final"),
+            );
+    };
+    let h = heavy();
+    // Timed from here: the wait for the heavy lock is not this test's time.
+    let _t = Timer::start("enospc_in_the_cache_names_it_and_leaves_it_intact");
+    let dir = work("enospc-cache");
+    let cache = dir.join("cache");
+    // Room for one root layer (about 100 MB compressed) and not for a second one.
+    let small = Tmpfs::mount(&cache, "size=160m,mode=0700");
+    let cache_s = cache.display().to_string();
+    let env = [
+        ("DIB_BLOCK_DEVICE_CONFIG", MBR),
+        ("DIB_IMAGE_CACHE", cache_s.as_str()),
+    ];
+    let args = |name: &'static str| ["-n", "test-rootfs", "spacey", "-t", "raw,tar", "-o", name];
+    spacey("one", "a");
+    let first = build(&dir, Some(t.path()), &args("a"), &env);
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    // The layers fit; the outputs do not, which only costs their caching.
+    assert!(first.log.contains("cache: root miss"), "{}", first.log);
+    // A new root layer does not fit: the build stops, naming the cache's filesystem.
+    spacey("two", "a");
+    let full = build(&dir, Some(t.path()), &args("b"), &env);
+    assert_eq!(full.code, 1, "{}", full.stderr);
+    for needle in [
+        format!(
+            "{}: no space left for the cache",
+            cache.join("phases").display()
+        ),
+        format!("tmpfs mounted at {}", cache.display()),
+        "storing the root layer".to_string(),
+        "the cache is intact".to_string(),
+        "DIB_IMAGE_CACHE".to_string(),
+    ] {
+        assert!(
+            full.stderr.contains(&needle),
+            "missing {needle:?} in:\n{}",
+            full.stderr
+        );
+    }
+    assert!(!full.stderr.contains("panicked"), "{}", full.stderr);
+    assert!(!dir.join("b.raw").exists() && !dir.join("b.tar").exists());
+    assert_no_leftovers(&dir, &h);
+    let unfinished: Vec<_> = ["phases", "outputs"]
+        .iter()
+        .filter_map(|d| fs::read_dir(cache.join(d)).ok())
+        .flat_map(|rd| rd.flatten().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(".tmp-"))
+        })
+        .collect();
+    assert!(
+        unfinished.is_empty(),
+        "unfinished entries left: {unfinished:?}"
+    );
+    // With space again, a build restores what was stored before the failure.
+    small.remount("size=2g");
+    spacey("one", "c");
+    let again = build(&dir, Some(t.path()), &args("c"), &env);
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert!(again.log.contains("cache: root hit"), "{}", again.log);
+    assert!(!again.log.contains("is damaged"), "{}", again.log);
+    let file = |name: &str| {
+        crate::harness::sh(&format!(
+            "tar -xOf {} ./etc/{name}",
+            dir.join("c.tar").display()
+        ))
+    };
+    assert_eq!(file("spacey"), "one\n");
+    assert_eq!(file("spacey-final"), "c\n");
+    assert!(fs::metadata(dir.join("c.raw")).unwrap().len() > 0);
+    assert_no_leftovers(&dir, &h);
+    drop(small);
+}
+
+/// Found by `scripts/chaos`: a SIGKILL while an output was being written left its pending
+/// output (now the private directory `.NAME.ext.kiln-new/`) in the output directory, outside the
+/// build directories the watchdog removed.
+#[test]
+fn sigkill_while_writing_an_output_leaves_no_pending_file() {
+    if !capable("sigkill_while_writing_an_output_leaves_no_pending_file") {
+        return;
+    }
+    let t = fixture_elements(&rootfs_tar());
+    let h = heavy();
+    // Timed from here: the wait for the heavy lock is not this test's time.
+    let _t = Timer::start("sigkill_while_writing_an_output_leaves_no_pending_file");
+    let dir = work("sigkill-output");
+    // A compressed qcow2 takes seconds to write: time enough to see its pending file.
+    let mut c = build_command(
+        &dir,
+        Some(t.path()),
+        &["-n", "test-rootfs", "-t", "qcow2", "-o", "p"],
+        &[("DIB_BLOCK_DEVICE_CONFIG", MBR)],
+    );
+    c.stdout(Stdio::null()).stderr(Stdio::null());
+    let mut child = c.spawn().unwrap();
+    let pending = dir.join(".p.qcow2.kiln-new");
+    let start = Instant::now();
+    while !pending.exists() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the build ended before its output was seen being written"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "no output was written"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    signal(child.id(), Signal::SIGKILL);
+    let _ = child.wait();
+    assert_no_leftovers_within(&dir, &h, Duration::from_secs(30));
+    let t0 = Instant::now();
+    while pending.exists() && t0.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!pending.exists(), "{} left behind", pending.display());
+    assert!(!dir.join("p.qcow2").exists());
+}

@@ -209,3 +209,51 @@ fn output_types_kiln_cannot_make_are_refused_alike_by_plan_and_build() {
     }
     assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
 }
+
+#[test]
+fn a_cache_directory_others_can_write_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = Tree::new();
+    t.os();
+    let d = tempfile::tempdir().unwrap();
+    let shared = d.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let shown = shared.display().to_string();
+    for args in [
+        &["plan", "test-os", "-n"][..],
+        &["cache", "ls"],
+        &["cache", "gc", "--max-size", "1GiB"],
+    ] {
+        let mut c = kiln(&[t.path()], &shared);
+        c.args(args);
+        let (code, _, err) = run(c);
+        assert_input_error(
+            code,
+            &err,
+            &[
+                &shown,
+                "writable by its group and others",
+                "chmod go-w",
+                "DIB_IMAGE_CACHE",
+            ],
+        );
+    }
+    // Nothing was written into it.
+    assert_eq!(std::fs::read_dir(&shared).unwrap().count(), 0);
+}
+
+#[test]
+fn a_cache_directory_kiln_makes_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = Tree::new();
+    t.os();
+    let d = tempfile::tempdir().unwrap();
+    let fresh = d.path().join("new/kiln");
+    let mut c = kiln(&[t.path()], &fresh);
+    c.args(["plan", "test-os", "-n"]);
+    let (code, _, err) = run(c);
+    assert_eq!(code, 0, "{err}");
+    let mode = std::fs::metadata(&fresh).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700, "{mode:o}");
+}

@@ -27,6 +27,17 @@
 //! tree held, so a build that restores it can make new ones.
 //!
 //! Outputs are cached too: an identical request copies its cached outputs.
+//!
+//! The cache defends itself (see [`guard`]): its directory must be private to the user
+//! building; each layer records the SHA-256 of its files when stored and is checked before it
+//! is restored (a corrupted or truncated layer is discarded and its phase rebuilt); builds hold
+//! a shared lock and trimming an exclusive one; and trimming skips and reports what it does not
+//! recognise.
+
+pub mod guard;
+pub mod space;
+
+pub use guard::{secure_root, ExclusiveLock, SharedLock};
 
 pub mod identity;
 
@@ -70,6 +81,65 @@ pub enum Error {
         /// What went wrong.
         message: String,
     },
+    /// The cache directory is not safe to run hooks from.
+    #[error(
+        "{path}: the cache directory is {why}, so anyone who can write it could run code in \
+         your builds; kiln refuses to use it. Make it yours and private \
+         (`chown \"$(id -u)\" {path} && chmod go-w {path}`) or point DIB_IMAGE_CACHE \
+         (or --image-cache) at a directory of your own"
+    )]
+    UnsafeCacheDir {
+        /// The cache directory.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// The cache's filesystem is full: the entry being stored was removed, the rest is intact.
+    #[error(
+        "{path}: no space left for the cache ({fs}) while {what}; the unfinished entry was \
+         removed and the cache is intact. Free space there, lower KILN_CACHE_MAX_SIZE \
+         (`kiln cache gc --max-size SIZE`), or point DIB_IMAGE_CACHE at a larger filesystem"
+    )]
+    NoSpace {
+        /// The cache directory.
+        path: PathBuf,
+        /// The filesystem, as [`space::Filesystem`] describes it.
+        fs: String,
+        /// What was being stored.
+        what: String,
+    },
+    /// A stored layer does not match the digests recorded when it was stored.
+    #[error("{path}: {why}")]
+    Corrupt {
+        /// The layer's directory (or file).
+        path: PathBuf,
+        /// What does not match.
+        why: String,
+    },
+}
+
+/// `err`, or [`Error::NoSpace`] about the cache directory `dir` if it reports ENOSPC or the
+/// filesystem is full. Call it while the unfinished entry still takes its space: tools do not
+/// always say ENOSPC (tar piping into zstd says only "Wrote only 4096 of 10240 bytes"), but the
+/// filesystem is full then, and the numbers show it.
+fn with_space(err: Error, dir: &Path, what: &str) -> Error {
+    let fs = space::Filesystem::of(dir);
+    let full = fs.as_ref().is_some_and(space::Filesystem::is_full);
+    if !full && !space::mentions_no_space(&err.to_string()) {
+        return err;
+    }
+    Error::NoSpace {
+        path: dir.to_path_buf(),
+        fs: fs.map_or_else(|| "its filesystem".into(), |f| f.to_string()),
+        what: what.to_string(),
+    }
+}
+
+impl Error {
+    /// Whether the error is the user's to fix (exit status 2) rather than a failed build.
+    pub fn is_input_error(&self) -> bool {
+        matches!(self, Self::UnsafeCacheDir { .. })
+    }
 }
 
 /// Maps an I/O error on `path` to [`Error::Io`]; for `map_err(io(path))`.
@@ -284,6 +354,26 @@ pub struct LayerMeta {
     /// was made; none of them is in any layer.
     #[serde(default)]
     pub identities: Vec<String>,
+    /// SHA-256 of each file of the layer (`layer.tar.zst`, `layer.deleted`, `hooks.…`), taken
+    /// when it was stored and checked before it is restored.
+    #[serde(default)]
+    pub digests: BTreeMap<String, String>,
+}
+
+/// The files of a stored layer that its digests cover.
+const LAYER_FILES: [&str; 4] = [
+    "layer.tar.zst",
+    "layer.deleted",
+    "hooks.tar.zst",
+    "hooks.deleted",
+];
+
+/// SHA-256 of a file, read in blocks.
+pub fn file_digest(path: &Path) -> Result<String, Error> {
+    let mut f = fs::File::open(path).map_err(io(path))?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).map_err(io(path))?;
+    Ok(hex::encode(h.finalize()))
 }
 
 /// The cache directory of phase layers and outputs.
@@ -357,8 +447,11 @@ impl PhaseCache {
     ) -> Result<String, Error> {
         let key = inputs.key();
         let final_dir = self.layer_dir(&key);
-        if final_dir.join("meta.json").exists() {
-            return Ok(key);
+        match self.verify(&key) {
+            Ok(Some(_)) => return Ok(key),
+            Ok(None) => {}
+            // A damaged copy under this key would keep the new one out: replace it.
+            Err(_) => self.discard(&key)?,
         }
         fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
         let tmp = tempfile::Builder::new()
@@ -371,28 +464,98 @@ impl PhaseCache {
             changed: &kept,
             deleted: tree.deleted,
         };
-        write_delta(tmp.path(), "layer", &stripped)?;
-        write_delta(tmp.path(), "hooks", hooks)?;
-        let bytes = du_bytes(tmp.path());
-        let meta = LayerMeta {
-            key: key.clone(),
-            inputs: inputs.clone(),
-            tree_kib,
-            bytes,
-            created: now(),
-            identities: identity::present(tree.root),
-        };
-        fs::write(
-            tmp.path().join("meta.json"),
-            serde_json::to_vec_pretty(&meta).unwrap_or_default(),
-        )
-        .map_err(io(tmp.path()))?;
+        let written = (|| {
+            write_delta(tmp.path(), "layer", &stripped)?;
+            write_delta(tmp.path(), "hooks", hooks)?;
+            let bytes = du_bytes(tmp.path());
+            let mut digests = BTreeMap::new();
+            for f in LAYER_FILES {
+                digests.insert(f.to_string(), file_digest(&tmp.path().join(f))?);
+            }
+            let meta = LayerMeta {
+                key: key.clone(),
+                inputs: inputs.clone(),
+                tree_kib,
+                bytes,
+                created: now(),
+                identities: identity::present(tree.root),
+                digests,
+            };
+            fs::write(
+                tmp.path().join("meta.json"),
+                serde_json::to_vec_pretty(&meta).unwrap_or_default(),
+            )
+            .map_err(io(tmp.path()))
+        })();
+        // On failure the temporary directory is removed when `tmp` drops, after this check.
+        written.map_err(|e| {
+            with_space(e, &self.dir, &format!("storing the {} layer", inputs.phase))
+        })?;
         let tmp_path = tmp.keep();
         if fs::rename(&tmp_path, &final_dir).is_err() {
             // The same layer was stored meanwhile.
             let _ = fs::remove_dir_all(&tmp_path);
         }
         Ok(key)
+    }
+
+    /// Checks the stored layer `key` against the digests recorded when it was stored: `Ok(None)`
+    /// when no layer is stored under the key, [`Error::Corrupt`] when one is but a file is
+    /// missing, truncated or changed (or its description is unreadable).
+    pub fn verify(&self, key: &str) -> Result<Option<LayerMeta>, Error> {
+        let dir = self.layer_dir(key);
+        if !dir.exists() {
+            return Ok(None);
+        }
+        let corrupt = |path: PathBuf, why: &str| Error::Corrupt {
+            path,
+            why: why.to_string(),
+        };
+        let meta_path = dir.join("meta.json");
+        let text = fs::read_to_string(&meta_path)
+            .map_err(|e| corrupt(meta_path.clone(), &format!("unreadable ({e})")))?;
+        let meta: LayerMeta = serde_json::from_str(&text)
+            .map_err(|e| corrupt(meta_path.clone(), &format!("not a layer description ({e})")))?;
+        if meta.key != key {
+            return Err(corrupt(meta_path, "describes another layer"));
+        }
+        for f in LAYER_FILES {
+            let path = dir.join(f);
+            let Some(want) = meta.digests.get(f) else {
+                return Err(corrupt(path, "no digest recorded for it"));
+            };
+            let got = match file_digest(&path) {
+                Ok(d) => d,
+                Err(Error::Io { source, .. }) => {
+                    return Err(corrupt(path, &format!("unreadable ({source})")))
+                }
+                Err(e) => return Err(e),
+            };
+            if &got != want {
+                return Err(corrupt(
+                    path,
+                    "does not match the digest recorded when it was stored (corrupted or truncated)",
+                ));
+            }
+        }
+        Ok(Some(meta))
+    }
+
+    /// Removes the layer `key` (a corrupted one, so that it can be stored again): renamed aside
+    /// first, so no build ever sees half of it.
+    pub fn discard(&self, key: &str) -> Result<(), Error> {
+        let dir = self.layer_dir(key);
+        let aside = self
+            .dir
+            .join(format!(".tmp-discard-{key}-{}", std::process::id()));
+        match fs::rename(&dir, &aside) {
+            Ok(()) => fs::remove_dir_all(&aside).map_err(io(&aside)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::Io {
+                path: dir,
+                source: e,
+            }),
+        }
     }
 
     /// Restores the chain `keys` (oldest first): each layer's tree change into the empty
@@ -584,21 +747,24 @@ impl OutputCache {
             .prefix(".tmp-")
             .tempdir_in(&self.dir)
             .map_err(io(&self.dir))?;
-        for f in files {
-            let name = f.file_name().unwrap_or_default();
-            copy_file(f, &tmp.path().join("files").join(name))?;
-        }
-        if name_d.is_dir() {
-            run_tool(
-                &Cmd::new("cp")
-                    .arg("-a")
-                    .arg(name_d)
-                    .arg(tmp.path().join("name.d")),
-                "store NAME.d",
-            )?;
-            let _ = fs::remove_file(tmp.path().join("name.d/build.log"));
-        }
-        fs::write(tmp.path().join("complete"), now().to_string()).map_err(io(tmp.path()))?;
+        let written = (|| {
+            for f in files {
+                let name = f.file_name().unwrap_or_default();
+                copy_file(f, &tmp.path().join("files").join(name))?;
+            }
+            if name_d.is_dir() {
+                run_tool(
+                    &Cmd::new("cp")
+                        .arg("-a")
+                        .arg(name_d)
+                        .arg(tmp.path().join("name.d")),
+                    "store NAME.d",
+                )?;
+                let _ = fs::remove_file(tmp.path().join("name.d/build.log"));
+            }
+            fs::write(tmp.path().join("complete"), now().to_string()).map_err(io(tmp.path()))
+        })();
+        written.map_err(|e| with_space(e, &self.dir, "storing the outputs"))?;
         let p = tmp.keep();
         let dest = self.dir.join(key);
         let _ = fs::remove_dir_all(&dest);
@@ -638,37 +804,59 @@ fn used_time(p: &Path) -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Every entry of the cache under `root`, least recently used first.
-pub fn entries(root: &Path) -> Vec<CacheEntry> {
-    let mut v = Vec::new();
+/// What a look through the cache found.
+#[derive(Debug, Default)]
+pub struct Scan {
+    /// The entries kiln made, least recently used first.
+    pub entries: Vec<CacheEntry>,
+    /// Paths under `phases/` and `outputs/` that are not entries kiln made (a stray file, a
+    /// directory without its description): never removed, only reported.
+    pub unrecognised: Vec<PathBuf>,
+    /// Temporary entries (`.tmp-*`): a store in progress, or one a killed build left.
+    pub temporary: Vec<PathBuf>,
+}
+
+/// Looks through the cache under `root`: its entries, what it does not recognise, and the
+/// temporary entries of stores.
+pub fn scan(root: &Path) -> Scan {
+    let mut out = Scan::default();
     for (kind, sub) in [("layer", "phases"), ("outputs", "outputs")] {
         let Ok(rd) = fs::read_dir(root.join(sub)) else {
             continue;
         };
         for e in rd.flatten() {
             let p = e.path();
-            if e.file_name().to_string_lossy().starts_with('.') {
+            let name = e.file_name();
+            let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+            if name.as_encoded_bytes().starts_with(b".tmp-") && is_dir {
+                out.temporary.push(p);
                 continue;
             }
-            let label = if kind == "layer" {
+            let label = if !is_dir {
+                None
+            } else if kind == "layer" {
                 fs::read_to_string(p.join("meta.json"))
                     .ok()
                     .and_then(|t| serde_json::from_str::<LayerMeta>(&t).ok())
                     .map(|m| m.inputs.phase)
-                    .unwrap_or_default()
-            } else {
-                fs::read_dir(p.join("files"))
+            } else if p.join("complete").is_file() {
+                let mut names: Vec<String> = fs::read_dir(p.join("files"))
                     .map(|rd| {
-                        let mut names: Vec<String> = rd
-                            .flatten()
+                        rd.flatten()
                             .map(|f| f.file_name().to_string_lossy().into_owned())
-                            .collect();
-                        names.sort();
-                        names.join(",")
+                            .collect()
                     })
-                    .unwrap_or_default()
+                    .unwrap_or_default();
+                names.sort();
+                Some(names.join(","))
+            } else {
+                None
             };
-            v.push(CacheEntry {
+            let Some(label) = label else {
+                out.unrecognised.push(p);
+                continue;
+            };
+            out.entries.push(CacheEntry {
                 bytes: du_bytes(&p),
                 used: used_time(&p),
                 path: p,
@@ -677,26 +865,65 @@ pub fn entries(root: &Path) -> Vec<CacheEntry> {
             });
         }
     }
-    v.sort_by(|a, b| a.used.cmp(&b.used).then(a.path.cmp(&b.path)));
-    v
+    out.entries
+        .sort_by(|a, b| a.used.cmp(&b.used).then(a.path.cmp(&b.path)));
+    out.unrecognised.sort();
+    out.temporary.sort();
+    out
 }
 
-/// Deletes the least recently used entries until the cache is at most `max` bytes. Returns how
-/// many were removed and the size left. A layer whose parent is gone is never restored (a
-/// chain is used only from its first layer on), so removing any entry is safe.
-pub fn gc(root: &Path, max: u64) -> std::io::Result<(usize, u64)> {
-    let es = entries(root);
-    let mut total: u64 = es.iter().map(|e| e.bytes).sum();
-    let mut removed = 0;
-    for e in &es {
+/// Every entry of the cache under `root`, least recently used first.
+pub fn entries(root: &Path) -> Vec<CacheEntry> {
+    scan(root).entries
+}
+
+/// What a trim did.
+#[derive(Debug, Default)]
+pub struct GcReport {
+    /// Entries removed.
+    pub removed: usize,
+    /// Bytes of entries left.
+    pub left: u64,
+    /// Temporary entries removed (left by builds that were killed while storing).
+    pub temporary: usize,
+    /// Paths not recognised as entries, left alone.
+    pub skipped: Vec<PathBuf>,
+    /// Entries that could not be removed, with why (the trim goes on without them).
+    pub failed: Vec<String>,
+}
+
+/// Deletes the least recently used entries until the cache is at most `max` bytes, and the
+/// temporary entries of builds that died (holding the exclusive lock, no store is in
+/// progress). A layer whose parent is gone is never restored (a chain is used only from its
+/// first layer on), so removing any entry is safe. What it does not recognise it skips and
+/// reports; what it cannot remove it reports and goes on.
+pub fn gc(lock: &ExclusiveLock, max: u64) -> GcReport {
+    let found = scan(lock.root());
+    let mut report = GcReport {
+        skipped: found.unrecognised,
+        ..GcReport::default()
+    };
+    for t in &found.temporary {
+        match fs::remove_dir_all(t) {
+            Ok(()) => report.temporary += 1,
+            Err(e) => report.failed.push(format!("{}: {e}", t.display())),
+        }
+    }
+    let mut total: u64 = found.entries.iter().map(|e| e.bytes).sum();
+    for e in &found.entries {
         if total <= max {
             break;
         }
-        fs::remove_dir_all(&e.path)?;
-        total = total.saturating_sub(e.bytes);
-        removed += 1;
+        match fs::remove_dir_all(&e.path) {
+            Ok(()) => {
+                total = total.saturating_sub(e.bytes);
+                report.removed += 1;
+            }
+            Err(err) => report.failed.push(format!("{}: {err}", e.path.display())),
+        }
     }
-    Ok((removed, total))
+    report.left = total;
+    report
 }
 
 /// A size for people: `1.5 GiB`.
@@ -975,6 +1202,193 @@ mod tests {
         assert_eq!(fs::read_to_string(out_hooks.join("h")).unwrap(), "hook");
     }
 
+    /// Stores a one-file layer of phase `root` in a cache under `d`; returns the cache and key.
+    fn stored_layer(d: &Path) -> (PhaseCache, String) {
+        let cache = PhaseCache::new(&d.join("cache"));
+        let tree = d.join("tree");
+        fs::create_dir_all(tree.join("etc")).unwrap();
+        fs::write(tree.join("etc/a"), vec![7u8; 100_000]).unwrap();
+        let (changed, deleted) = diff(&Index::new(), &index(&tree));
+        let inputs = Inputs {
+            phase: "root".into(),
+            parent: None,
+            arch: "amd64".into(),
+            mirror: BTreeMap::new(),
+            version: "t".into(),
+            env: BTreeMap::new(),
+            host_files: BTreeMap::new(),
+            files: BTreeMap::new(),
+            extra: Vec::new(),
+        };
+        let key = cache
+            .store(
+                &inputs,
+                &Delta {
+                    root: &tree,
+                    changed: &changed,
+                    deleted: &deleted,
+                },
+                &Delta {
+                    root: &tree,
+                    changed: &[],
+                    deleted: &[PathBuf::from("gone")],
+                },
+                1,
+            )
+            .unwrap();
+        (cache, key)
+    }
+
+    #[test]
+    fn a_damaged_layer_fails_verification_and_is_stored_again() {
+        type Damage = fn(&Path);
+        let damages: [(&str, Damage, &str); 6] = [
+            (
+                "truncated tar",
+                |d| {
+                    let f = d.join("layer.tar.zst");
+                    let len = fs::metadata(&f).unwrap().len();
+                    fs::OpenOptions::new()
+                        .write(true)
+                        .open(&f)
+                        .unwrap()
+                        .set_len(len / 2)
+                        .unwrap();
+                },
+                "layer.tar.zst: does not match",
+            ),
+            (
+                "flipped byte",
+                |d| {
+                    let f = d.join("hooks.deleted");
+                    let mut b = fs::read(&f).unwrap();
+                    b[0] ^= 1;
+                    fs::write(&f, b).unwrap();
+                },
+                "hooks.deleted: does not match",
+            ),
+            (
+                "missing file",
+                |d| fs::remove_file(d.join("layer.deleted")).unwrap(),
+                "layer.deleted: unreadable",
+            ),
+            (
+                "no digests",
+                |d| {
+                    let f = d.join("meta.json");
+                    let mut m: LayerMeta =
+                        serde_json::from_str(&fs::read_to_string(&f).unwrap()).unwrap();
+                    m.digests.clear();
+                    fs::write(&f, serde_json::to_vec(&m).unwrap()).unwrap();
+                },
+                "no digest recorded",
+            ),
+            (
+                "garbled description",
+                |d| fs::write(d.join("meta.json"), "{").unwrap(),
+                "not a layer description",
+            ),
+            (
+                "no description",
+                |d| fs::remove_file(d.join("meta.json")).unwrap(),
+                "meta.json: unreadable",
+            ),
+        ];
+        for (what, damage, says) in damages {
+            let d = tempfile::tempdir().unwrap();
+            let (cache, key) = stored_layer(d.path());
+            let meta = cache.verify(&key).unwrap().expect("stored");
+            assert_eq!(meta.digests.len(), LAYER_FILES.len());
+            damage(&cache.layer_dir(&key));
+            let err = cache.verify(&key).unwrap_err();
+            assert!(
+                matches!(err, Error::Corrupt { .. }) && err.to_string().contains(says),
+                "{what}: {err}"
+            );
+            // Storing the same layer again replaces the damaged copy.
+            let (_, again) = stored_layer(d.path());
+            assert_eq!(again, key);
+            assert!(cache.verify(&key).unwrap().is_some(), "{what}");
+        }
+        // A key never stored is no layer, not a damaged one.
+        let d = tempfile::tempdir().unwrap();
+        let (cache, _) = stored_layer(d.path());
+        assert!(cache.verify("0000").unwrap().is_none());
+    }
+
+    #[test]
+    fn enospc_while_storing_names_the_cache_filesystem() {
+        let d = tempfile::tempdir().unwrap();
+        let full = Error::Step {
+            step: "snapshot layer".into(),
+            message: "tar: etc/a: Cannot write: No space left on device".into(),
+        };
+        let e = with_space(full, d.path(), "storing the root layer");
+        let text = e.to_string();
+        let fs = space::Filesystem::of(d.path()).unwrap();
+        assert!(matches!(e, Error::NoSpace { .. }), "{text}");
+        for needle in [
+            format!("{}: no space left for the cache", d.path().display()),
+            format!("mounted at {}", fs.mount_point.display()),
+            "storing the root layer".to_string(),
+            "DIB_IMAGE_CACHE".to_string(),
+        ] {
+            assert!(text.contains(&needle), "missing {needle:?} in {text}");
+        }
+        // Any other failure is left as it is.
+        let other = Error::Step {
+            step: "snapshot layer".into(),
+            message: "tar: exit 2".into(),
+        };
+        assert!(matches!(
+            with_space(other, d.path(), "x"),
+            Error::Step { .. }
+        ));
+    }
+
+    #[test]
+    fn discard_removes_a_layer() {
+        let d = tempfile::tempdir().unwrap();
+        let (cache, key) = stored_layer(d.path());
+        cache.discard(&key).unwrap();
+        assert!(cache.verify(&key).unwrap().is_none());
+        assert_eq!(fs::read_dir(&cache.dir).unwrap().count(), 0);
+        // Discarding what is not there is no error.
+        cache.discard(&key).unwrap();
+    }
+
+    #[test]
+    fn gc_skips_and_reports_what_it_does_not_recognise() {
+        let d = tempfile::tempdir().unwrap();
+        let (cache, key) = stored_layer(d.path());
+        let root = cache.dir.parent().unwrap().to_path_buf();
+        let outputs = root.join("outputs");
+        fs::create_dir_all(outputs.join("half-written/files")).unwrap();
+        fs::write(outputs.join("stray.txt"), "x").unwrap();
+        fs::write(cache.dir.join("notes"), "x").unwrap();
+        fs::create_dir_all(cache.dir.join(".tmp-abc/sub")).unwrap();
+        fs::create_dir_all(outputs.join(".tmp-def")).unwrap();
+        let found = scan(&root);
+        assert_eq!(found.entries.len(), 1);
+        assert_eq!(found.temporary.len(), 2);
+        let lock = ExclusiveLock::acquire(&root).unwrap();
+        // Trim everything: the layer and the temporaries go, the rest stays and is reported.
+        let r = gc(&lock, 0);
+        assert_eq!((r.removed, r.temporary, r.left), (1, 2, 0));
+        assert!(r.failed.is_empty(), "{:?}", r.failed);
+        assert_eq!(
+            r.skipped,
+            vec![
+                outputs.join("half-written"),
+                outputs.join("stray.txt"),
+                cache.dir.join("notes"),
+            ]
+        );
+        assert!(cache.verify(&key).unwrap().is_none());
+        assert!(outputs.join("stray.txt").exists() && outputs.join("half-written").exists());
+        assert!(!cache.dir.join(".tmp-abc").exists() && !outputs.join(".tmp-def").exists());
+    }
+
     #[test]
     fn stored_layers_never_hold_generated_identities() {
         let d = tempfile::tempdir().unwrap();
@@ -1059,6 +1473,15 @@ mod tests {
             fs::write(e.join("blob"), vec![1u8; 64 * 1024]).unwrap();
             let stamp = if sub == "phases" { "used" } else { "complete" };
             fs::write(e.join(stamp), used.to_string()).unwrap();
+            if sub == "phases" {
+                let meta = serde_json::json!({
+                    "key": name, "tree_kib": 0, "bytes": 0, "created": 0,
+                    "inputs": { "phase": "root", "parent": null, "arch": "amd64",
+                        "release_digest": null, "version": "t", "env": {}, "files": {},
+                        "extra": [] },
+                });
+                fs::write(e.join("meta.json"), meta.to_string()).unwrap();
+            }
         }
         let es = entries(root);
         let order: Vec<_> = es
@@ -1067,9 +1490,11 @@ mod tests {
             .collect();
         assert_eq!(order, ["old", "mid", "new"]);
         let one = es[0].bytes;
-        let (removed, left) = gc(root, one * 2).unwrap();
-        assert_eq!(removed, 1);
-        assert!(left <= one * 2);
+        let lock = ExclusiveLock::acquire(root).unwrap();
+        let r = gc(&lock, one * 2);
+        assert_eq!(r.removed, 1);
+        assert!(r.left <= one * 2);
+        assert!(r.skipped.is_empty() && r.failed.is_empty());
         assert!(!root.join("phases/old").exists());
         assert!(root.join("outputs/mid").exists() && root.join("phases/new").exists());
     }

@@ -6,9 +6,18 @@
 //! an old kiln's elements and an unchanged kiln reuses its directory. Extraction goes to a
 //! temporary directory beside the final one and is renamed into place, so a crash or a
 //! concurrent kiln never leaves (or sees) a half-written library.
+//!
+//! Its hooks run as root, so a reused extraction is first checked against the archive itself
+//! (every file's content and permission bits, every link target, and nothing extra): a
+//! directory that differs (a damaged disk, an edit, a planted hook) is moved aside, removed
+//! and extracted again, with a warning. The archive is small (the check takes milliseconds)
+//! and, unlike a digest written beside the directory, cannot be changed along with it.
 
+use std::collections::BTreeSet;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::io::Read as _;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::error::{Error, IoContext};
@@ -51,7 +60,27 @@ pub(crate) fn extract_archive(
     let parent = cache_root.join("builtin-elements");
     let dest = parent.join(&prefix);
     if dest.is_dir() {
-        return Ok(dest);
+        match differs(archive, &dest)? {
+            None => return Ok(dest),
+            Some(why) => {
+                tracing::warn!(
+                    "{}: the built-in elements there differ from kiln's own ({why}); \
+                     extracting them again",
+                    dest.display()
+                );
+                let aside = parent.join(format!(
+                    ".tmp-damaged-{prefix}-{}-{}",
+                    std::process::id(),
+                    COUNTER.fetch_add(1, Ordering::Relaxed)
+                ));
+                match fs::rename(&dest, &aside) {
+                    Ok(()) => fs::remove_dir_all(&aside).at(&aside)?,
+                    // Another kiln moved it first.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(Error::io(&dest, e)),
+                }
+            }
+        }
     }
     fs::create_dir_all(&parent).at(&parent)?;
 
@@ -81,6 +110,87 @@ pub(crate) fn extract_archive(
             }
         }
     }
+}
+
+/// How the extraction in `dest` differs from `archive`, if it does: a file whose content or
+/// permission bits differ, a link with another target, an entry of another type, a missing
+/// entry or one the archive does not have.
+fn differs(archive: &[u8], dest: &Path) -> Result<Option<String>, Error> {
+    let bad = |e: std::io::Error| Error::io(dest, e);
+    let mut expected = BTreeSet::new();
+    let mut ar = tar::Archive::new(archive);
+    for entry in ar.entries().map_err(bad)? {
+        let mut entry = entry.map_err(bad)?;
+        let rel: PathBuf = entry
+            .path()
+            .map_err(bad)?
+            .components()
+            .filter(|c| matches!(c, Component::Normal(_)))
+            .collect();
+        if rel.as_os_str().is_empty() {
+            continue;
+        }
+        for a in rel.ancestors().filter(|a| !a.as_os_str().is_empty()) {
+            expected.insert(a.to_path_buf());
+        }
+        let path = dest.join(&rel);
+        let Ok(meta) = fs::symlink_metadata(&path) else {
+            return Ok(Some(format!("{} is missing", rel.display())));
+        };
+        let kind = entry.header().entry_type();
+        let why = if kind.is_dir() {
+            (!meta.is_dir()).then_some("is not a directory")
+        } else if kind.is_symlink() {
+            let want = entry
+                .link_name()
+                .map_err(bad)?
+                .map(std::borrow::Cow::into_owned);
+            (!meta.file_type().is_symlink() || fs::read_link(&path).ok() != want)
+                .then_some("is not the link it should be")
+        } else if kind.is_file() {
+            let mode = entry.header().mode().map_err(bad)? & 0o777;
+            let mut want = Vec::new();
+            entry.read_to_end(&mut want).map_err(bad)?;
+            if !meta.file_type().is_file() {
+                Some("is not a regular file")
+            } else if meta.permissions().mode() & 0o777 != mode {
+                Some("has other permissions")
+            } else if fs::read(&path).at(&path)? != want {
+                Some("has other content")
+            } else {
+                None
+            }
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return Ok(Some(format!("{} {why}", rel.display())));
+        }
+    }
+    Ok(extra_entry(dest, Path::new(""), &expected)?
+        .map(|p| format!("{} is not one of kiln's", p.display())))
+}
+
+/// The first entry under `base/rel` that is not in `expected` (paths relative to `base`).
+fn extra_entry(
+    base: &Path,
+    rel: &Path,
+    expected: &BTreeSet<PathBuf>,
+) -> Result<Option<PathBuf>, Error> {
+    let dir = base.join(rel);
+    for e in fs::read_dir(&dir).at(&dir)? {
+        let e = e.at(&dir)?;
+        let r = rel.join(e.file_name());
+        if !expected.contains(&r) {
+            return Ok(Some(r));
+        }
+        if e.file_type().at(&dir)?.is_dir() {
+            if let Some(found) = extra_entry(base, &r, expected)? {
+                return Ok(Some(found));
+            }
+        }
+    }
+    Ok(None)
 }
 
 #[cfg(test)]
@@ -158,12 +268,100 @@ mod tests {
         );
     }
 
+    /// A small library: a hook, a link to it, a data file.
+    fn small_tar() -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        for (path, mode, body) in [
+            ("el/install.d/10-x", 0o755, &b"#!/bin/sh\necho hi\n"[..]),
+            ("el/README.rst", 0o644, &b"el\n"[..]),
+        ] {
+            let mut header = tar::Header::new_gnu();
+            header.set_mode(mode);
+            header.set_size(body.len() as u64);
+            header.set_entry_type(tar::EntryType::Regular);
+            builder.append_data(&mut header, path, body).unwrap();
+        }
+        let mut link = tar::Header::new_gnu();
+        link.set_entry_type(tar::EntryType::Symlink);
+        link.set_size(0);
+        builder
+            .append_link(&mut link, "el/install.d/20-y", "10-x")
+            .unwrap();
+        builder.into_inner().unwrap()
+    }
+
+    #[test]
+    fn a_damaged_extraction_is_extracted_again() {
+        type Damage = fn(&Path);
+        let damages: [(&str, Damage); 7] = [
+            ("edited hook", |d| {
+                fs::write(d.join("el/install.d/10-x"), "#!/bin/sh\nrm -rf /\n").unwrap();
+            }),
+            ("truncated file", |d| {
+                fs::write(d.join("el/README.rst"), "").unwrap();
+            }),
+            ("planted hook", |d| {
+                fs::write(d.join("el/install.d/05-evil"), "x").unwrap();
+            }),
+            ("planted element", |d| {
+                fs::create_dir(d.join("evil")).unwrap();
+            }),
+            ("removed hook", |d| {
+                fs::remove_file(d.join("el/install.d/10-x")).unwrap();
+            }),
+            ("changed mode", |d| {
+                fs::set_permissions(
+                    d.join("el/install.d/10-x"),
+                    fs::Permissions::from_mode(0o777),
+                )
+                .unwrap();
+            }),
+            ("redirected link", |d| {
+                fs::remove_file(d.join("el/install.d/20-y")).unwrap();
+                std::os::unix::fs::symlink("/bin/sh", d.join("el/install.d/20-y")).unwrap();
+            }),
+        ];
+        let tar = small_tar();
+        for (what, damage) in damages {
+            let cache = tempfile::tempdir().unwrap();
+            let dir = extract_archive(&tar, "abcdefabcdefabcdef", cache.path()).unwrap();
+            assert_eq!(
+                differs(&tar, &dir).unwrap(),
+                None,
+                "{what}: fresh copy differs"
+            );
+            damage(&dir);
+            assert!(
+                differs(&tar, &dir).unwrap().is_some(),
+                "{what}: not noticed"
+            );
+            let again = extract_archive(&tar, "abcdefabcdefabcdef", cache.path()).unwrap();
+            assert_eq!(again, dir);
+            assert_eq!(differs(&tar, &dir).unwrap(), None, "{what}: not repaired");
+            assert_eq!(
+                fs::read_to_string(dir.join("el/install.d/10-x")).unwrap(),
+                "#!/bin/sh\necho hi\n"
+            );
+            // Nothing is left beside it.
+            let names: Vec<_> = fs::read_dir(cache.path().join("builtin-elements"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert_eq!(names.len(), 1, "{what}: {names:?}");
+        }
+    }
+
     #[test]
     fn extract_embedded() {
         let cache = tempfile::tempdir().unwrap();
         let dir = extract(cache.path()).unwrap();
         assert!(dir.is_dir());
         assert!(dir.ends_with(&digest()[..PREFIX_LEN]));
+        // A fresh extraction matches the archive, so it is reused as it is.
+        assert_eq!(differs(archive(), &dir).unwrap(), None);
+        let t = std::time::Instant::now();
+        assert_eq!(extract(cache.path()).unwrap(), dir);
+        eprintln!("checking the built-in elements took {:?}", t.elapsed());
         Library::discover(&[dir]).unwrap();
     }
 }

@@ -92,6 +92,14 @@ pub enum Error {
         /// What went wrong.
         message: String,
     },
+    /// A build failed because a filesystem it writes to is full; `note` names it.
+    #[error("{source}\n{note}")]
+    NoSpace {
+        /// The error the build stopped with.
+        source: Box<Error>,
+        /// Which filesystem is full and what to do.
+        note: String,
+    },
     /// The build was interrupted by a signal.
     #[error("interrupted by signal {signal}")]
     Interrupted {
@@ -119,6 +127,7 @@ impl Error {
             | Self::Sandbox(kiln_sandbox::Error::Binfmt(_)) => 2,
             Self::BlockDevice(e) if e.is_input_error() => 2,
             Self::Output(e) if e.is_input_error() => 2,
+            Self::Cache(e) if e.is_input_error() => 2,
             Self::Interrupted { signal } => 128 + signal,
             _ => 1,
         }

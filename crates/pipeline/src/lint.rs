@@ -58,7 +58,7 @@ impl Report {
 /// bash (this runs their code; see [`ShellChecker`]); without, they are only parsed.
 pub fn check(paths: &[PathBuf], req: &BuildRequest, source: bool) -> Result<Report, Error> {
     let targets = lint::targets(paths)?;
-    let cache = crate::plan::cache_root(req);
+    let cache = crate::plan::checked_cache_root(req)?;
     let builtin = kiln_element::builtin::extract(&cache)?;
     let library = Library::discover(&crate::plan::elements_path(req, &builtin))?;
     let mut checker = ShellChecker::new(source)?;

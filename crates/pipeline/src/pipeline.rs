@@ -23,6 +23,7 @@ mod phases;
 mod preflight;
 mod prepare;
 mod snapshots;
+mod space;
 mod timings;
 
 use std::collections::BTreeMap;
@@ -86,6 +87,8 @@ pub fn run_with(
     let start = Instant::now();
     let mut ctx = Ctx::new(plan, console, host)?;
     let result = ctx.build();
+    // Before the teardown frees the build's space: which filesystem is full, if one is.
+    let space_note = result.as_ref().err().and_then(|e| ctx.space_note(e));
     let problems = ctx.ws.teardown();
     for p in &problems {
         console.say(&format!("teardown: {p}"));
@@ -96,7 +99,13 @@ pub fn run_with(
             if let Error::HookFailed { .. } = &e {
                 ctx.check_break("after-error", None);
             }
-            return Err(e);
+            return Err(match space_note {
+                Some(note) => Error::NoSpace {
+                    source: Box::new(e),
+                    note,
+                },
+                None => e,
+            });
         }
     };
     let report = BuildReport {
@@ -204,6 +213,8 @@ impl Ctx<'_> {
             self.disk_outputs(&raw, &mut outputs)?;
         }
         self.store_outputs(&outputs);
+        // The snapshotter holds the cache's shared lock; the trim needs it released.
+        drop(snap);
         self.trim_cache();
         Ok(outputs)
     }

@@ -85,6 +85,14 @@ pub fn cache_root(req: &BuildRequest) -> PathBuf {
     Path::new(home).join(".cache/kiln")
 }
 
+/// [`cache_root`], made private (0700) if kiln creates it, and refused (exit 2) if it belongs to
+/// another user or others can write it: hooks run from it (see [`kiln_cache::secure_root`]).
+pub fn checked_cache_root(req: &BuildRequest) -> Result<PathBuf, Error> {
+    let root = cache_root(req);
+    kiln_cache::secure_root(&root)?;
+    Ok(root)
+}
+
 /// The user's ELEMENTS_PATH entries followed by the built-in library.
 pub fn elements_path(req: &BuildRequest, builtin: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = req
@@ -106,7 +114,6 @@ impl BuildPlan {
             .clone()
             .or_else(|| req.var(settings::ARCH.name).map(String::from))
             .unwrap_or_else(kiln_sandbox::host_arch);
-        let cache_root = cache_root(req);
         // The output types first: a type kiln cannot make is refused before anything is read.
         let outputs = req
             .output_types()
@@ -114,6 +121,7 @@ impl BuildPlan {
             .map(|t| kiln_output::OutputType::parse(t))
             .collect::<Result<Vec<_>, _>>()?;
         req.check_inputs()?;
+        let cache_root = checked_cache_root(req)?;
         let builtin = element::builtin::extract(&cache_root)?;
         let elements_path = elements_path(req, &builtin);
         let library = Library::discover(&elements_path)?;

@@ -1,7 +1,11 @@
 //! `kiln cache`: list and trim kiln's cache (phase layers and cached outputs).
+//!
+//! Both refuse a cache directory that is not the user's own and private (exit 2). `gc` takes
+//! the cache's exclusive lock, so it waits for builds using the cache and never removes what
+//! one of them is restoring; it skips and reports what it does not recognise.
 
 use clap::Subcommand;
-use kiln_pipeline::cache::{entries, gc, human};
+use kiln_pipeline::cache::{gc, human, scan, ExclusiveLock};
 use kiln_pipeline::BuildRequest;
 
 /// Cache subcommands.
@@ -25,12 +29,12 @@ impl CacheCmd {
             env: std::env::vars().collect(),
             ..BuildRequest::default()
         };
-        let root = kiln_pipeline::plan::cache_root(&req);
+        let root = kiln_pipeline::plan::checked_cache_root(&req)?;
         match self {
             Self::Ls => {
-                let es = entries(&root);
-                let total: u64 = es.iter().map(|e| e.bytes).sum();
-                for e in &es {
+                let found = scan(&root);
+                let total: u64 = found.entries.iter().map(|e| e.bytes).sum();
+                for e in &found.entries {
                     println!(
                         "{:<8} {:<13} {:>10}  {}",
                         e.kind,
@@ -39,9 +43,12 @@ impl CacheCmd {
                         e.path.file_name().unwrap_or_default().to_string_lossy()
                     );
                 }
+                for p in &found.unrecognised {
+                    println!("{:<8} {:<13} {:>10}  {}", "unknown", "", "", p.display());
+                }
                 println!(
                     "{} entries, {} in {}",
-                    es.len(),
+                    found.entries.len(),
                     human(total),
                     root.display()
                 );
@@ -49,9 +56,37 @@ impl CacheCmd {
             }
             Self::Gc { max_size } => {
                 let max = kiln_blockdev::parse_size(max_size)?;
-                let (removed, total) = gc(&root, max)?;
-                println!("removed {removed} entries; cache is now {}", human(total));
-                Ok(0)
+                let lock = if let Some(lock) = ExclusiveLock::try_acquire(&root)? {
+                    lock
+                } else {
+                    eprintln!("kiln cache gc: waiting for the builds using the cache");
+                    ExclusiveLock::acquire(&root)?
+                };
+                let r = gc(&lock, max);
+                for p in &r.skipped {
+                    eprintln!(
+                        "warning: {} is not an entry kiln made; left alone (remove it if it is not yours)",
+                        p.display()
+                    );
+                }
+                for f in &r.failed {
+                    eprintln!("warning: could not remove {f}");
+                }
+                let temporary = if r.temporary > 0 {
+                    format!(
+                        " and {} unfinished entries of interrupted builds",
+                        r.temporary
+                    )
+                } else {
+                    String::new()
+                };
+                println!(
+                    "removed {} entries{temporary}; cache is now {}; {} skipped",
+                    r.removed,
+                    human(r.left),
+                    r.skipped.len()
+                );
+                Ok(i32::from(!r.failed.is_empty()))
             }
         }
     }

@@ -40,7 +40,7 @@ impl ElementInfoCmd {
                     .map(String::from)
             })
             .unwrap_or_else(kiln_sandbox::host_arch);
-        let cache = kiln_pipeline::plan::cache_root(&req);
+        let cache = kiln_pipeline::plan::checked_cache_root(&req)?;
         let builtin: PathBuf = kiln_element::builtin::extract(&cache)?;
         let lib = Library::discover(&kiln_pipeline::plan::elements_path(&req, &builtin))?;
         // element-info expands exactly what it is given: base and block-device are added by

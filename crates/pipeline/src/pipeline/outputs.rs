@@ -11,6 +11,16 @@ use crate::cache;
 use crate::host::Host;
 use crate::{settings, Error};
 
+/// Tells the watchdog the private pending directory of output `dest` (`.NAME.ext.kiln-new/`, in
+/// the output directory, outside the build's directories): if kiln is killed while writing into
+/// it, the watchdog removes it with the build directories. Once the output is renamed into
+/// place the directory is gone and nothing is removed.
+fn note_pending(dest: &Path) {
+    if let Some(dir) = kiln_output::pending_path(dest).parent() {
+        kiln_sandbox::watchdog::note_dir(dir);
+    }
+}
+
 impl Ctx<'_> {
     /// Copies a cached request's outputs into place (and its NAME.d manifests).
     pub(super) fn outputs_from_cache(&mut self, entry: &Path) -> Result<Vec<PathBuf>, Error> {
@@ -22,6 +32,7 @@ impl Ctx<'_> {
             let dest = kiln_output::output_path(&self.plan.image_name, ty);
             let name = dest.file_name().unwrap_or_default();
             let src = entry.join("files").join(name);
+            note_pending(&dest);
             let pending = kiln_output::prepare_pending(&dest)?;
             if let Err(e) = cache::copy_file(&src, &pending) {
                 kiln_output::discard_pending(&dest);
@@ -97,6 +108,8 @@ impl Ctx<'_> {
             }
             let dest = kiln_output::output_path(&plan.image_name, ty);
             self.step(ty.name(), |ctx| {
+                note_pending(&dest);
+                // A failed producer or finish removes the pending directory itself.
                 ctx.ws.host.produce(ty, source, &dest, &opts)?;
                 kiln_output::finish(&dest, overwrite, sums, &stamp)?;
                 ctx.console.say(&format!("wrote {}", dest.display()));

@@ -1,8 +1,15 @@
 //! The phase cache during a build: the lookup before the first phase (the whole request's
-//! outputs, else the longest chain of stored layers, restored), a layer after each cacheable
-//! step, and the trim to `KILN_CACHE_MAX_SIZE` at the end. After a restore, the generated
-//! identities the layers left out (SSH host keys, the iSCSI initiator name, the machine id; see
-//! [`cache::identity`]) are made anew in the chroot, so every image gets its own.
+//! outputs, else the longest chain of stored layers that pass their digest check, restored), a
+//! layer after each cacheable step, and the trim to `KILN_CACHE_MAX_SIZE` at the end. After a
+//! restore, the generated identities the layers left out (SSH host keys, the iSCSI initiator
+//! name, the machine id; see [`cache::identity`]) are made anew in the chroot, so every image
+//! gets its own.
+//!
+//! From the lookup until its outputs are stored a build holds the cache's shared lock (kept in
+//! the [`Snapshotter`]); the trim takes the exclusive lock only if no other build holds the
+//! cache, and otherwise leaves the trim to a later build, so it never waits and never removes
+//! what another build is restoring. A layer that fails its digest check is discarded with a
+//! warning, and its phase and those after it run again.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -16,6 +23,8 @@ use crate::{io, Error};
 
 /// Where the snapshotting stands during a build.
 pub(super) struct Snapshotter {
+    /// The cache's shared lock, held until the snapshotter is dropped (before the trim).
+    _lock: cache::SharedLock,
     layers: cache::PhaseCache,
     /// The cacheable steps, in order, with their keys.
     pub(super) steps: Vec<CacheStep>,
@@ -51,6 +60,7 @@ impl Ctx<'_> {
             let no_cache = plan.request.no_cache;
             let steps = cache_steps(plan, prepared, &lib);
             let out_key = output_key(plan, prepared, steps.last().map(|s| s.key.as_str()));
+            let lock = cache::SharedLock::acquire(&plan.cache_root)?;
             let outputs_cache = cache::OutputCache::new(&plan.cache_root);
             if !no_cache {
                 if let Some(entry) = outputs_cache.get(&out_key) {
@@ -65,8 +75,22 @@ impl Ctx<'_> {
             let layers = cache::PhaseCache::new(&plan.cache_root);
             let mut hits = 0;
             if !no_cache {
-                while hits < steps.len() && layers.get(&steps[hits].key).is_some() {
-                    hits += 1;
+                while hits < steps.len() {
+                    match layers.verify(&steps[hits].key) {
+                        Ok(Some(_)) => hits += 1,
+                        Ok(None) => break,
+                        Err(e) => {
+                            ctx.console.say(&format!(
+                                "warning: cache: layer {} {} is damaged ({e}); discarding it and \
+                                 running {} again",
+                                steps[hits].name,
+                                &steps[hits].key[..16],
+                                steps[hits].name
+                            ));
+                            layers.discard(&steps[hits].key)?;
+                            break;
+                        }
+                    }
                 }
             }
             for (i, s) in steps.iter().enumerate() {
@@ -85,6 +109,7 @@ impl Ctx<'_> {
                 timing = Some("cache-restore".into());
             }
             let snap = Snapshotter {
+                _lock: lock,
                 layers,
                 steps,
                 tree_index,
@@ -149,20 +174,50 @@ impl Ctx<'_> {
         })
     }
 
-    /// Keeps the cache under its size limit (least recently used entries go first).
+    /// Keeps the cache under its size limit (least recently used entries go first) and removes
+    /// the unfinished entries of killed builds, if no other build is using the cache (a later
+    /// build trims then). Call it after the
+    /// snapshotter, and with it this build's shared lock, is gone.
     pub(super) fn trim_cache(&mut self) {
-        let Some(max) = cache::max_size(&self.plan.request.env) else {
-            return;
+        // Without a limit nothing is trimmed, but killed builds' unfinished entries still go.
+        let max = cache::max_size(&self.plan.request.env).unwrap_or(u64::MAX);
+        let lock = match cache::ExclusiveLock::try_acquire(&self.plan.cache_root) {
+            Ok(Some(lock)) => lock,
+            Ok(None) => {
+                self.console
+                    .say("cache: another build is using the cache; leaving the trim to it");
+                return;
+            }
+            Err(e) => {
+                self.console
+                    .say(&format!("warning: could not trim the cache: {e}"));
+                return;
+            }
         };
-        match cache::gc(&self.plan.cache_root, max) {
-            Ok((0, _)) => {}
-            Ok((n, left)) => self.console.say(&format!(
-                "cache: removed {n} least recently used entries; {} left (KILN_CACHE_MAX_SIZE)",
-                cache::human(left)
-            )),
-            Err(e) => self
-                .console
-                .say(&format!("warning: could not trim the cache: {e}")),
+        let r = cache::gc(&lock, max);
+        if r.removed > 0 {
+            self.console.say(&format!(
+                "cache: removed {} least recently used entries; {} left (KILN_CACHE_MAX_SIZE)",
+                r.removed,
+                cache::human(r.left)
+            ));
+        }
+        if r.temporary > 0 {
+            self.console.say(&format!(
+                "cache: removed {} unfinished entries left by interrupted builds",
+                r.temporary
+            ));
+        }
+        for p in &r.skipped {
+            self.console.say(&format!(
+                "warning: cache: {} is not an entry kiln made; left alone (remove it if it is \
+                 not yours)",
+                p.display()
+            ));
+        }
+        for f in &r.failed {
+            self.console
+                .say(&format!("warning: cache: could not remove {f}"));
         }
     }
 
