@@ -560,3 +560,73 @@ fn sigkill_while_writing_an_output_leaves_no_pending_file() {
     assert!(!pending.exists(), "{} left behind", pending.display());
     assert!(!dir.join("p.qcow2").exists());
 }
+
+/// Found by `scripts/chaos`: a SIGKILL right after `losetup` attached the image (while partx,
+/// mkfs and mount were still to come) left the loop device attached, because the watchdog
+/// learnt of it only once block-device creation had finished. A `partx` that waits on its first
+/// call holds the build in exactly that window.
+#[test]
+fn sigkill_right_after_losetup_leaves_no_loop_device() {
+    if !capable("sigkill_right_after_losetup_leaves_no_loop_device") {
+        return;
+    }
+    let t = fixture_elements(&rootfs_tar());
+    let h = heavy();
+    // Timed from here: the wait for the heavy lock is not this test's time.
+    let _t = Timer::start("sigkill_right_after_losetup_leaves_no_loop_device");
+    let dir = work("sigkill-losetup");
+    let real = crate::harness::which("partx").expect("partx");
+    let bin = dir.join("slow-bin");
+    fs::create_dir_all(&bin).unwrap();
+    let marker = dir.join("partx-waiting");
+    let wrapper = bin.join("partx");
+    fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nif [ \"$1\" = -a ] && [ ! -e '{m}' ]; then : > '{m}'; sleep 120; fi\nexec '{real}' \"$@\"\n",
+            m = marker.display(),
+            real = real.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut c = build_command(
+        &dir,
+        Some(t.path()),
+        &["-n", "test-rootfs", "-t", "raw", "-o", "l"],
+        &[("DIB_BLOCK_DEVICE_CONFIG", MBR), ("PATH", &path)],
+    );
+    c.stdout(Stdio::null()).stderr(Stdio::null());
+    let mut child = c.spawn().unwrap();
+    let start = Instant::now();
+    while !marker.exists() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the build ended before it attached its image"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "the build never reached partx"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The image is attached now: the leak check must see the loop device, or it could not see
+    // one left behind either.
+    let attached = crate::harness::attached_loops();
+    assert!(
+        attached.difference(h.loops_before()).next().is_some(),
+        "no new loop device while partx waits: {attached:?}"
+    );
+    signal(child.id(), Signal::SIGKILL);
+    let _ = child.wait();
+    assert_no_leftovers_within(&dir, &h, Duration::from_secs(30));
+}

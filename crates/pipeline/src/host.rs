@@ -148,7 +148,39 @@ pub trait Host: Send {
 /// The real host: every effect on this machine, as the pipeline always did them.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SystemHost {
-    runner: kiln_host::SystemRunner,
+    runner: WatchedRunner,
+}
+
+/// The real block-device runner, which tells the watchdog each loop device the moment `losetup`
+/// attaches it: a kiln killed between the attach and the end of block-device creation (partx,
+/// mkfs, mount take a second or more) must not leave the device behind, and once kiln's mount
+/// namespace is gone the watchdog can no longer find it by its backing file's path.
+#[derive(Debug, Clone, Copy, Default)]
+struct WatchedRunner;
+
+impl Runner for WatchedRunner {
+    fn run(&mut self, argv: &[String]) -> Result<kiln_host::Output, kiln_host::Error> {
+        let out = kiln_host::SystemRunner.run(argv)?;
+        if let Some(device) = attached_loop(argv, &out.stdout) {
+            kiln_sandbox::watchdog::note_loop(device);
+        }
+        Ok(out)
+    }
+
+    fn boxed_clone(&self) -> Option<Box<dyn Runner + Send>> {
+        Some(Box::new(*self))
+    }
+}
+
+/// The loop device a `losetup --show …` command printed, if `argv` is one.
+fn attached_loop<'a>(argv: &[String], stdout: &'a str) -> Option<&'a str> {
+    let program = argv.first()?;
+    let is_losetup = Path::new(program)
+        .file_name()
+        .is_some_and(|n| n == "losetup");
+    let device = stdout.trim();
+    (is_losetup && argv.iter().any(|a| a == "--show") && device.starts_with("/dev/loop"))
+        .then_some(device)
 }
 
 impl SystemHost {
@@ -223,5 +255,38 @@ impl Host for SystemHost {
 
     fn interrupted(&self) -> Option<i32> {
         runner::interrupted()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::attached_loop;
+
+    fn argv(a: &[&str]) -> Vec<String> {
+        a.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn the_loop_device_losetup_printed_is_recognised() {
+        let attach = argv(&[
+            "losetup",
+            "--show",
+            "-f",
+            "--direct-io=off",
+            "/x/image0.raw",
+        ]);
+        assert_eq!(attached_loop(&attach, "/dev/loop3\n"), Some("/dev/loop3"));
+        let full = argv(&["/usr/sbin/losetup", "--show", "-f", "/x/image0.raw"]);
+        assert_eq!(attached_loop(&full, "/dev/loop0"), Some("/dev/loop0"));
+        // Not an attach, or nothing printed: nothing to tell.
+        assert_eq!(
+            attached_loop(&argv(&["losetup", "-d", "/dev/loop3"]), ""),
+            None
+        );
+        assert_eq!(attached_loop(&argv(&["losetup", "--json"]), "{}"), None);
+        assert_eq!(
+            attached_loop(&argv(&["partx", "--show"]), "/dev/loop1"),
+            None
+        );
     }
 }

@@ -114,13 +114,12 @@ impl Ctx<'_> {
         )?)
     }
 
-    /// Creates the image and its block devices, tells the watchdog the loop device, and sets
+    /// Creates the image and its block devices (the runner tells the watchdog the loop device), and sets
     /// `IMAGE_BLOCK_DEVICE(S)` for the hooks.
     fn create_devices(&mut self, bp: &kiln_blockdev::Plan) -> Result<(), Error> {
         let created = bp.create(self.ws.host.runner())?;
-        // Once the build's namespace is gone, the kernel no longer shows this loop device's
-        // backing file under the build directory; the watchdog needs its name.
-        kiln_sandbox::watchdog::note_loop(created.image_block_device());
+        // The watchdog was told the loop device by the host's runner the moment it was
+        // attached (see `host::SystemHost`).
         self.env.insert(
             settings::IMAGE_BLOCK_DEVICE.name.into(),
             created.image_block_device().to_string(),
