@@ -104,3 +104,48 @@ fn symlinked_non_ascii_tmpdir_and_a_tmp_link_in_the_image_leave_the_host_alone()
     );
     let _ = fs::remove_file(&marker);
 }
+
+/// A link planted where kiln writes its record beside the outputs (`NAME.d -> elsewhere`, or
+/// `NAME.d/build.log` and `NAME.d/timings.json` pointing at files of the host) is removed, never
+/// written through: kiln writes there as root.
+#[test]
+fn links_planted_at_the_build_record_are_never_followed() {
+    if !capable("links_planted_at_the_build_record_are_never_followed") {
+        return;
+    }
+    let t = fixture_elements(&rootfs_tar());
+    let h = heavy();
+    let _t = Timer::start("links_planted_at_the_build_record_are_never_followed");
+    let dir = work("record-links");
+    let victim_dir = dir.join("victim-dir");
+    fs::create_dir_all(&victim_dir).unwrap();
+    let victim = dir.join("victim-file");
+    fs::write(&victim, "host data\n").unwrap();
+    // First: NAME.d itself is a link to another directory.
+    std::os::unix::fs::symlink(&victim_dir, dir.join("one.d")).unwrap();
+    // Second: NAME.d is a directory whose build.log and timings.json are links to a host file.
+    fs::create_dir_all(dir.join("two.d")).unwrap();
+    for name in ["build.log", "timings.json"] {
+        std::os::unix::fs::symlink(&victim, dir.join("two.d").join(name)).unwrap();
+    }
+    for name in ["one", "two"] {
+        let cmd = build_command(
+            &dir,
+            Some(t.path()),
+            &["-n", "test-rootfs", "-t", "tar", "-o", name],
+            &[],
+        );
+        let out = run_build(cmd, &dir, &["-o", name], BUILD_BUDGET);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        let record = dir.join(format!("{name}.d"));
+        let meta = fs::symlink_metadata(&record).unwrap();
+        assert!(meta.is_dir(), "{} is not a real directory", record.display());
+        for f in ["build.log", "timings.json"] {
+            let meta = fs::symlink_metadata(record.join(f)).unwrap();
+            assert!(meta.is_file(), "{name}.d/{f} is not a plain file");
+        }
+    }
+    assert_eq!(fs::read_dir(&victim_dir).unwrap().count(), 0);
+    assert_eq!(fs::read_to_string(&victim).unwrap(), "host data\n");
+    assert_no_leftovers(&dir, &h);
+}

@@ -2,7 +2,7 @@
 
 use std::ffi::OsString;
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use clap::{Args, Parser};
@@ -107,7 +107,7 @@ fn guarded_build(
     kiln_sandbox::watchdog::note_namespace();
     kiln_pipeline::runner::install_signal_handlers()?;
     let out_dir = PathBuf::from(format!("{}.d", plan.image_name.display()));
-    fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    record_dir(&out_dir)?;
     let log_path = args
         .logfile
         .clone()
@@ -140,4 +140,31 @@ fn guarded_build(
             .join(", ")
     ));
     Ok(0)
+}
+
+/// The files kiln itself writes at the top of `NAME.d/` (the manifests element writes
+/// `dib-manifests/`).
+const RECORD_FILES: [&str; 4] = [
+    "build.log",
+    "timings.json",
+    kiln_pipeline::sbom::FILE_NAME,
+    "dib-manifests",
+];
+
+/// Makes `NAME.d/`, the build's record beside its outputs, a real directory whose entries kiln
+/// writes are not symlinks: kiln writes there as root, so a link planted in the output
+/// directory (`NAME.d -> /etc`, `NAME.d/build.log -> /etc/shadow`) must be removed, never
+/// followed. Links elsewhere in the directory are left alone; kiln does not write through them.
+fn record_dir(dir: &Path) -> anyhow::Result<()> {
+    if fs::symlink_metadata(dir).is_ok_and(|m| m.file_type().is_symlink()) {
+        fs::remove_file(dir).with_context(|| format!("removing the link {}", dir.display()))?;
+    }
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    for name in RECORD_FILES {
+        let p = dir.join(name);
+        if fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_symlink()) {
+            fs::remove_file(&p).with_context(|| format!("removing the link {}", p.display()))?;
+        }
+    }
+    Ok(())
 }
