@@ -21,6 +21,8 @@ enum Command {
     Build(Box<commands::build::BuildCmd>),
     /// Show everything a build would do, without running anything.
     Plan(Box<commands::plan::PlanCmd>),
+    /// Pin the packages a build installs in a lock file (an apt Packages index).
+    Lock(Box<commands::lock::LockCmd>),
     /// Print the expanded element set, as DIB's element-info does.
     ElementInfo(commands::element_info::ElementInfoCmd),
     /// Inspect block-device layouts.
@@ -60,6 +62,7 @@ pub fn run(argv: Vec<OsString>) -> anyhow::Result<i32> {
                 kiln_sandbox::die_quietly_on_closed_pipe();
                 c.run()
             }
+            Command::Lock(c) => c.run(),
             Command::ElementInfo(c) => {
                 kiln_sandbox::die_quietly_on_closed_pipe();
                 c.run()

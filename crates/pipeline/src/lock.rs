@@ -1,0 +1,961 @@
+//! `kiln lock`: the package closure a build installs, pinned in an apt `Packages` index.
+//!
+//! A lock is two files. `kiln.lock` is an ordinary apt `Packages` index: one stanza per package
+//! the build installs, copied byte for byte from the archive's own index (Package, Version,
+//! Architecture, Filename, Size, SHA256 and the rest), sorted by package, architecture and
+//! version, so `git diff` of two locks reads as a changelog and apt can later serve it as a
+//! local repository. `kiln.lock.meta` (deb822 as well) says where the stanzas came from: the
+//! time of locking, the architectures, the elements, the digest of `kiln.lock`, and one stanza
+//! per suite with its URI as configured, its components and the sha256 of its `InRelease`.
+//!
+//! The closure is computed without building anything: the hook tree is laid out and
+//! environment.d evaluated exactly as a build does (so pkg-map and `when:` conditions give the
+//! same lists), then apt runs on a private state directory (`APT_CONFIG`, nothing of the host's
+//! apt configuration or state is read) with the image's sources, fetches their indexes and
+//! simulates installing, from nothing, the bootstrap's base set (when the `debootstrap` element
+//! is in the build: every `Essential: yes` and `Priority: required` package, `apt`, `tzdata` and
+//! `DIB_DEBOOTSTRAP_EXTRA_PACKAGES`, as the minbase bootstrap does), every phase's
+//! package-installs list after pkg-map, and `-p`. Recommends are off, as the dpkg element sets
+//! them. What apt would install is the lock. Packages a hook installs by calling apt itself
+//! are not seen (see `docs/reproducible.md`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use deb822_lossless::Deb822;
+use kiln_host::Cmd;
+use sha2::{Digest, Sha256};
+
+use crate::cache::mirror::{self, Suite};
+use crate::plan::BuildPlan;
+use crate::settings;
+
+/// The lock file's default name.
+pub const LOCK_FILE: &str = "kiln.lock";
+/// What is appended to the lock file's name to name its side file.
+pub const META_SUFFIX: &str = ".meta";
+/// The format version written in the side file.
+pub const FORMAT: &str = "1";
+
+/// What can go wrong making, reading or comparing a lock.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Control data that does not parse (a lock, its side file or an archive index).
+    #[error("{path}:{line}: {message}; {hint}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The line (1-based).
+        line: usize,
+        /// What is wrong.
+        message: String,
+        /// What to do.
+        hint: &'static str,
+    },
+    /// A stanza without a field every package stanza has.
+    #[error("{path}:{line}: stanza has no {field} field; {hint}")]
+    MissingField {
+        /// The file.
+        path: PathBuf,
+        /// The line where the stanza starts.
+        line: usize,
+        /// The missing field.
+        field: &'static str,
+        /// What to do.
+        hint: &'static str,
+    },
+    /// An I/O error on a path.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The build names no apt source to resolve against.
+    #[error("the elements name no apt source (DIB_APT_SOURCES_CONF, DIB_APT_SOURCES or DIB_DISTRIBUTION_MIRROR with DIB_RELEASE): add an operating-system element such as debian-minimal, or set DIB_DISTRIBUTION_MIRROR")]
+    NoSources,
+    /// apt failed on the private state directory.
+    #[error("apt-get {what} failed: {message}")]
+    Apt {
+        /// The apt-get command (`update`, `install --simulate`).
+        what: String,
+        /// Its error, with the end of its output.
+        message: String,
+    },
+    /// apt chose a package the fetched indexes do not list.
+    #[error(
+        "apt would install {package} {version} ({arch}), but no fetched Packages index lists it"
+    )]
+    NotIndexed {
+        /// Package name.
+        package: String,
+        /// Version.
+        version: String,
+        /// Architecture.
+        arch: String,
+    },
+}
+
+impl Error {
+    /// Whether the error is the user's input (exit 2): a lock or side file that does not parse.
+    pub fn is_input_error(&self) -> bool {
+        matches!(
+            self,
+            Self::Parse { .. } | Self::MissingField { .. } | Self::NoSources
+        )
+    }
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// One package stanza, as the archive's index has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stanza {
+    /// `Package`.
+    pub package: String,
+    /// `Version`.
+    pub version: String,
+    /// `Architecture`.
+    pub architecture: String,
+    /// The stanza's text, byte for byte, ending in one newline.
+    pub text: String,
+}
+
+impl Stanza {
+    /// A field's value (first line, trimmed), if the stanza has it.
+    pub fn field(&self, name: &str) -> Option<String> {
+        let parsed: Deb822 = self.text.parse().ok()?;
+        let para = parsed.paragraphs().next()?;
+        para.get(name)
+    }
+}
+
+/// 1-based line of byte `offset` in `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    text.get(..offset)
+        .map_or(1, |t| t.bytes().filter(|b| *b == b'\n').count() + 1)
+}
+
+/// The paragraphs of deb822 `text` read from `path`, as (first line, field lookup, verbatim
+/// text). Parse errors name the file and line, with `hint` saying what to do.
+fn paragraphs(
+    text: &str,
+    path: &Path,
+    hint: &'static str,
+) -> Result<Vec<(usize, deb822_lossless::Paragraph, String)>, Error> {
+    let parsed = Deb822::parse(text);
+    if let Some(e) = parsed.positioned_errors().first() {
+        return Err(Error::Parse {
+            path: path.to_path_buf(),
+            line: line_of(text, usize::from(e.range.start())),
+            message: e.message.clone(),
+            hint,
+        });
+    }
+    if let Some(e) = parsed.errors().first() {
+        return Err(Error::Parse {
+            path: path.to_path_buf(),
+            line: 1,
+            message: e.clone(),
+            hint,
+        });
+    }
+    let tree = parsed.tree();
+    let mut out = Vec::new();
+    for p in tree.paragraphs() {
+        let r = p.text_range();
+        let (start, end) = (usize::from(r.start()), usize::from(r.end()));
+        let raw = text.get(start..end).unwrap_or_default();
+        let verbatim = format!("{}\n", raw.trim_end_matches('\n'));
+        out.push((line_of(text, start), p, verbatim));
+    }
+    Ok(out)
+}
+
+/// Reads a `Packages` index (an archive's, or a lock) into its stanzas, in file order.
+pub fn parse_index(text: &str, path: &Path, hint: &'static str) -> Result<Vec<Stanza>, Error> {
+    let mut out = Vec::new();
+    for (line, p, verbatim) in paragraphs(text, path, hint)? {
+        let get = |field: &'static str| {
+            p.get(field).ok_or_else(|| Error::MissingField {
+                path: path.to_path_buf(),
+                line,
+                field,
+                hint,
+            })
+        };
+        out.push(Stanza {
+            package: get("Package")?,
+            version: get("Version")?,
+            architecture: get("Architecture")?,
+            text: verbatim,
+        });
+    }
+    Ok(out)
+}
+
+/// The stanzas sorted (package, architecture, version) and joined as a `Packages` index.
+pub fn render_index(stanzas: &[Stanza]) -> String {
+    let mut v: Vec<&Stanza> = stanzas.iter().collect();
+    v.sort_by(|a, b| {
+        (&a.package, &a.architecture, &a.version).cmp(&(&b.package, &b.architecture, &b.version))
+    });
+    v.dedup_by(|a, b| {
+        a.package == b.package && a.architecture == b.architecture && a.version == b.version
+    });
+    v.iter()
+        .map(|s| s.text.as_str())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// One suite the lock was resolved against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockedSuite {
+    /// The archive URI as the sources configure it.
+    pub uri: String,
+    /// The suite (or a flat repository's path ending in `/`).
+    pub suite: String,
+    /// The components whose indexes were read.
+    pub components: Vec<String>,
+    /// sha256 of the suite's `InRelease` (else `Release`), or `unavailable`.
+    pub inrelease_sha256: String,
+}
+
+/// The side file: where and when the lock was made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockMeta {
+    /// When it was locked, UTC, `YYYY-MM-DDTHH:MM:SSZ`.
+    pub locked: String,
+    /// The architectures resolved for.
+    pub architectures: Vec<String>,
+    /// The elements asked for.
+    pub elements: Vec<String>,
+    /// sha256 of the lock file.
+    pub packages_sha256: String,
+    /// The suites, sorted.
+    pub suites: Vec<LockedSuite>,
+}
+
+impl LockMeta {
+    /// The side file's text.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "Kiln-Lock-Format: {FORMAT}");
+        let _ = writeln!(s, "Locked: {}", self.locked);
+        let _ = writeln!(s, "Architectures: {}", self.architectures.join(" "));
+        let _ = writeln!(s, "Elements: {}", self.elements.join(" "));
+        let _ = writeln!(s, "Packages-SHA256: {}", self.packages_sha256);
+        for suite in &self.suites {
+            let _ = writeln!(s);
+            let _ = writeln!(s, "URI: {}", suite.uri);
+            let _ = writeln!(s, "Suite: {}", suite.suite);
+            let _ = writeln!(s, "Components: {}", suite.components.join(" "));
+            let _ = writeln!(s, "InRelease-SHA256: {}", suite.inrelease_sha256);
+        }
+        s
+    }
+
+    /// Reads a side file.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, Error> {
+        const HINT: &str = "re-create it with `kiln lock`";
+        let paras = paragraphs(text, path, HINT)?;
+        let Some((line, head, _)) = paras.first() else {
+            return Err(Error::Parse {
+                path: path.to_path_buf(),
+                line: 1,
+                message: "empty side file".into(),
+                hint: HINT,
+            });
+        };
+        let need = |p: &deb822_lossless::Paragraph, line: usize, field: &'static str| {
+            p.get(field).ok_or_else(|| Error::MissingField {
+                path: path.to_path_buf(),
+                line,
+                field,
+                hint: HINT,
+            })
+        };
+        let words = |s: String| s.split_whitespace().map(String::from).collect::<Vec<_>>();
+        let format = need(head, *line, "Kiln-Lock-Format")?;
+        if format != FORMAT {
+            return Err(Error::Parse {
+                path: path.to_path_buf(),
+                line: *line,
+                message: format!("lock format {format} is not {FORMAT}, the one this kiln reads"),
+                hint: HINT,
+            });
+        }
+        let mut suites = Vec::new();
+        for (line, p, _) in paras.iter().skip(1) {
+            suites.push(LockedSuite {
+                uri: need(p, *line, "URI")?,
+                suite: need(p, *line, "Suite")?,
+                components: words(need(p, *line, "Components")?),
+                inrelease_sha256: need(p, *line, "InRelease-SHA256")?,
+            });
+        }
+        Ok(Self {
+            locked: need(head, *line, "Locked")?,
+            architectures: words(need(head, *line, "Architectures")?),
+            elements: words(need(head, *line, "Elements")?),
+            packages_sha256: need(head, *line, "Packages-SHA256")?,
+            suites,
+        })
+    }
+}
+
+/// A lock: the stanzas and the side file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lock {
+    /// The package stanzas, sorted.
+    pub stanzas: Vec<Stanza>,
+    /// Where and when.
+    pub meta: LockMeta,
+    /// Per package name, the suite its stanza came from (known for a fresh resolution only).
+    pub origin: BTreeMap<String, String>,
+}
+
+impl Lock {
+    /// The side file's path for the lock at `path`.
+    pub fn meta_path(path: &Path) -> PathBuf {
+        let mut s = path.as_os_str().to_os_string();
+        s.push(META_SUFFIX);
+        PathBuf::from(s)
+    }
+
+    /// Writes the lock to `path` and its side file beside it, each through a temporary file
+    /// renamed into place.
+    pub fn write(&self, path: &Path) -> Result<(), Error> {
+        let index = render_index(&self.stanzas);
+        let mut meta = self.meta.clone();
+        meta.packages_sha256 = hex::encode(Sha256::digest(index.as_bytes()));
+        write_atomically(path, &index)?;
+        write_atomically(&Self::meta_path(path), &meta.render())
+    }
+
+    /// Reads the lock at `path` and its side file.
+    pub fn read(path: &Path) -> Result<Self, Error> {
+        const HINT: &str = "re-create it with `kiln lock`";
+        let text = fs::read_to_string(path).map_err(io(path))?;
+        let stanzas = parse_index(&text, path, HINT)?;
+        let meta_path = Self::meta_path(path);
+        let meta_text = fs::read_to_string(&meta_path).map_err(io(&meta_path))?;
+        let meta = LockMeta::parse(&meta_text, &meta_path)?;
+        Ok(Self {
+            stanzas,
+            meta,
+            origin: BTreeMap::new(),
+        })
+    }
+}
+
+fn write_atomically(path: &Path, text: &str) -> Result<(), Error> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp = tempfile::NamedTempFile::new_in(dir).map_err(io(dir))?;
+    fs::write(tmp.path(), text).map_err(io(tmp.path()))?;
+    tmp.persist(path).map_err(|e| Error::Io {
+        path: path.to_path_buf(),
+        source: e.error,
+    })?;
+    Ok(())
+}
+
+/// The current time as `YYYY-MM-DDTHH:MM:SSZ`.
+pub fn now_utc() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    format_utc(secs)
+}
+
+/// `secs` after the epoch as `YYYY-MM-DDTHH:MM:SSZ` (proleptic Gregorian calendar).
+pub fn format_utc(secs: u64) -> String {
+    let days = i64::try_from(secs / 86_400).unwrap_or(i64::MAX / 2);
+    let rem = secs % 86_400;
+    // Days since 1970-01-01 to a civil date (the era-based algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+// --- resolving --------------------------------------------------------------------------------
+
+/// What to resolve: the sources, the architecture and the packages asked for.
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    /// apt one-line sources (`deb [opts] URI SUITE COMPONENT...`).
+    pub sources_list: Vec<String>,
+    /// A deb822 `.sources` file's text, if the image's sources come as one.
+    pub sources_deb822: Option<String>,
+    /// The image's architecture.
+    pub arch: String,
+    /// Whether the bootstrap's base set is part of the image (the debootstrap element).
+    pub base_set: bool,
+    /// The packages the phases ask for (package-installs after pkg-map, `-p`, the bootstrap's
+    /// includes).
+    pub packages: BTreeSet<String>,
+    /// Keyrings apt trusts for the sources.
+    pub keyrings: Vec<PathBuf>,
+    /// Accept unsigned repositories (`DIB_DEBOOTSTRAP_INSECURE=1`).
+    pub insecure: bool,
+    /// Accept expired Release files (`DIB_APT_ALLOW_EXPIRED=1`).
+    pub allow_expired: bool,
+}
+
+/// The resolution: the stanzas apt would install and the suites read.
+#[derive(Debug, Clone)]
+pub struct Resolution {
+    /// The stanzas, in no particular order.
+    pub stanzas: Vec<Stanza>,
+    /// Per package name, the suite its stanza came from.
+    pub origin: BTreeMap<String, String>,
+    /// The suites read.
+    pub suites: Vec<LockedSuite>,
+}
+
+/// The request a build of `plan` makes, from the environment environment.d leaves
+/// (`evaluated`) and the package lists written under `hooks/.kiln/package-installs`.
+pub fn request_for(
+    plan: &BuildPlan,
+    evaluated: &BTreeMap<String, String>,
+    hooks: &Path,
+) -> Result<Request, Error> {
+    let mut req = Request {
+        arch: plan.arch.clone(),
+        ..Request::default()
+    };
+    if let Some(conf) = evaluated.get(mirror::APT_SOURCES_CONF) {
+        for entry in conf.lines() {
+            if let Some((_, line)) = entry.split_once(':') {
+                if mirror::parse_one_line(line).is_some() {
+                    req.sources_list.push(line.trim().to_string());
+                }
+            }
+        }
+    }
+    if let Some(file) = evaluated.get(mirror::APT_SOURCES).filter(|f| !f.is_empty()) {
+        let path = Path::new(file);
+        let text = fs::read_to_string(path).map_err(io(path))?;
+        if text.lines().any(|l| {
+            let l = l.trim_start().to_ascii_lowercase();
+            l.starts_with("types:") || l.starts_with("uris:")
+        }) {
+            req.sources_deb822 = Some(text);
+        } else {
+            req.sources_list.extend(
+                text.lines()
+                    .filter(|l| mirror::parse_one_line(l).is_some())
+                    .map(|l| l.trim().to_string()),
+            );
+        }
+    }
+    if req.sources_list.is_empty() && req.sources_deb822.is_none() {
+        if let (Some(m), Some(r)) = (
+            settings::DIB_DISTRIBUTION_MIRROR.get(evaluated),
+            settings::DIB_RELEASE.get(evaluated),
+        ) {
+            let components = evaluated
+                .get("DIB_DEBIAN_COMPONENTS")
+                .map_or("main".to_string(), |c| c.replace(',', " "));
+            req.sources_list.push(format!("deb {m} {r} {components}"));
+        }
+    }
+    if req.sources_list.is_empty() && req.sources_deb822.is_none() {
+        return Err(Error::NoSources);
+    }
+    req.base_set = plan.set.elements.iter().any(|e| e.name == "debootstrap");
+    if req.base_set {
+        req.packages
+            .extend(["apt".to_string(), "tzdata".to_string()]);
+        if let Some(extra) = evaluated.get("DIB_DEBOOTSTRAP_EXTRA_PACKAGES") {
+            req.packages.extend(
+                extra
+                    .split([' ', '\t', ','])
+                    .filter(|p| !p.is_empty())
+                    .map(String::from),
+            );
+        }
+    }
+    let lists = hooks.join(".kiln/package-installs");
+    if lists.is_dir() {
+        let mut entries: Vec<PathBuf> = fs::read_dir(&lists)
+            .map_err(io(&lists))?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "install"))
+            .collect();
+        entries.sort();
+        for p in entries {
+            let text = fs::read_to_string(&p).map_err(io(&p))?;
+            req.packages.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .map(String::from),
+            );
+        }
+    }
+    req.packages.extend(plan.request.package_list());
+    if let Some(k) = evaluated.get("DIB_APT_KEYRING").filter(|k| !k.is_empty()) {
+        req.keyrings.push(PathBuf::from(k));
+    } else if let Some(distro) = evaluated.get(settings::DISTRO_NAME.name) {
+        let default = PathBuf::from(format!("/usr/share/keyrings/{distro}-archive-keyring.gpg"));
+        if default.is_file() {
+            req.keyrings.push(default);
+        }
+    }
+    req.insecure = evaluated
+        .get("DIB_DEBOOTSTRAP_INSECURE")
+        .is_some_and(|v| v == "1");
+    req.allow_expired = evaluated
+        .get("DIB_APT_ALLOW_EXPIRED")
+        .is_some_and(|v| v == "1");
+    Ok(req)
+}
+
+/// A private apt: configuration, sources, lists and an empty dpkg status under one directory.
+struct AptRoot {
+    dir: tempfile::TempDir,
+}
+
+impl AptRoot {
+    fn new(req: &Request) -> Result<Self, Error> {
+        let dir = tempfile::Builder::new()
+            .prefix("kiln-lock.")
+            .tempdir()
+            .map_err(io(Path::new("/tmp")))?;
+        let root = dir.path();
+        for d in [
+            "etc/apt/apt.conf.d",
+            "etc/apt/preferences.d",
+            "etc/apt/sources.list.d",
+            "etc/apt/trusted.gpg.d",
+            "var/lib/apt/lists/partial",
+            "var/cache/apt/archives/partial",
+            "var/lib/dpkg",
+            "var/log/apt",
+        ] {
+            let p = root.join(d);
+            fs::create_dir_all(&p).map_err(io(&p))?;
+        }
+        let status = root.join("var/lib/dpkg/status");
+        fs::write(&status, "").map_err(io(&status))?;
+        for (i, k) in req.keyrings.iter().enumerate() {
+            let ext = if k.extension().is_some_and(|x| x == "asc") {
+                "asc"
+            } else {
+                "gpg"
+            };
+            let dest = root.join(format!("etc/apt/trusted.gpg.d/kiln-{i}.{ext}"));
+            fs::copy(k, &dest).map_err(io(k))?;
+        }
+        let list = root.join("etc/apt/sources.list");
+        fs::write(&list, req.sources_list.join("\n") + "\n").map_err(io(&list))?;
+        if let Some(text) = &req.sources_deb822 {
+            let p = root.join("etc/apt/sources.list.d/image.sources");
+            fs::write(&p, text).map_err(io(&p))?;
+        }
+        let r = root.display();
+        let arch = &req.arch;
+        let mut conf = format!(
+            "Dir \"{r}/\";\n\
+             Dir::State::status \"{r}/var/lib/dpkg/status\";\n\
+             APT::Architecture \"{arch}\";\n\
+             APT::Architectures {{ \"{arch}\"; }};\n\
+             APT::Install-Recommends \"false\";\n\
+             APT::Install-Suggests \"false\";\n\
+             APT::Sandbox::User \"root\";\n\
+             Acquire::Languages \"none\";\n\
+             Acquire::GzipIndexes \"false\";\n\
+             Acquire::IndexTargets::deb::Contents-deb::DefaultEnabled \"false\";\n\
+             Debug::NoLocking \"true\";\n"
+        );
+        if req.insecure {
+            conf.push_str("Acquire::AllowInsecureRepositories \"true\";\n");
+        }
+        if req.allow_expired {
+            conf.push_str(
+                "Acquire::Check-Valid-Until \"false\";\nAcquire::Check-Date \"false\";\n",
+            );
+        }
+        let p = root.join("etc/apt/apt.conf");
+        fs::write(&p, conf).map_err(io(&p))?;
+        Ok(Self { dir })
+    }
+
+    fn apt(&self, program: &str) -> Cmd {
+        Cmd::new(program)
+            .env("APT_CONFIG", self.dir.path().join("etc/apt/apt.conf"))
+            .env("LC_ALL", "C.UTF-8")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+    }
+}
+
+/// Runs an apt command; its stderr's last lines make the error when it fails, or when
+/// `apt-get update` could not fetch an index (it exits 0 then).
+fn run_apt(what: &str, cmd: &Cmd) -> Result<String, Error> {
+    let out = cmd.run_unchecked().map_err(|e| Error::Apt {
+        what: what.into(),
+        message: e.to_string(),
+    })?;
+    let stderr = out.stderr_str();
+    // apt-get update exits 0 when an index could not be fetched; its "E:"/"W:" lines say so.
+    let failed_fetch = stderr
+        .lines()
+        .any(|l| l.starts_with("E:") || (l.starts_with("W:") && l.contains("Failed to fetch")));
+    if !out.status.success() || failed_fetch {
+        let tail: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        let start = tail.len().saturating_sub(8);
+        return Err(Error::Apt {
+            what: what.into(),
+            message: tail[start..].join(" / "),
+        });
+    }
+    Ok(out.stdout_str())
+}
+
+/// One fetched `Packages` index.
+struct Target {
+    file: PathBuf,
+    uri: String,
+    suite: String,
+    component: String,
+}
+
+/// The `Packages` indexes apt fetched, from `apt-get indextargets`.
+fn targets(root: &AptRoot) -> Result<Vec<Target>, Error> {
+    let text = run_apt(
+        "indextargets",
+        &root
+            .apt("apt-get")
+            .args(["indextargets", "Identifier: Packages"]),
+    )?;
+    let mut out = Vec::new();
+    for (_, p, _) in paragraphs(&text, Path::new("apt-get indextargets"), "report a bug")? {
+        let (Some(file), Some(base), Some(suite)) =
+            (p.get("Filename"), p.get("Base-URI"), p.get("Release"))
+        else {
+            continue;
+        };
+        let file = PathBuf::from(file);
+        if !file.is_file() {
+            continue;
+        }
+        let base = base.trim_end_matches('/');
+        let dists = format!("/dists/{}", suite.trim_end_matches('/'));
+        let uri = base.strip_suffix(&dists).unwrap_or(base).to_string();
+        out.push(Target {
+            file,
+            uri,
+            suite,
+            component: p.get("Component").unwrap_or_default(),
+        });
+    }
+    Ok(out)
+}
+
+/// `Inst NAME (VERSION SUITES [ARCH])` lines of `apt-get --simulate` as (name, version, arch).
+pub fn parse_simulation(out: &str) -> Vec<(String, String, String)> {
+    let mut v = Vec::new();
+    for line in out.lines() {
+        let Some(rest) = line.strip_prefix("Inst ") else {
+            continue;
+        };
+        let Some((name, tail)) = rest.split_once(' ') else {
+            continue;
+        };
+        let Some(open) = tail.find('(') else { continue };
+        let inner = tail[open + 1..].trim_end().trim_end_matches(')');
+        let version = inner.split_whitespace().next().unwrap_or_default();
+        let arch = inner
+            .rsplit_once('[')
+            .map(|(_, a)| a.trim_end_matches(']'))
+            .unwrap_or_default();
+        let name = name.split(':').next().unwrap_or(name);
+        if !version.is_empty() && !arch.is_empty() {
+            v.push((name.to_string(), version.to_string(), arch.to_string()));
+        }
+    }
+    v
+}
+
+/// Resolves `req` with apt on a private state directory (fetching the sources' indexes) and
+/// returns the stanzas of everything apt would install into an empty system.
+pub fn resolve(req: &Request) -> Result<Resolution, Error> {
+    let root = AptRoot::new(req)?;
+    run_apt("update", &root.apt("apt-get").args(["-q", "update"]))?;
+    let targets = targets(&root)?;
+    // Every stanza of every index, first occurrence kept, with the suite it came from.
+    let mut index: BTreeMap<(String, String, String), (Stanza, String)> = BTreeMap::new();
+    let mut base: BTreeSet<String> = BTreeSet::new();
+    let mut suites: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
+    for t in &targets {
+        suites
+            .entry((t.uri.clone(), t.suite.clone()))
+            .or_default()
+            .insert(t.component.clone());
+        let text = fs::read_to_string(&t.file).map_err(io(&t.file))?;
+        for s in parse_index(
+            &text,
+            &t.file,
+            "the archive's index is damaged; run kiln lock again",
+        )? {
+            if req.base_set {
+                let parsed = s.text.parse::<Deb822>().ok();
+                let para = parsed.as_ref().and_then(|d| d.paragraphs().next());
+                let essential = para
+                    .as_ref()
+                    .and_then(|p| p.get("Essential"))
+                    .is_some_and(|v| v == "yes");
+                let required = para
+                    .as_ref()
+                    .and_then(|p| p.get("Priority"))
+                    .is_some_and(|v| v == "required");
+                if (essential || required)
+                    && (s.architecture == req.arch || s.architecture == "all")
+                {
+                    base.insert(s.package.clone());
+                }
+            }
+            let key = (s.package.clone(), s.version.clone(), s.architecture.clone());
+            index.entry(key).or_insert((s, t.suite.clone()));
+        }
+    }
+    let mut wanted: Vec<String> = base.into_iter().collect();
+    wanted.extend(req.packages.iter().cloned());
+    wanted.sort();
+    wanted.dedup();
+    let mut stanzas = Vec::new();
+    let mut origin = BTreeMap::new();
+    if !wanted.is_empty() {
+        let out = run_apt(
+            "install --simulate",
+            &root
+                .apt("apt-get")
+                .args(["-q", "--simulate", "--assume-yes", "install"])
+                .args(&wanted),
+        )?;
+        for (name, version, arch) in parse_simulation(&out) {
+            let Some((s, suite)) = index.get(&(name.clone(), version.clone(), arch.clone())) else {
+                return Err(Error::NotIndexed {
+                    package: name,
+                    version,
+                    arch,
+                });
+            };
+            origin.insert(name, suite.clone());
+            stanzas.push(s.clone());
+        }
+    }
+    let configured: Vec<String> = req
+        .sources_list
+        .iter()
+        .filter_map(|l| mirror::parse_one_line(l))
+        .map(|s| s.uri)
+        .collect();
+    let locked_suites = suites
+        .into_iter()
+        .map(|((uri, suite), components)| {
+            // apt spells `file:///x` as `file:/x`: the lock names the URI as configured.
+            let uri = configured
+                .iter()
+                .find(|c| normalise_uri(c) == normalise_uri(&uri))
+                .cloned()
+                .unwrap_or(uri);
+            let digest = mirror::suite_digest(
+                &Suite {
+                    uri: uri.clone(),
+                    suite: suite.clone(),
+                },
+                mirror::FETCH_TIMEOUT,
+            );
+            LockedSuite {
+                uri,
+                suite,
+                components: components.into_iter().collect(),
+                inrelease_sha256: digest,
+            }
+        })
+        .collect();
+    Ok(Resolution {
+        stanzas,
+        origin,
+        suites: locked_suites,
+    })
+}
+
+/// `uri` without a trailing slash, with `file:///` and `file://localhost/` written `file:/`.
+fn normalise_uri(uri: &str) -> String {
+    let uri = uri.trim_end_matches('/');
+    for prefix in ["file://localhost/", "file:///"] {
+        if let Some(rest) = uri.strip_prefix(prefix) {
+            return format!("file:/{rest}");
+        }
+    }
+    uri.to_string()
+}
+
+/// Makes the lock of `plan`: lays the hook tree out in a temporary directory and evaluates
+/// environment.d as a build does (no hook runs), then resolves with apt.
+pub fn lock(plan: &BuildPlan) -> Result<Lock, crate::Error> {
+    let tmp = tempfile::tempdir().map_err(crate::io(Path::new("/tmp")))?;
+    let build_dir = tmp.path().join("build");
+    let image_dir = tmp.path().join("image");
+    fs::create_dir_all(&build_dir).map_err(crate::io(&build_dir))?;
+    fs::create_dir_all(&image_dir).map_err(crate::io(&image_dir))?;
+    let prepared = crate::pipeline::prepare(plan, &build_dir, &image_dir)?;
+    let req = request_for(plan, &prepared.evaluated, &build_dir.join("hooks"))?;
+    let res = resolve(&req)?;
+    let index = render_index(&res.stanzas);
+    let stanzas = parse_index(&index, Path::new(LOCK_FILE), "report a bug")?;
+    Ok(Lock {
+        meta: LockMeta {
+            locked: now_utc(),
+            architectures: vec![plan.arch.clone()],
+            elements: plan.request.elements.clone(),
+            packages_sha256: hex::encode(Sha256::digest(index.as_bytes())),
+            suites: res.suites,
+        },
+        stanzas,
+        origin: res.origin,
+    })
+}
+
+// --- comparing --------------------------------------------------------------------------------
+
+/// One package whose version changed between two locks.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Upgrade {
+    /// Package name.
+    pub package: String,
+    /// Architecture.
+    pub architecture: String,
+    /// Version in the old lock.
+    pub old: String,
+    /// Version in the new lock.
+    pub new: String,
+    /// Whether the new version comes from a security suite.
+    pub security: bool,
+}
+
+/// One package only one of the two locks holds.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Change {
+    /// Package name.
+    pub package: String,
+    /// Architecture.
+    pub architecture: String,
+    /// Version.
+    pub version: String,
+    /// Whether it comes from a security suite (added packages only).
+    pub security: bool,
+}
+
+/// What changed from one lock to the next (`kiln lock --update`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Diff {
+    /// In the new lock only.
+    pub added: Vec<Change>,
+    /// In the old lock only.
+    pub removed: Vec<Change>,
+    /// In both, with another version.
+    pub upgraded: Vec<Upgrade>,
+}
+
+impl Diff {
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.upgraded.is_empty()
+    }
+
+    /// One line per change: `+ name version`, `- name version`, `~ name old -> new`, with
+    /// ` (security)` where it applies.
+    pub fn to_text(&self) -> String {
+        let mut s = String::new();
+        let sec = |b: bool| if b { " (security)" } else { "" };
+        for c in &self.added {
+            let _ = writeln!(s, "+ {} {}{}", c.package, c.version, sec(c.security));
+        }
+        for c in &self.removed {
+            let _ = writeln!(s, "- {} {}", c.package, c.version);
+        }
+        for u in &self.upgraded {
+            let _ = writeln!(
+                s,
+                "~ {} {} -> {}{}",
+                u.package,
+                u.old,
+                u.new,
+                sec(u.security)
+            );
+        }
+        s
+    }
+}
+
+/// Whether `suite` is a security suite (`bookworm-security`, `jammy-security`, `buster/updates`).
+pub fn is_security_suite(suite: &str) -> bool {
+    suite.ends_with("-security") || suite.ends_with("/updates")
+}
+
+/// The changes from `old` to `new`; `new.origin` marks the security suite's packages.
+pub fn diff(old: &Lock, new: &Lock) -> Diff {
+    let key = |s: &Stanza| (s.package.clone(), s.architecture.clone());
+    let o: BTreeMap<_, _> = old.stanzas.iter().map(|s| (key(s), s)).collect();
+    let n: BTreeMap<_, _> = new.stanzas.iter().map(|s| (key(s), s)).collect();
+    let security = |p: &str| new.origin.get(p).is_some_and(|s| is_security_suite(s));
+    let mut d = Diff::default();
+    for (k, s) in &n {
+        match o.get(k) {
+            None => d.added.push(Change {
+                package: s.package.clone(),
+                architecture: s.architecture.clone(),
+                version: s.version.clone(),
+                security: security(&s.package),
+            }),
+            Some(old) if old.version != s.version => d.upgraded.push(Upgrade {
+                package: s.package.clone(),
+                architecture: s.architecture.clone(),
+                old: old.version.clone(),
+                new: s.version.clone(),
+                security: security(&s.package),
+            }),
+            Some(_) => {}
+        }
+    }
+    for (k, s) in &o {
+        if !n.contains_key(k) {
+            d.removed.push(Change {
+                package: s.package.clone(),
+                architecture: s.architecture.clone(),
+                version: s.version.clone(),
+                security: false,
+            });
+        }
+    }
+    d
+}
