@@ -321,3 +321,97 @@ fn a_damaged_lock_is_an_input_error_naming_the_file_and_line() {
     );
     assert_input_error(code, &err, &["none.lock", "no lock to update"]);
 }
+
+#[test]
+fn with_the_debootstrap_element_the_lock_holds_the_bootstrap_base_set() {
+    if !have_tools() {
+        kiln_testkit::skip(
+            "with_the_debootstrap_element_the_lock_holds_the_bootstrap_base_set",
+            "dpkg-dev and apt are needed to make and read a local mirror",
+        );
+        return;
+    }
+    let m = mirror();
+    // What a minbase bootstrap takes by itself, what it includes by name, and what the
+    // debootstrap element's package-installs ask for.
+    m.add("base-files", "13", "Essential: yes\nDepends: mawk\n");
+    m.add("mawk", "1.3", "Priority: required\n");
+    m.add("apt", "2.6", "Priority: important\nDepends: libapt\n");
+    m.add("libapt", "2.6", "");
+    m.add("tzdata", "2025a", "");
+    m.add("nice-to-have", "1", "Priority: important\n");
+    for p in [
+        "adduser",
+        "ca-certificates",
+        "locales",
+        "lsb-release",
+        "extra-base",
+    ] {
+        m.add(p, "1", "");
+    }
+    m.publish();
+    let t = fixture(&m);
+    let cache = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("kiln.lock");
+    let mut c = kiln(&[t.path()], cache.path());
+    c.args(["lock", "test-os", "debootstrap", "-n", "-o"])
+        .arg(&out)
+        .env("DIB_DEBOOTSTRAP_EXTRA_PACKAGES", "extra-base");
+    let (code, _, err) = run(c);
+    assert_eq!(code, 0, "{err}");
+    let got: Vec<String> = names(&fs::read_to_string(&out).unwrap())
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(
+        got,
+        [
+            "adduser",
+            "apt",
+            "base-files",
+            "ca-certificates",
+            "extra-base",
+            "libapt",
+            "locales",
+            "lsb-release",
+            "mawk",
+            "tzdata",
+            "unrelated",
+        ]
+    );
+}
+
+#[test]
+fn a_package_the_mirror_lacks_fails_naming_it_and_no_sources_is_an_input_error() {
+    if !have_tools() {
+        kiln_testkit::skip(
+            "a_package_the_mirror_lacks_fails_naming_it_and_no_sources_is_an_input_error",
+            "dpkg-dev and apt are needed to make and read a local mirror",
+        );
+        return;
+    }
+    let m = mirror();
+    let t = fixture(&m);
+    let cache = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("kiln.lock");
+    let (code, _, err) = lock(&t, cache.path(), &out, &["-p", "no-such-package"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("apt-get install --simulate failed"), "{err}");
+    assert!(err.contains("no-such-package"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(!out.exists(), "a failed lock leaves no file");
+    // An OS element without any apt source.
+    let bare = Tree::new();
+    bare.os();
+    bare.el("app");
+    let mut c = kiln(&[bare.path()], cache.path());
+    c.args(["lock", "test-os", "app", "-n", "-o"])
+        .arg(&out)
+        .env_remove("DIB_DISTRIBUTION_MIRROR")
+        .env_remove("DIB_APT_SOURCES")
+        .env_remove("DIB_APT_SOURCES_CONF");
+    let (code, _, err) = run(c);
+    assert_input_error(code, &err, &["no apt source", "DIB_DISTRIBUTION_MIRROR"]);
+}

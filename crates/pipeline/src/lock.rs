@@ -78,7 +78,7 @@ pub enum Error {
     #[error("the elements name no apt source (DIB_APT_SOURCES_CONF, DIB_APT_SOURCES or DIB_DISTRIBUTION_MIRROR with DIB_RELEASE): add an operating-system element such as debian-minimal, or set DIB_DISTRIBUTION_MIRROR")]
     NoSources,
     /// apt failed on the private state directory.
-    #[error("apt-get {what} failed: {message}")]
+    #[error("apt-get {what} failed: {message}; check the image's apt sources and the package names the elements and -p ask for")]
     Apt {
         /// The apt-get command (`update`, `install --simulate`).
         what: String,
@@ -703,6 +703,14 @@ pub fn parse_simulation(out: &str) -> Vec<(String, String, String)> {
     v
 }
 
+/// Whether the minbase bootstrap installs `s` on `arch` by itself: `Essential: yes` or
+/// `Priority: required`, for `arch` or `all`.
+pub fn in_base_set(s: &Stanza, arch: &str) -> bool {
+    (s.architecture == arch || s.architecture == "all")
+        && (s.field("Essential").is_some_and(|v| v == "yes")
+            || s.field("Priority").is_some_and(|v| v == "required"))
+}
+
 /// Resolves `req` with apt on a private state directory (fetching the sources' indexes) and
 /// returns the stanzas of everything apt would install into an empty system.
 pub fn resolve(req: &Request) -> Result<Resolution, Error> {
@@ -724,22 +732,8 @@ pub fn resolve(req: &Request) -> Result<Resolution, Error> {
             &t.file,
             "the archive's index is damaged; run kiln lock again",
         )? {
-            if req.base_set {
-                let parsed = s.text.parse::<Deb822>().ok();
-                let para = parsed.as_ref().and_then(|d| d.paragraphs().next());
-                let essential = para
-                    .as_ref()
-                    .and_then(|p| p.get("Essential"))
-                    .is_some_and(|v| v == "yes");
-                let required = para
-                    .as_ref()
-                    .and_then(|p| p.get("Priority"))
-                    .is_some_and(|v| v == "required");
-                if (essential || required)
-                    && (s.architecture == req.arch || s.architecture == "all")
-                {
-                    base.insert(s.package.clone());
-                }
+            if req.base_set && in_base_set(&s, &req.arch) {
+                base.insert(s.package.clone());
             }
             let key = (s.package.clone(), s.version.clone(), s.architecture.clone());
             index.entry(key).or_insert((s, t.suite.clone()));
@@ -958,4 +952,199 @@ pub fn diff(old: &Lock, new: &Lock) -> Diff {
         }
     }
     d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INDEX: &str = "Package: zlib1g\nVersion: 1:1.2.13\nArchitecture: amd64\nPriority: optional\nFilename: pool/main/z/zlib1g_1.2.13_amd64.deb\nSize: 10\nSHA256: aa\nDescription: compression\n  a continuation line\n .\n kept as is\n\nPackage: base-files\nEssential: yes\nVersion: 12.4\nArchitecture: amd64\nFilename: pool/main/b/base-files_12.4_amd64.deb\nSize: 20\nSHA256: bb\n\nPackage: apt\nVersion: 2.6.1\nArchitecture: amd64\nPriority: required\nSize: 30\nSHA256: cc\n\nPackage: base-files\nEssential: yes\nVersion: 12.4\nArchitecture: amd64\nFilename: pool/main/b/base-files_12.4_amd64.deb\nSize: 20\nSHA256: bb\n\nPackage: armonly\nPriority: required\nVersion: 1\nArchitecture: arm64\n";
+
+    #[test]
+    fn stanzas_are_read_verbatim_and_written_sorted_without_duplicates() {
+        let stanzas = parse_index(INDEX, Path::new("Packages"), "hint").unwrap();
+        assert_eq!(stanzas.len(), 5);
+        assert_eq!(stanzas[0].package, "zlib1g");
+        assert_eq!(stanzas[0].version, "1:1.2.13");
+        // Continuation lines, the " ." line and field order are kept byte for byte.
+        assert!(INDEX.starts_with(&stanzas[0].text), "{}", stanzas[0].text);
+        assert!(stanzas[0].text.ends_with(" kept as is\n"));
+        let out = render_index(&stanzas);
+        let order: Vec<String> = parse_index(&out, Path::new("kiln.lock"), "hint")
+            .unwrap()
+            .into_iter()
+            .map(|s| s.package)
+            .collect();
+        assert_eq!(order, ["apt", "armonly", "base-files", "zlib1g"]);
+        for s in &stanzas {
+            assert!(out.contains(&s.text));
+        }
+        // Read back, the lock gives the same stanzas again.
+        let again = render_index(&parse_index(&out, Path::new("kiln.lock"), "hint").unwrap());
+        assert_eq!(again, out);
+    }
+
+    #[test]
+    fn the_base_set_is_essential_and_required_packages_of_the_architecture() {
+        let stanzas = parse_index(INDEX, Path::new("Packages"), "hint").unwrap();
+        let base: BTreeSet<&str> = stanzas
+            .iter()
+            .filter(|s| in_base_set(s, "amd64"))
+            .map(|s| s.package.as_str())
+            .collect();
+        assert_eq!(base, BTreeSet::from(["apt", "base-files"]));
+        let arm: BTreeSet<&str> = stanzas
+            .iter()
+            .filter(|s| in_base_set(s, "arm64"))
+            .map(|s| s.package.as_str())
+            .collect();
+        assert_eq!(arm, BTreeSet::from(["armonly"]));
+    }
+
+    #[test]
+    fn bad_control_data_names_the_file_and_line() {
+        let e = parse_index(
+            "Package: a\nVersion: 1\nArchitecture: all\n\nPackage: b\nArchitecture: all\n",
+            Path::new("/x/kiln.lock"),
+            "re-lock",
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "/x/kiln.lock:5: stanza has no Version field; re-lock"
+        );
+        assert!(e.is_input_error());
+        let e =
+            parse_index("Package: a\nno colon here\n", Path::new("/x/l"), "re-lock").unwrap_err();
+        assert!(e.to_string().starts_with("/x/l:2: "), "{e}");
+    }
+
+    #[test]
+    fn simulation_lines_give_name_version_and_architecture() {
+        let out = "NOTE: This is only a simulation!\nInst libc6 (2.36-9+deb12u4 Debian:12.5/stable [amd64])\nInst tzdata (2024a-0+deb12u1 Debian:12.5/stable, Debian-Security:12/stable-security [all])\nConf libc6 (2.36-9+deb12u4 Debian:12.5/stable [amd64])\nInst libfoo:amd64 (1:2.0 localhost [amd64])\n";
+        assert_eq!(
+            parse_simulation(out),
+            [
+                ("libc6", "2.36-9+deb12u4", "amd64"),
+                ("tzdata", "2024a-0+deb12u1", "all"),
+                ("libfoo", "1:2.0", "amd64"),
+            ]
+            .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
+        );
+    }
+
+    #[test]
+    fn the_side_file_round_trips() {
+        let meta = LockMeta {
+            locked: "2026-01-02T03:04:05Z".into(),
+            architectures: vec!["amd64".into()],
+            elements: vec!["debian-minimal".into(), "vm".into()],
+            packages_sha256: "ab".into(),
+            suites: vec![
+                LockedSuite {
+                    uri: "file:///srv/mirror/debian".into(),
+                    suite: "bookworm".into(),
+                    components: vec!["main".into(), "contrib".into()],
+                    inrelease_sha256: "cd".into(),
+                },
+                LockedSuite {
+                    uri: "file:///srv/mirror/debian-security".into(),
+                    suite: "bookworm-security".into(),
+                    components: vec!["main".into()],
+                    inrelease_sha256: mirror::UNAVAILABLE.into(),
+                },
+            ],
+        };
+        let text = meta.render();
+        assert!(text.contains("\n\nURI: file:///srv/mirror/debian\nSuite: bookworm\nComponents: main contrib\nInRelease-SHA256: cd\n"), "{text}");
+        assert_eq!(LockMeta::parse(&text, Path::new("m")).unwrap(), meta);
+        let e = LockMeta::parse("Kiln-Lock-Format: 9\n", Path::new("/l.meta")).unwrap_err();
+        assert!(e.to_string().starts_with("/l.meta:1: lock format 9"), "{e}");
+    }
+
+    #[test]
+    fn a_lock_is_written_and_read_back_with_its_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kiln.lock");
+        let stanzas = parse_index(INDEX, Path::new("Packages"), "hint").unwrap();
+        let lock = Lock {
+            stanzas,
+            meta: LockMeta {
+                locked: "2026-01-02T03:04:05Z".into(),
+                architectures: vec!["amd64".into()],
+                elements: vec!["x".into()],
+                packages_sha256: String::new(),
+                suites: Vec::new(),
+            },
+            origin: BTreeMap::new(),
+        };
+        lock.write(&path).unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        let back = Lock::read(&path).unwrap();
+        assert_eq!(
+            back.meta.packages_sha256,
+            hex::encode(Sha256::digest(text.as_bytes()))
+        );
+        assert_eq!(back.stanzas.len(), 4);
+        assert_eq!(Lock::meta_path(&path), dir.path().join("kiln.lock.meta"));
+    }
+
+    fn stanza(p: &str, v: &str) -> Stanza {
+        Stanza {
+            package: p.into(),
+            version: v.into(),
+            architecture: "amd64".into(),
+            text: format!("Package: {p}\nVersion: {v}\nArchitecture: amd64\n"),
+        }
+    }
+
+    fn lock_of(stanzas: Vec<Stanza>, origin: &[(&str, &str)]) -> Lock {
+        Lock {
+            stanzas,
+            meta: LockMeta {
+                locked: String::new(),
+                architectures: Vec::new(),
+                elements: Vec::new(),
+                packages_sha256: String::new(),
+                suites: Vec::new(),
+            },
+            origin: origin
+                .iter()
+                .map(|(a, b)| ((*a).to_string(), (*b).to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn diff_names_added_removed_and_upgraded_and_marks_security() {
+        let old = lock_of(
+            vec![stanza("a", "1"), stanza("b", "1"), stanza("c", "1")],
+            &[],
+        );
+        let new = lock_of(
+            vec![stanza("a", "1"), stanza("b", "2"), stanza("d", "1")],
+            &[("b", "bookworm-security"), ("d", "bookworm-updates")],
+        );
+        let d = diff(&old, &new);
+        assert_eq!(d.to_text(), "+ d 1\n- c 1\n~ b 1 -> 2 (security)\n");
+        assert!(d.upgraded[0].security);
+        assert!(!d.added[0].security);
+        assert!(diff(&old, &old).is_empty());
+        assert!(is_security_suite("buster/updates"));
+        assert!(!is_security_suite("bookworm-updates"));
+    }
+
+    #[test]
+    fn times_are_utc_calendar_dates() {
+        assert_eq!(format_utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(format_utc(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(format_utc(1_767_225_599), "2025-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn file_uris_compare_as_apt_spells_them() {
+        assert_eq!(normalise_uri("file:///srv/m/"), "file:/srv/m");
+        assert_eq!(normalise_uri("file://localhost/srv/m"), "file:/srv/m");
+        assert_eq!(normalise_uri("http://h/debian/"), "http://h/debian");
+    }
 }
