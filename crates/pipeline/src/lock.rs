@@ -220,7 +220,7 @@ pub fn render_index(stanzas: &[Stanza]) -> String {
 /// One suite the lock was resolved against.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LockedSuite {
-    /// The archive URI as the sources configure it.
+    /// The archive URI as the sources configure it, without any `user:password@`.
     pub uri: String,
     /// The suite (or a flat repository's path ending in `/`).
     pub suite: String,
@@ -478,8 +478,8 @@ pub fn request_for(
             settings::DIB_DISTRIBUTION_MIRROR.get(evaluated),
             settings::DIB_RELEASE.get(evaluated),
         ) {
-            let components = evaluated
-                .get("DIB_DEBIAN_COMPONENTS")
+            let components = settings::DIB_DEBIAN_COMPONENTS
+                .get(evaluated)
                 .map_or("main".to_string(), |c| c.replace(',', " "));
             req.sources_list.push(format!("deb {m} {r} {components}"));
         }
@@ -491,7 +491,7 @@ pub fn request_for(
     if req.base_set {
         req.packages
             .extend(["apt".to_string(), "tzdata".to_string()]);
-        if let Some(extra) = evaluated.get("DIB_DEBOOTSTRAP_EXTRA_PACKAGES") {
+        if let Some(extra) = settings::DIB_DEBOOTSTRAP_EXTRA_PACKAGES.get(evaluated) {
             req.packages.extend(
                 extra
                     .split([' ', '\t', ','])
@@ -520,19 +520,22 @@ pub fn request_for(
         }
     }
     req.packages.extend(plan.request.package_list());
-    if let Some(k) = evaluated.get("DIB_APT_KEYRING").filter(|k| !k.is_empty()) {
+    if let Some(k) = settings::DIB_APT_KEYRING
+        .get(evaluated)
+        .filter(|k| !k.is_empty())
+    {
         req.keyrings.push(PathBuf::from(k));
-    } else if let Some(distro) = evaluated.get(settings::DISTRO_NAME.name) {
+    } else if let Some(distro) = settings::DISTRO_NAME.get(evaluated) {
         let default = PathBuf::from(format!("/usr/share/keyrings/{distro}-archive-keyring.gpg"));
         if default.is_file() {
             req.keyrings.push(default);
         }
     }
-    req.insecure = evaluated
-        .get("DIB_DEBOOTSTRAP_INSECURE")
+    req.insecure = settings::DIB_DEBOOTSTRAP_INSECURE
+        .get(evaluated)
         .is_some_and(|v| v == "1");
-    req.allow_expired = evaluated
-        .get("DIB_APT_ALLOW_EXPIRED")
+    req.allow_expired = settings::DIB_APT_ALLOW_EXPIRED
+        .get(evaluated)
         .is_some_and(|v| v == "1");
     Ok(req)
 }
@@ -788,7 +791,7 @@ pub fn resolve(req: &Request) -> Result<Resolution, Error> {
                 mirror::FETCH_TIMEOUT,
             );
             LockedSuite {
-                uri,
+                uri: mirror::redact(&uri),
                 suite,
                 components: components.into_iter().collect(),
                 inrelease_sha256: digest,
