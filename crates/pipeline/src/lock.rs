@@ -706,12 +706,23 @@ pub fn parse_simulation(out: &str) -> Vec<(String, String, String)> {
     v
 }
 
-/// Whether the minbase bootstrap installs `s` on `arch` by itself: `Essential: yes` or
-/// `Priority: required`, for `arch` or `all`.
-pub fn in_base_set(s: &Stanza, arch: &str) -> bool {
-    (s.architecture == arch || s.architecture == "all")
-        && (s.field("Essential").is_some_and(|v| v == "yes")
-            || s.field("Priority").is_some_and(|v| v == "required"))
+/// The apt pattern of the minbase bootstrap's own set: every `Essential: yes` and every
+/// `Priority: required` package (of the one architecture apt is configured for).
+pub const BASE_SET_PATTERN: &str = "?or(?essential,?priority(required))";
+
+/// The stanzas of a `Packages` index `text` whose `Package` is one of `names`, as slices of the
+/// text. An archive's index holds tens of thousands of stanzas; only the few the lock needs
+/// are handed to the control-data parser. Stanzas are separated by blank lines (the format's
+/// rule); the name is read from the `Package:` line only to choose which to parse.
+pub fn stanzas_named<'a>(text: &'a str, names: &BTreeSet<&str>) -> Vec<&'a str> {
+    text.split("\n\n")
+        .filter(|chunk| {
+            chunk
+                .lines()
+                .find_map(|l| l.strip_prefix("Package:"))
+                .is_some_and(|n| names.contains(n.trim()))
+        })
+        .collect()
 }
 
 /// Resolves `req` with apt on a private state directory (fetching the sources' indexes) and
@@ -720,32 +731,17 @@ pub fn resolve(req: &Request) -> Result<Resolution, Error> {
     let root = AptRoot::new(req)?;
     run_apt("update", &root.apt("apt-get").args(["-q", "update"]))?;
     let targets = targets(&root)?;
-    // Every stanza of every index, first occurrence kept, with the suite it came from.
-    let mut index: BTreeMap<(String, String, String), (Stanza, String)> = BTreeMap::new();
-    let mut base: BTreeSet<String> = BTreeSet::new();
     let mut suites: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
     for t in &targets {
         suites
             .entry((t.uri.clone(), t.suite.clone()))
             .or_default()
             .insert(t.component.clone());
-        let text = fs::read_to_string(&t.file).map_err(io(&t.file))?;
-        for s in parse_index(
-            &text,
-            &t.file,
-            "the archive's index is damaged; run kiln lock again",
-        )? {
-            if req.base_set && in_base_set(&s, &req.arch) {
-                base.insert(s.package.clone());
-            }
-            let key = (s.package.clone(), s.version.clone(), s.architecture.clone());
-            index.entry(key).or_insert((s, t.suite.clone()));
-        }
     }
-    let mut wanted: Vec<String> = base.into_iter().collect();
-    wanted.extend(req.packages.iter().cloned());
-    wanted.sort();
-    wanted.dedup();
+    let mut wanted: Vec<String> = req.packages.iter().cloned().collect();
+    if req.base_set {
+        wanted.push(BASE_SET_PATTERN.to_string());
+    }
     let mut stanzas = Vec::new();
     let mut origin = BTreeMap::new();
     if !wanted.is_empty() {
@@ -756,16 +752,48 @@ pub fn resolve(req: &Request) -> Result<Resolution, Error> {
                 .args(["-q", "--simulate", "--assume-yes", "install"])
                 .args(&wanted),
         )?;
-        for (name, version, arch) in parse_simulation(&out) {
-            let Some((s, suite)) = index.get(&(name.clone(), version.clone(), arch.clone())) else {
+        let chosen: BTreeSet<(String, String, String)> =
+            parse_simulation(&out).into_iter().collect();
+        let names: BTreeSet<&str> = chosen.iter().map(|c| c.0.as_str()).collect();
+        // The chosen stanzas, with the suite each came from (a security suite wins when the
+        // same version is in several).
+        let mut found: BTreeMap<(String, String, String), (Stanza, String)> = BTreeMap::new();
+        for t in &targets {
+            let text = fs::read_to_string(&t.file).map_err(io(&t.file))?;
+            for chunk in stanzas_named(&text, &names) {
+                for s in parse_index(
+                    chunk,
+                    &t.file,
+                    "the archive's index is damaged; run kiln lock again",
+                )? {
+                    let key = (s.package.clone(), s.version.clone(), s.architecture.clone());
+                    if !chosen.contains(&key) {
+                        continue;
+                    }
+                    match found.entry(key) {
+                        std::collections::btree_map::Entry::Vacant(e) => {
+                            e.insert((s, t.suite.clone()));
+                        }
+                        std::collections::btree_map::Entry::Occupied(mut e) => {
+                            if is_security_suite(&t.suite) {
+                                e.get_mut().1.clone_from(&t.suite);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for (name, version, arch) in chosen {
+            let Some((s, suite)) = found.remove(&(name.clone(), version.clone(), arch.clone()))
+            else {
                 return Err(Error::NotIndexed {
                     package: name,
                     version,
                     arch,
                 });
             };
-            origin.insert(name, suite.clone());
-            stanzas.push(s.clone());
+            origin.insert(name, suite);
+            stanzas.push(s);
         }
     }
     let configured: Vec<String> = req
@@ -988,20 +1016,19 @@ mod tests {
     }
 
     #[test]
-    fn the_base_set_is_essential_and_required_packages_of_the_architecture() {
-        let stanzas = parse_index(INDEX, Path::new("Packages"), "hint").unwrap();
-        let base: BTreeSet<&str> = stanzas
+    fn only_the_named_stanzas_are_picked_out_of_an_index() {
+        let names = BTreeSet::from(["apt", "base-files"]);
+        let picked = stanzas_named(INDEX, &names);
+        assert_eq!(picked.len(), 3);
+        let stanzas: Vec<Stanza> = picked
             .iter()
-            .filter(|s| in_base_set(s, "amd64"))
-            .map(|s| s.package.as_str())
+            .flat_map(|c| parse_index(c, Path::new("Packages"), "hint").unwrap())
             .collect();
-        assert_eq!(base, BTreeSet::from(["apt", "base-files"]));
-        let arm: BTreeSet<&str> = stanzas
-            .iter()
-            .filter(|s| in_base_set(s, "arm64"))
-            .map(|s| s.package.as_str())
-            .collect();
-        assert_eq!(arm, BTreeSet::from(["armonly"]));
+        let got: Vec<&str> = stanzas.iter().map(|s| s.package.as_str()).collect();
+        assert_eq!(got, ["base-files", "apt", "base-files"]);
+        // Picked out, a stanza is still the index's own text.
+        assert!(INDEX.contains(&stanzas[1].text));
+        assert!(stanzas_named(INDEX, &BTreeSet::from(["apt-utils"])).is_empty());
     }
 
     #[test]
