@@ -14,6 +14,7 @@ const SUITE: &str = "kilntest";
 /// A flat-file apt mirror with one suite, `kilntest main`, for amd64.
 struct Mirror {
     dir: tempfile::TempDir,
+    suite: &'static str,
 }
 
 fn sh(script: &str) -> String {
@@ -31,8 +32,13 @@ fn sh(script: &str) -> String {
 
 impl Mirror {
     fn new() -> Self {
+        Self::with_suite(SUITE)
+    }
+
+    fn with_suite(suite: &'static str) -> Self {
         Self {
             dir: tempfile::tempdir().unwrap(),
+            suite,
         }
     }
 
@@ -62,10 +68,11 @@ impl Mirror {
 
     /// Rewrites the suite's Packages index and Release file.
     fn publish(&self) {
-        let bin = self.root().join(format!("dists/{SUITE}/main/binary-amd64"));
+        let suite = self.suite;
+        let bin = self.root().join(format!("dists/{suite}/main/binary-amd64"));
         fs::create_dir_all(&bin).unwrap();
         sh(&format!(
-            "cd '{}' && dpkg-scanpackages --multiversion pool /dev/null 2>/dev/null > 'dists/{SUITE}/main/binary-amd64/Packages'",
+            "cd '{}' && dpkg-scanpackages --multiversion pool /dev/null 2>/dev/null > 'dists/{suite}/main/binary-amd64/Packages'",
             self.root().display()
         ));
         let packages = fs::read(bin.join("Packages")).unwrap();
@@ -74,9 +81,9 @@ impl Mirror {
             bin.join("Packages").display()
         ));
         fs::write(
-            self.root().join(format!("dists/{SUITE}/Release")),
+            self.root().join(format!("dists/{suite}/Release")),
             format!(
-                "Suite: {SUITE}\nCodename: {SUITE}\nDate: {}\nArchitectures: amd64 all\nComponents: main\nSHA256:\n {} {} main/binary-amd64/Packages\n",
+                "Suite: {suite}\nCodename: {suite}\nDate: {}\nArchitectures: amd64 all\nComponents: main\nSHA256:\n {} {} main/binary-amd64/Packages\n",
                 sh("date -u -R").trim(),
                 sha.trim(),
                 packages.len()
@@ -86,9 +93,10 @@ impl Mirror {
     }
 
     fn packages_index(&self) -> String {
+        let suite = self.suite;
         fs::read_to_string(
             self.root()
-                .join(format!("dists/{SUITE}/main/binary-amd64/Packages")),
+                .join(format!("dists/{suite}/main/binary-amd64/Packages")),
         )
         .unwrap()
     }
@@ -118,13 +126,26 @@ fn mirror() -> Mirror {
 /// `test-os` with the mirror as its only source, `app` asking for `app-server` (install.d)
 /// and `generic-tool` (pre-install.d, mapped by pkg-map).
 fn fixture(m: &Mirror) -> Tree {
+    fixture_with(m, None)
+}
+
+/// [`fixture`], with `security` as the image's security suite too.
+fn fixture_with(m: &Mirror, security: Option<&Mirror>) -> Tree {
     let t = Tree::new();
+    let mut sources = format!(
+        "default:deb [trusted=yes] file://{} {SUITE} main",
+        m.root().display()
+    );
+    if let Some(sec) = security {
+        sources.push_str(&format!(
+            "\nsecurity:deb [trusted=yes] file://{} {} main",
+            sec.root().display(),
+            sec.suite
+        ));
+    }
     t.os().env(
         "20-sources",
-        &format!(
-            "export DIB_RELEASE={SUITE}\nexport DIB_APT_SOURCES_CONF=\"default:deb [trusted=yes] file://{} {SUITE} main\"\n",
-            m.root().display()
-        ),
+        &format!("export DIB_RELEASE={SUITE}\nexport DIB_APT_SOURCES_CONF=\"{sources}\"\n"),
     );
     t.el("app")
         .file(
@@ -414,4 +435,33 @@ fn a_package_the_mirror_lacks_fails_naming_it_and_no_sources_is_an_input_error()
         .env_remove("DIB_APT_SOURCES_CONF");
     let (code, _, err) = run(c);
     assert_input_error(code, &err, &["no apt source", "DIB_DISTRIBUTION_MIRROR"]);
+}
+
+#[test]
+fn lock_update_marks_a_version_from_the_security_suite() {
+    if !have_tools() {
+        kiln_testkit::skip(
+            "lock_update_marks_a_version_from_the_security_suite",
+            "dpkg-dev and apt are needed to make and read a local mirror",
+        );
+        return;
+    }
+    let m = mirror();
+    let sec = Mirror::with_suite("kilntest-security");
+    sec.add("web-common", "1.0", "");
+    sec.publish();
+    let t = fixture_with(&m, Some(&sec));
+    let cache = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("kiln.lock");
+    let (code, _, err) = lock(&t, cache.path(), &out, &[]);
+    assert_eq!(code, 0, "{err}");
+    let meta = fs::read_to_string(work.path().join("kiln.lock.meta")).unwrap();
+    assert!(meta.contains("\nSuite: kilntest-security\n"), "{meta}");
+    // A fix for libfoo lands in the security suite.
+    sec.add("libfoo", "2.0+sec1", "");
+    sec.publish();
+    let (code, stdout, err) = lock(&t, cache.path(), &out, &["--update"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(stdout, "~ libfoo 2.0 -> 2.0+sec1 (security)\n", "{err}");
 }
