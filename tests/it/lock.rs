@@ -3,6 +3,7 @@
 //! elements' package-installs (after pkg-map, without Recommends), stanzas verbatim from the
 //! mirror's index; `--update` reports an upgraded and an added package.
 
+use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -137,11 +138,12 @@ fn fixture_with(m: &Mirror, security: Option<&Mirror>) -> Tree {
         m.root().display()
     );
     if let Some(sec) = security {
-        sources.push_str(&format!(
+        let _ = write!(
+            sources,
             "\nsecurity:deb [trusted=yes] file://{} {} main",
             sec.root().display(),
             sec.suite
-        ));
+        );
     }
     t.os().env(
         "20-sources",

@@ -178,6 +178,39 @@ mod tests {
         [build, plan, dic].map(|r| format!("{r:?}"))
     }
 
+    /// `kiln lock` makes `kiln build`'s request for every request flag but `-o` (which names
+    /// the lock file there).
+    #[test]
+    fn lock_makes_the_build_request() {
+        let env: std::collections::BTreeMap<String, String> =
+            [("PATH", "/usr/bin"), ("DIB_RELEASE", "bookworm")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+        for flags in FLAGS.iter().chain(COMPAT_ONLY).filter(|f| f[0] != "-o") {
+            let argv = |cmd: &str| -> Vec<OsString> {
+                ["kiln", cmd, "el"]
+                    .iter()
+                    .chain(flags.iter())
+                    .map(OsString::from)
+                    .collect()
+            };
+            let build = match Cli::try_parse_from(argv("build")).unwrap().command {
+                Command::Build(c) => c.request_in(env.clone(), Vec::new()),
+                other => panic!("{other:?}"),
+            };
+            let lock = match Cli::try_parse_from(argv("lock")).unwrap().command {
+                Command::Lock(c) => c.request_in(env.clone(), Vec::new()),
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(
+                format!("{build:?}"),
+                format!("{lock:?}"),
+                "kiln lock {flags:?}"
+            );
+        }
+    }
+
     /// `kiln build`, `kiln plan` and `disk-image-create` make the same request for every request
     /// flag, and every flag of the shared group is listed in FLAGS and changes the request.
     #[test]

@@ -5,12 +5,13 @@
 //! the same build would install (`-p`, `-n`, `--install-type`, …); `-o` names the lock file
 //! instead of the image. The work is `kiln_pipeline::lock`.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use clap::Args;
 
 use kiln_pipeline::lock::{self, Lock};
-use kiln_pipeline::BuildPlan;
+use kiln_pipeline::{BuildPlan, BuildRequest};
 
 use crate::dib::RequestArgs;
 
@@ -32,6 +33,14 @@ pub struct LockCmd {
 }
 
 impl LockCmd {
+    /// The request the lock is made for, in the environment `env`: the one `kiln build` with
+    /// the same flags makes, except that `-o` names the lock file, not the image.
+    pub fn request_in(&self, env: BTreeMap<String, String>, typed: Vec<String>) -> BuildRequest {
+        let mut req = self.request.request(env, typed);
+        req.image_name = PathBuf::from(kiln_pipeline::settings::IMAGE_NAME.default_value());
+        req
+    }
+
     /// Makes the lock and writes it (and with `--update`, prints the changes).
     pub fn run(&self) -> anyhow::Result<i32> {
         crate::logging::init(0);
@@ -55,9 +64,7 @@ impl LockCmd {
             None
         };
         let typed: Vec<String> = std::env::args().skip(2).collect();
-        let mut req = self.request.request(std::env::vars().collect(), typed);
-        // `-o` names the lock file here, not an image.
-        req.image_name = PathBuf::from(kiln_pipeline::settings::IMAGE_NAME.default_value());
+        let req = self.request_in(std::env::vars().collect(), typed);
         let plan = BuildPlan::new(&req)?;
         let new = lock::lock(&plan)?;
         new.write(&path).map_err(kiln_pipeline::Error::from)?;
