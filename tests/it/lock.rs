@@ -467,3 +467,49 @@ fn lock_update_marks_a_version_from_the_security_suite() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(stdout, "~ libfoo 2.0 -> 2.0+sec1 (security)\n", "{err}");
 }
+
+#[test]
+fn sources_from_a_deb822_file_named_by_dib_apt_sources() {
+    if !have_tools() {
+        kiln_testkit::skip(
+            "sources_from_a_deb822_file_named_by_dib_apt_sources",
+            "dpkg-dev and apt are needed to make and read a local mirror",
+        );
+        return;
+    }
+    let m = mirror();
+    let t = Tree::new();
+    t.os()
+        .env("20-release", &format!("export DIB_RELEASE={SUITE}\n"));
+    t.el("app").file("package-installs.yaml", "libfoo:\n");
+    let work = tempfile::tempdir().unwrap();
+    let sources = work.path().join("image.sources");
+    fs::write(
+        &sources,
+        format!(
+            "Types: deb\nURIs: file://{}\nSuites: {SUITE}\nComponents: main\nTrusted: yes\n",
+            m.root().display()
+        ),
+    )
+    .unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let out = work.path().join("kiln.lock");
+    let mut c = kiln(&[t.path()], cache.path());
+    c.args(["lock", "test-os", "app", "-n", "-o"])
+        .arg(&out)
+        .env("DIB_APT_SOURCES", &sources);
+    let (code, _, err) = run(c);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        names(&fs::read_to_string(&out).unwrap()),
+        [("libfoo".to_string(), "2.0".to_string())]
+    );
+    let meta = fs::read_to_string(work.path().join("kiln.lock.meta")).unwrap();
+    assert!(
+        meta.contains(&format!(
+            "\nURI: file://{}\nSuite: {SUITE}\nComponents: main\n",
+            m.root().display()
+        )),
+        "{meta}"
+    );
+}

@@ -129,15 +129,6 @@ pub struct Stanza {
     pub text: String,
 }
 
-impl Stanza {
-    /// A field's value (first line, trimmed), if the stanza has it.
-    pub fn field(&self, name: &str) -> Option<String> {
-        let parsed: Deb822 = self.text.parse().ok()?;
-        let para = parsed.paragraphs().next()?;
-        para.get(name)
-    }
-}
-
 /// 1-based line of byte `offset` in `text`.
 fn line_of(text: &str, offset: usize) -> usize {
     text.get(..offset)
@@ -725,6 +716,47 @@ pub fn stanzas_named<'a>(text: &'a str, names: &BTreeSet<&str>) -> Vec<&'a str> 
         .collect()
 }
 
+/// The suites apt read, with their URIs as `req` configures them (apt spells `file:///x` as
+/// `file:/x`), without credentials, and each one's `InRelease` digest.
+fn locked_suites(
+    req: &Request,
+    suites: BTreeMap<(String, String), BTreeSet<String>>,
+) -> Vec<LockedSuite> {
+    let mut configured: Vec<String> = req
+        .sources_list
+        .iter()
+        .filter_map(|l| mirror::parse_one_line(l))
+        .map(|s| s.uri)
+        .collect();
+    if let Some(text) = &req.sources_deb822 {
+        configured.extend(mirror::parse_sources_file(text).into_iter().map(|s| s.uri));
+    }
+    suites
+        .into_iter()
+        .map(|((uri, suite), components)| {
+            // apt spells `file:///x` as `file:/x`: the lock names the URI as configured.
+            let uri = configured
+                .iter()
+                .find(|c| normalise_uri(c) == normalise_uri(&uri))
+                .cloned()
+                .unwrap_or(uri);
+            let digest = mirror::suite_digest(
+                &Suite {
+                    uri: uri.clone(),
+                    suite: suite.clone(),
+                },
+                mirror::FETCH_TIMEOUT,
+            );
+            LockedSuite {
+                uri: mirror::redact(&uri),
+                suite,
+                components: components.into_iter().collect(),
+                inrelease_sha256: digest,
+            }
+        })
+        .collect()
+}
+
 /// Resolves `req` with apt on a private state directory (fetching the sources' indexes) and
 /// returns the stanzas of everything apt would install into an empty system.
 pub fn resolve(req: &Request) -> Result<Resolution, Error> {
@@ -796,36 +828,7 @@ pub fn resolve(req: &Request) -> Result<Resolution, Error> {
             stanzas.push(s);
         }
     }
-    let configured: Vec<String> = req
-        .sources_list
-        .iter()
-        .filter_map(|l| mirror::parse_one_line(l))
-        .map(|s| s.uri)
-        .collect();
-    let locked_suites = suites
-        .into_iter()
-        .map(|((uri, suite), components)| {
-            // apt spells `file:///x` as `file:/x`: the lock names the URI as configured.
-            let uri = configured
-                .iter()
-                .find(|c| normalise_uri(c) == normalise_uri(&uri))
-                .cloned()
-                .unwrap_or(uri);
-            let digest = mirror::suite_digest(
-                &Suite {
-                    uri: uri.clone(),
-                    suite: suite.clone(),
-                },
-                mirror::FETCH_TIMEOUT,
-            );
-            LockedSuite {
-                uri: mirror::redact(&uri),
-                suite,
-                components: components.into_iter().collect(),
-                inrelease_sha256: digest,
-            }
-        })
-        .collect();
+    let locked_suites = locked_suites(req, suites);
     Ok(Resolution {
         stanzas,
         origin,
