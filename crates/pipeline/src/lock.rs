@@ -682,8 +682,11 @@ pub fn parse_simulation(out: &str) -> Vec<(String, String, String)> {
         let Some((name, tail)) = rest.split_once(' ') else {
             continue;
         };
+        // `(VERSION RELEASES [ARCH])`, sometimes followed by ` []` (apt's note of packages it
+        // must break a loop for): only the first parenthesis counts.
         let Some(open) = tail.find('(') else { continue };
-        let inner = tail[open + 1..].trim_end().trim_end_matches(')');
+        let rest = &tail[open + 1..];
+        let inner = rest.split_once(')').map_or(rest, |(i, _)| i);
         let version = inner.split_whitespace().next().unwrap_or_default();
         let arch = inner
             .rsplit_once('[')
@@ -1054,13 +1057,14 @@ mod tests {
 
     #[test]
     fn simulation_lines_give_name_version_and_architecture() {
-        let out = "NOTE: This is only a simulation!\nInst libc6 (2.36-9+deb12u4 Debian:12.5/stable [amd64])\nInst tzdata (2024a-0+deb12u1 Debian:12.5/stable, Debian-Security:12/stable-security [all])\nConf libc6 (2.36-9+deb12u4 Debian:12.5/stable [amd64])\nInst libfoo:amd64 (1:2.0 localhost [amd64])\n";
+        let out = "NOTE: This is only a simulation!\nInst libc6 (2.36-9+deb12u4 Debian:12.5/stable [amd64])\nInst tzdata (2024a-0+deb12u1 Debian:12.5/stable, Debian-Security:12/stable-security [all])\nConf libc6 (2.36-9+deb12u4 Debian:12.5/stable [amd64])\nInst libfoo:amd64 (1:2.0 localhost [amd64])\nInst libc6 (2.41-12 Debian:13.2/stable [amd64]) []\n";
         assert_eq!(
             parse_simulation(out),
             [
                 ("libc6", "2.36-9+deb12u4", "amd64"),
                 ("tzdata", "2024a-0+deb12u1", "all"),
                 ("libfoo", "1:2.0", "amd64"),
+                ("libc6", "2.41-12", "amd64"),
             ]
             .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
         );
