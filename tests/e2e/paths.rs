@@ -139,7 +139,11 @@ fn links_planted_at_the_build_record_are_never_followed() {
         assert_eq!(out.code, 0, "{}", out.stderr);
         let record = dir.join(format!("{name}.d"));
         let meta = fs::symlink_metadata(&record).unwrap();
-        assert!(meta.is_dir(), "{} is not a real directory", record.display());
+        assert!(
+            meta.is_dir(),
+            "{} is not a real directory",
+            record.display()
+        );
         for f in ["build.log", "timings.json"] {
             let meta = fs::symlink_metadata(record.join(f)).unwrap();
             assert!(meta.is_file(), "{name}.d/{f} is not a plain file");

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use crate::harness::{
-    assert_no_leftovers, build, capable, heavy, sh, tar_listing, walk, work, Timer,
+    assert_no_leftovers, build, capable, heavy, kiln_command, sh, tar_listing, walk, work, Timer,
 };
 
 /// The fixed timestamp the root filesystem build is given.
@@ -281,6 +281,82 @@ fn assert_sbom(sbom: &std::path::Path, root: &std::path::Path) {
         sbom.display(),
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// What hooks install by calling apt themselves, which a lock cannot see (docs/reproducible.md):
+/// debian-minimal's root.d "baseinstall" and base's install.d/00-baseline-environment (the iSCSI
+/// initiator). Given with `-p`, the lock must then be the image's.
+const HOOK_INSTALLED: &str = "systemd-sysv,busybox,sudo,gnupg,python3,open-iscsi";
+
+/// `kiln lock` of the root filesystem's request (plus [`HOOK_INSTALLED`]) lists
+/// exactly the packages of the image's dpkg manifest, at the same versions.
+#[test]
+fn rootfs_lock_equals_the_dpkg_manifest() {
+    if !capable("rootfs_lock_equals_the_dpkg_manifest") {
+        return;
+    }
+    let r = debian_rootfs().unwrap();
+    let _t = Timer::start("rootfs_lock_equals_the_dpkg_manifest");
+    let dir = r.tar.parent().unwrap().to_path_buf();
+    let lock = dir.join("debian-rootfs.lock");
+    let lock_arg = lock.display().to_string();
+    let out = kiln_command(
+        "lock",
+        &dir,
+        None,
+        &[
+            "debian-minimal",
+            "-p",
+            "less",
+            "-p",
+            HOOK_INSTALLED,
+            "-o",
+            &lock_arg,
+        ],
+        &[("DIB_RELEASE", ""), ("DIB_DEBIAN_INSTALL_KERNEL", "0")],
+    )
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "kiln lock failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let locked: std::collections::BTreeMap<String, String> = fs::read_to_string(&lock)
+        .unwrap()
+        .split("\n\n")
+        .filter_map(|s| {
+            let get = |k: &str| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix(&format!("{k}: ")))
+                    .map(String::from)
+            };
+            Some((get("Package")?, get("Version")?))
+        })
+        .collect();
+    let manifest_file = walk(&dir.join("debian-rootfs.d"))
+        .into_iter()
+        .find(|e| e.file_name().unwrap().to_string_lossy().contains("dpkg"))
+        .expect("a dpkg manifest");
+    let installed: std::collections::BTreeMap<String, String> = fs::read_to_string(&manifest_file)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(p, v)| (p.to_string(), v.to_string()))
+        .collect();
+    let differ: Vec<String> = locked
+        .iter()
+        .filter(|(p, v)| installed.get(*p) != Some(v))
+        .map(|(p, v)| format!("{p} {v} (image: {:?})", installed.get(p)))
+        .collect();
+    let unlocked: Vec<&String> = installed
+        .keys()
+        .filter(|p| !locked.contains_key(*p))
+        .collect();
+    assert!(
+        differ.is_empty() && unlocked.is_empty(),
+        "lock and image differ: locked but not in the image at that version {differ:?}; in the image but not locked {unlocked:?}"
     );
 }
 

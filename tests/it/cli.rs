@@ -10,6 +10,7 @@ fn help_tree_snapshots() {
         vec!["--help"],
         vec!["build", "--help"],
         vec!["plan", "--help"],
+        vec!["lock", "--help"],
         vec!["element-info", "--help"],
         vec!["block-device", "--help"],
         vec!["block-device", "plan", "--help"],

@@ -10,6 +10,7 @@ mod hostile;
 mod in_image;
 mod keys;
 mod lint;
+mod lock;
 mod pipeline;
 mod plan;
 mod preflight;

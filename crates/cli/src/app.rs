@@ -21,6 +21,8 @@ enum Command {
     Build(Box<commands::build::BuildCmd>),
     /// Show everything a build would do, without running anything.
     Plan(Box<commands::plan::PlanCmd>),
+    /// Pin the packages a build installs in a lock file (an apt Packages index).
+    Lock(Box<commands::lock::LockCmd>),
     /// Print the expanded element set, as DIB's element-info does.
     ElementInfo(commands::element_info::ElementInfoCmd),
     /// Inspect block-device layouts.
@@ -60,6 +62,7 @@ pub fn run(argv: Vec<OsString>) -> anyhow::Result<i32> {
                 kiln_sandbox::die_quietly_on_closed_pipe();
                 c.run()
             }
+            Command::Lock(c) => c.run(),
             Command::ElementInfo(c) => {
                 kiln_sandbox::die_quietly_on_closed_pipe();
                 c.run()
@@ -174,6 +177,39 @@ mod tests {
             .unwrap()
             .request_in(env, Vec::new());
         [build, plan, dic].map(|r| format!("{r:?}"))
+    }
+
+    /// `kiln lock` makes `kiln build`'s request for every request flag but `-o` (which names
+    /// the lock file there).
+    #[test]
+    fn lock_makes_the_build_request() {
+        let env: std::collections::BTreeMap<String, String> =
+            [("PATH", "/usr/bin"), ("DIB_RELEASE", "bookworm")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+        for flags in FLAGS.iter().chain(COMPAT_ONLY).filter(|f| f[0] != "-o") {
+            let argv = |cmd: &str| -> Vec<OsString> {
+                ["kiln", cmd, "el"]
+                    .iter()
+                    .chain(flags.iter())
+                    .map(OsString::from)
+                    .collect()
+            };
+            let build = match Cli::try_parse_from(argv("build")).unwrap().command {
+                Command::Build(c) => c.request_in(env.clone(), Vec::new()),
+                other => panic!("{other:?}"),
+            };
+            let lock = match Cli::try_parse_from(argv("lock")).unwrap().command {
+                Command::Lock(c) => c.request_in(env.clone(), Vec::new()),
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(
+                format!("{build:?}"),
+                format!("{lock:?}"),
+                "kiln lock {flags:?}"
+            );
+        }
     }
 
     /// `kiln build`, `kiln plan` and `disk-image-create` make the same request for every request

@@ -13,6 +13,7 @@ pub mod env;
 pub mod host;
 pub mod in_image;
 pub mod lint;
+pub mod lock;
 pub mod packages;
 pub mod pipeline;
 pub mod plan;
@@ -62,6 +63,9 @@ pub enum Error {
     /// A usage error detected by the engine (bad option value, missing tool).
     #[error("{0}")]
     Usage(String),
+    /// A lock could not be made or read (`kiln lock`).
+    #[error(transparent)]
+    Lock(#[from] lock::Error),
     /// A bad line in an element's `cache-inputs` file.
     #[error(transparent)]
     CacheInputs(#[from] cache::host_files::DeclError),
@@ -128,6 +132,7 @@ impl Error {
             Self::BlockDevice(e) if e.is_input_error() => 2,
             Self::Output(e) if e.is_input_error() => 2,
             Self::Cache(e) if e.is_input_error() => 2,
+            Self::Lock(e) if e.is_input_error() => 2,
             Self::Interrupted { signal } => 128 + signal,
             _ => 1,
         }

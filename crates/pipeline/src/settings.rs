@@ -176,6 +176,12 @@ settings! {
         "1: bootstrap without checking the mirror's signatures when the host lacks the distribution's archive keyring (otherwise the build stops and names the package to install).";
     DIB_APT_ALLOW_EXPIRED = "DIB_APT_ALLOW_EXPIRED", Bool, Unset, PhaseKey,
         "1: apt accepts a Release file past its Valid-Until or dated ahead of the clock, to build from a snapshot or frozen mirror named by DIB_DISTRIBUTION_MIRROR.";
+    DIB_DEBIAN_COMPONENTS = "DIB_DEBIAN_COMPONENTS", Text, Computed("main, by the Debian element"), PhaseKey,
+        "Archive components of the image's sources (comma or space separated); `kiln lock` uses them when the sources are only DIB_DISTRIBUTION_MIRROR and DIB_RELEASE.";
+    DIB_DEBOOTSTRAP_EXTRA_PACKAGES = "DIB_DEBOOTSTRAP_EXTRA_PACKAGES", Text, Unset, PhaseKey,
+        "Extra packages the bootstrap includes (space or comma separated); part of `kiln lock`'s closure.";
+    DIB_APT_KEYRING = "DIB_APT_KEYRING", Path, Computed("/usr/share/keyrings/$DISTRO_NAME-archive-keyring.gpg"), PhaseKey,
+        "Keyring the bootstrap, and `kiln lock`'s apt, check the mirror's signatures with.";
     // Hooks' environment.
     PATH = "PATH", PathList, Value("/usr/local/bin:/usr/bin:/bin"), PhaseKey,
         "Command search path; hooks get kiln's helper directory first (left out of the keys) and the sbin directories appended.";

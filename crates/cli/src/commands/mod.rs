@@ -5,6 +5,7 @@ pub mod build;
 pub mod cache;
 pub mod element_info;
 pub mod elements;
+pub mod lock;
 pub mod plan;
 pub mod test;
 

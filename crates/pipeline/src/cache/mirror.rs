@@ -56,7 +56,7 @@ impl Suite {
 }
 
 /// The URI without a `user:password@` part.
-fn redact(uri: &str) -> String {
+pub(crate) fn redact(uri: &str) -> String {
     match uri.split_once("://") {
         Some((scheme, rest)) => {
             let (auth, tail) = rest.split_once('/').map_or((rest, ""), |(a, t)| (a, t));
