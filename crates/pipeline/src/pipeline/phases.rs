@@ -187,81 +187,74 @@ impl Ctx<'_> {
         prefix: Option<&str>,
     ) -> Result<Vec<String>, Error> {
         let hooks = self.ws.build_dir.join("hooks");
-        let dir = hooks.join(phase.dir_name());
-        if !dir.is_dir() {
+        if !hooks.join(phase.dir_name()).is_dir() {
             return Ok(Vec::new());
         }
         self.check_break(&format!("before-{}", phase.name()), Some(place));
         let captured = self.step(phase.name(), |ctx| {
-            ctx.run_hooks(phase, place, target_root, prefix)
+            ctx.run_hooks(phase, place, &hooks, target_root, prefix)
         })?;
         self.check_break(&format!("after-{}", phase.name()), Some(place));
         Ok(captured)
     }
 
-    /// One phase's hooks through dib-run-parts, on the host or in the chroot (the hook tree
-    /// bind-mounted at `/tmp/in_target.d`). The hooks' timings go to the phase's step.
+    /// One phase's hooks (of the hook tree `hooks`) through dib-run-parts, on the host or in the
+    /// chroot (the hook tree bind-mounted at `/tmp/in_target.d`). The hooks' timings go to the
+    /// phase's step.
     fn run_hooks(
         &mut self,
         phase: Phase,
         place: &Place,
+        hooks: &Path,
         target_root: Option<&Path>,
         prefix: Option<&str>,
     ) -> Result<Vec<String>, Error> {
-        let hooks = self.ws.build_dir.join("hooks");
-        let dir = hooks.join(phase.dir_name());
         let env = self.phase_env(target_root);
         let elements = self.hook_elements.get(&phase).cloned().unwrap_or_default();
         self.console.say(&format!("==> {}.d", phase.name()));
-        let result = match place {
-            Place::Host => {
-                let argv = vec![
+        let (argv, chroot) = match place {
+            Place::Host => (
+                vec![
                     "bash".to_string(),
                     hooks.join("dib-run-parts").display().to_string(),
-                    dir.display().to_string(),
-                ];
-                let run = PhaseRun {
-                    phase: phase.name(),
-                    place,
-                    argv: &argv,
-                    env: &env,
-                    elements: &elements,
-                    capture: prefix,
-                };
-                self.ws.host.run_phase(self.console, &run)
-            }
+                    hooks.join(phase.dir_name()).display().to_string(),
+                ],
+                None,
+            ),
             Place::Chroot(root) => {
                 let in_target =
                     kiln_sandbox::path::create_dir_all_in_root(root, Path::new("tmp/in_target.d"))?;
-                let hooks_mount = self.ws.host.bind(&hooks, &in_target, true)?;
-                let argv = vec![
-                    "bash".to_string(),
-                    "/tmp/in_target.d/dib-run-parts".to_string(),
-                    format!("/tmp/in_target.d/{}", phase.dir_name()),
-                ];
-                let run = PhaseRun {
-                    phase: phase.name(),
-                    place,
-                    argv: &argv,
-                    env: &env,
-                    elements: &elements,
-                    capture: prefix,
-                };
-                let r = self.ws.host.run_phase(self.console, &run);
-                if r.is_err() {
-                    if let Err(Error::HookFailed { .. }) = &r {
-                        // Let a debugging user look around before the mounts go.
-                        self.check_break("after-error", Some(place));
-                    }
-                }
-                self.ws.host.reap(root);
-                if let Err(e) = hooks_mount.unmount() {
-                    self.console.say(&format!("warning: {e}"));
-                }
-                let _ = fs::remove_dir(&in_target);
-                r
+                let hooks_mount = self.ws.host.bind(hooks, &in_target, true)?;
+                (
+                    vec![
+                        "bash".to_string(),
+                        "/tmp/in_target.d/dib-run-parts".to_string(),
+                        format!("/tmp/in_target.d/{}", phase.dir_name()),
+                    ],
+                    Some((root, in_target, hooks_mount)),
+                )
             }
         };
+        let run = PhaseRun {
+            phase: phase.name(),
+            place,
+            argv: &argv,
+            env: &env,
+            elements: &elements,
+            capture: prefix,
+        };
+        let result = self.ws.host.run_phase(self.console, &run);
+        if let Some((root, in_target, hooks_mount)) = chroot {
+            if let Err(Error::HookFailed { .. }) = &result {
+                // Let a debugging user look around before the mounts go.
+                self.check_break("after-error", Some(place));
+            }
+            self.ws.host.reap(root);
+            if let Err(e) = hooks_mount.unmount() {
+                self.console.say(&format!("warning: {e}"));
+            }
+            let _ = fs::remove_dir(&in_target);
+        }
         let fin = result?;
         self.hooks_ran = fin.hooks;
         Ok(fin.captured)
