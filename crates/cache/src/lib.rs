@@ -1135,17 +1135,7 @@ mod tests {
         fs::set_permissions(tree.join("etc/a"), fs::Permissions::from_mode(0o4750)).unwrap();
         let idx = index(&tree);
         let (changed, deleted) = diff(&Index::new(), &idx);
-        let inputs = Inputs {
-            phase: "root".into(),
-            parent: None,
-            arch: "amd64".into(),
-            mirror: BTreeMap::new(),
-            version: "t".into(),
-            env: BTreeMap::new(),
-            host_files: BTreeMap::new(),
-            files: BTreeMap::new(),
-            extra: Vec::new(),
-        };
+        let inputs = inputs_of("root");
         let hidx = index(&hooks);
         let (hc, hd) = diff(&Index::new(), &hidx);
         let k1 = cache
@@ -1202,15 +1192,10 @@ mod tests {
         assert_eq!(fs::read_to_string(out_hooks.join("h")).unwrap(), "hook");
     }
 
-    /// Stores a one-file layer of phase `root` in a cache under `d`; returns the cache and key.
-    fn stored_layer(d: &Path) -> (PhaseCache, String) {
-        let cache = PhaseCache::new(&d.join("cache"));
-        let tree = d.join("tree");
-        fs::create_dir_all(tree.join("etc")).unwrap();
-        fs::write(tree.join("etc/a"), vec![7u8; 100_000]).unwrap();
-        let (changed, deleted) = diff(&Index::new(), &index(&tree));
-        let inputs = Inputs {
-            phase: "root".into(),
+    /// The inputs of a layer of `phase` with nothing else set (arch amd64, version "t").
+    fn inputs_of(phase: &str) -> Inputs {
+        Inputs {
+            phase: phase.into(),
             parent: None,
             arch: "amd64".into(),
             mirror: BTreeMap::new(),
@@ -1219,7 +1204,17 @@ mod tests {
             host_files: BTreeMap::new(),
             files: BTreeMap::new(),
             extra: Vec::new(),
-        };
+        }
+    }
+
+    /// Stores a one-file layer of phase `root` in a cache under `d`; returns the cache and key.
+    fn stored_layer(d: &Path) -> (PhaseCache, String) {
+        let cache = PhaseCache::new(&d.join("cache"));
+        let tree = d.join("tree");
+        fs::create_dir_all(tree.join("etc")).unwrap();
+        fs::write(tree.join("etc/a"), vec![7u8; 100_000]).unwrap();
+        let (changed, deleted) = diff(&Index::new(), &index(&tree));
+        let inputs = inputs_of("root");
         let key = cache
             .store(
                 &inputs,
@@ -1407,17 +1402,7 @@ mod tests {
         .unwrap();
         fs::write(tree.join("var/lib/systemd/random-seed"), "seed").unwrap();
         let (changed, deleted) = diff(&Index::new(), &index(&tree));
-        let inputs = Inputs {
-            phase: "install".into(),
-            parent: None,
-            arch: "amd64".into(),
-            mirror: BTreeMap::new(),
-            version: "t".into(),
-            env: BTreeMap::new(),
-            host_files: BTreeMap::new(),
-            files: BTreeMap::new(),
-            extra: Vec::new(),
-        };
+        let inputs = inputs_of("install");
         let key = cache
             .store(
                 &inputs,
