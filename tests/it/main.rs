@@ -3,6 +3,7 @@
 //! binary `e2e` (tests/e2e).
 
 mod apt_trust;
+mod boot_interrupt;
 mod cli;
 mod errors;
 mod fuzz;

@@ -25,13 +25,15 @@ pub(crate) fn run<S: AsRef<OsStr>>(
         .map_err(|e| host_error(program, package, e))
 }
 
-/// Starts `program` with stdout and stderr piped, for long-running processes (qemu).
+/// Starts `program` with stdout and stderr piped, for long-running processes (qemu). The kernel
+/// kills it when the calling thread ends, so a killed kiln leaves no qemu behind.
 pub(crate) fn spawn<S: AsRef<OsStr>>(
     program: &str,
     package: &str,
     args: &[S],
 ) -> Result<Running, Error> {
     command(program, args)
+        .die_with_parent()
         .spawn(Stdio::piped(), Stdio::piped())
         .map_err(|e| host_error(program, package, e))
 }

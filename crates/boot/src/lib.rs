@@ -72,6 +72,9 @@ pub enum Error {
         status: String,
         stderr: String,
     },
+    /// SIGINT or SIGTERM arrived during the boot; qemu was stopped and its files removed.
+    #[error("interrupted by signal {signal}: qemu stopped, its temporary files removed")]
+    Interrupted { signal: i32 },
     /// `qemu-img info` said something we could not read.
     #[error("{}: cannot read qemu-img info: {reason}", path.display())]
     ImageInfo { path: PathBuf, reason: String },
@@ -89,6 +92,16 @@ impl Error {
                 | Error::NoFirmware { .. }
                 | Error::ImageInfo { .. }
         )
+    }
+
+    /// The exit code a command should end with for this error: 128 + the signal for an
+    /// interruption, 2 for bad input, 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Interrupted { signal } => 128 + signal,
+            e if e.is_input_error() => 2,
+            _ => 1,
+        }
     }
 
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {

@@ -7,6 +7,7 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -108,6 +109,10 @@ pub struct BootConfig {
     pub seed: Seed,
     /// What ends the boot successfully.
     pub wait: Wait,
+    /// Set to a signal number (by the caller's SIGINT/SIGTERM handler) to stop the boot: qemu
+    /// is killed, the temporary files are removed and [`boot`] returns
+    /// [`Error::Interrupted`]. Checked four times a second.
+    pub interrupt: Option<Arc<AtomicUsize>>,
 }
 
 impl BootConfig {
@@ -124,7 +129,13 @@ impl BootConfig {
             grow_bytes: 1 << 30,
             seed: Seed::plain(),
             wait: Wait::LoginPrompt,
+            interrupt: None,
         }
+    }
+
+    fn interrupted(&self) -> Option<i32> {
+        let sig = self.interrupt.as_ref()?.load(Ordering::SeqCst);
+        (sig != 0).then(|| i32::try_from(sig).unwrap_or(i32::MAX))
     }
 }
 
@@ -351,10 +362,15 @@ pub fn boot(cfg: &BootConfig) -> Result<BootOutcome, Error> {
         }
         Firmware::Bios => None,
     };
+    let tmp_root = std::env::temp_dir();
+    remove_stale_dirs(&tmp_root);
     let tmp = tempfile::Builder::new()
-        .prefix("kiln-boot.")
+        .prefix(TMP_PREFIX)
         .tempdir()
-        .map_err(|e| Error::io(std::env::temp_dir(), e))?;
+        .map_err(|e| Error::io(&tmp_root, e))?;
+    let owner = tmp.path().join(OWNER_FILE);
+    std::fs::write(&owner, owner_id(std::process::id()).unwrap_or_default())
+        .map_err(|e| Error::io(&owner, e))?;
     let seed = cfg.seed.write(tmp.path())?;
     let (disk, disk_bytes) = make_overlay(&cfg.image, cfg.grow_bytes, tmp.path())?;
     let vars = match &uefi {
@@ -385,6 +401,9 @@ pub fn boot(cfg: &BootConfig) -> Result<BootOutcome, Error> {
         Arch::Aarch64 => "qemu-system-arm",
     };
     let watched = watch_qemu(&qemu, package, &args, cfg)?;
+    if let Some(signal) = watched.interrupted {
+        return Err(Error::Interrupted { signal });
+    }
     let console = watched.console;
     let (hit, qemu_exit, qemu_stderr, seconds) = (
         watched.hit,
@@ -405,8 +424,71 @@ pub fn boot(cfg: &BootConfig) -> Result<BootOutcome, Error> {
     })
 }
 
+/// The prefix of a boot's temporary directory.
+const TMP_PREFIX: &str = "kiln-boot.";
+/// The file in a boot's temporary directory naming the process that made it.
+const OWNER_FILE: &str = "owner";
+
+/// `PID STARTTIME` of a running process (its start time in clock ticks since boot, field 22 of
+/// `/proc/PID/stat`): together they name one process, even after the PID is reused.
+fn owner_id(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: count after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let started = rest.split_whitespace().nth(19)?;
+    Some(format!("{pid} {started}"))
+}
+
+/// Removes the temporary directories of boots whose kiln was killed (SIGKILL leaves no chance to
+/// clean up; its qemu died with it): those of this user whose owner file names a process that is
+/// gone. A directory without an owner file may be one another kiln is just making: left alone.
+fn remove_stale_dirs(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    // Our effective uid: /proc/self belongs to it.
+    let me = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m));
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if !name.to_string_lossy().starts_with(TMP_PREFIX) {
+            continue;
+        }
+        let path = entry.path();
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if !meta.is_dir() || me.as_ref().ok() != Some(&std::os::unix::fs::MetadataExt::uid(&meta)) {
+            continue;
+        }
+        let Ok(owner) = std::fs::read_to_string(path.join(OWNER_FILE)) else {
+            continue;
+        };
+        let alive = owner
+            .split_whitespace()
+            .next()
+            .and_then(|pid| pid.parse::<u32>().ok())
+            .and_then(owner_id)
+            .is_some_and(|now| now == owner.trim());
+        if !alive {
+            match std::fs::remove_dir_all(&path) {
+                Ok(()) => tracing::info!(
+                    target: "kiln::boot",
+                    "removed {}, left by a boot whose kiln was killed",
+                    path.display()
+                ),
+                Err(e) => tracing::warn!(
+                    target: "kiln::boot",
+                    "cannot remove {}, left by a killed boot: {e}",
+                    path.display()
+                ),
+            }
+        }
+    }
+}
+
 /// What watching a qemu run saw.
 struct Watched {
+    interrupted: Option<i32>,
     hit: bool,
     qemu_exit: Option<String>,
     qemu_stderr: String,
@@ -452,7 +534,12 @@ fn watch_qemu(
     };
     let deadline = start + cfg.timeout;
     let mut qemu_exit = None;
+    let mut interrupted = None;
     let hit = loop {
+        if let Some(sig) = cfg.interrupted() {
+            interrupted = Some(sig);
+            break false;
+        }
         if reached(&snapshot(&log), &cfg.wait) {
             break true;
         }
@@ -474,6 +561,7 @@ fn watch_qemu(
     let qemu_stderr = err_reader.join().unwrap_or_default();
     let console = snapshot(&log);
     Ok(Watched {
+        interrupted,
         hit,
         qemu_exit,
         qemu_stderr,

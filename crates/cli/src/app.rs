@@ -89,7 +89,7 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
             return if e.is_input_error() { 2 } else { 1 };
         }
         if let Some(e) = cause.downcast_ref::<kiln_boot::Error>() {
-            return if e.is_input_error() { 2 } else { 1 };
+            return e.exit_code();
         }
         if cause.downcast_ref::<commands::UsageError>().is_some() {
             return 2;

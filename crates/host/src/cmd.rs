@@ -63,6 +63,7 @@ pub struct Cmd {
     cwd: Option<PathBuf>,
     stdin: Stdin,
     process_group: bool,
+    die_with_parent: bool,
 }
 
 impl Cmd {
@@ -76,6 +77,7 @@ impl Cmd {
             cwd: None,
             stdin: Stdin::Null,
             process_group: false,
+            die_with_parent: false,
         }
     }
 
@@ -166,6 +168,15 @@ impl Cmd {
         self
     }
 
+    /// Has the kernel kill the command (SIGKILL) when the thread that started it ends, so a
+    /// long-running child (qemu) never outlives a kiln that was killed. Start such commands
+    /// from a thread that lives as long as the command should.
+    #[must_use]
+    pub fn die_with_parent(mut self) -> Self {
+        self.die_with_parent = true;
+        self
+    }
+
     /// The program (`argv[0]`) as text.
     pub fn program(&self) -> String {
         self.program.to_string_lossy().into_owned()
@@ -184,6 +195,7 @@ impl Cmd {
         quote_argv(&self.argv())
     }
 
+    #[allow(unsafe_code)] // pre_exec, for die_with_parent
     fn command(&self) -> Command {
         let mut c = Command::new(&self.program);
         c.args(&self.args);
@@ -206,6 +218,24 @@ impl Cmd {
         });
         if self.process_group {
             c.process_group(0);
+        }
+        if self.die_with_parent {
+            // SAFETY: only async-signal-safe calls (getpid, prctl, getppid, _exit) run between
+            // fork and exec.
+            let parent = std::process::id();
+            unsafe {
+                use std::os::unix::process::CommandExt as _;
+                c.pre_exec(move || {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    // The parent may have died before the request took effect.
+                    if u32::try_from(libc::getppid()).ok() != Some(parent) {
+                        libc::_exit(1);
+                    }
+                    Ok(())
+                });
+            }
         }
         c
     }

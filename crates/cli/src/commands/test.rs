@@ -5,6 +5,8 @@
 //! printing.
 
 use std::path::PathBuf;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -79,6 +81,17 @@ impl TestCmd {
             Some(t) => Wait::Text(t.clone()),
             None => Wait::LoginPrompt,
         };
+        // SIGINT and SIGTERM stop the boot: qemu is killed and its files removed before kiln
+        // exits 130 or 143.
+        let flag = Arc::new(AtomicUsize::new(0));
+        for (signal, value) in [
+            (signal_hook::consts::SIGINT, 2),
+            (signal_hook::consts::SIGTERM, 15),
+        ] {
+            signal_hook::flag::register_usize(signal, Arc::clone(&flag), value)
+                .context("installing the signal handlers")?;
+        }
+        cfg.interrupt = Some(flag);
         Ok(cfg)
     }
 
