@@ -652,8 +652,19 @@ fn a_damaged_layer_is_rebuilt_not_restored() {
         .unwrap()
         .set_len(len / 3)
         .unwrap();
-    // The next build (a finalise change, so the outputs miss) warns and runs root again.
+    // --explain-cache says so, and the build (a finalise change, so the outputs miss) warns
+    // and runs root again.
     marker("2");
+    let (steps, _) = explain(&dir, t.path(), &args("two"), &env);
+    assert_eq!(steps[0].0, "root", "{steps:?}");
+    assert_eq!(steps[0].1, "miss", "{steps:?}");
+    assert!(
+        steps[0]
+            .2
+            .iter()
+            .any(|r| r.contains("the stored layer is damaged")),
+        "{steps:?}"
+    );
     let second = build(&dir, Some(t.path()), &args("two"), &env);
     assert_eq!(second.code, 0, "{}", second.stderr);
     for said in [&second.stderr, &second.log] {
@@ -683,7 +694,52 @@ fn a_damaged_layer_is_rebuilt_not_restored() {
     assert_eq!(third.code, 0, "{}", third.stderr);
     assert!(third.log.contains("cache: root hit"), "{}", third.log);
     assert!(!third.log.contains("is damaged"), "{}", third.log);
+    damaged_outputs_are_rebuilt(&dir, t.path(), &private, &args("three"), &env);
     assert_no_leftovers(&dir, &h);
+}
+
+/// A damaged output-cache entry is never handed back: the request `args` (already built, its
+/// outputs cached in `private`), again with one byte of its cached tar changed, warns, discards
+/// the entry and makes the tar from the layers.
+fn damaged_outputs_are_rebuilt(
+    dir: &Path,
+    elements: &Path,
+    private: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) {
+    let cached_tar = fs::read_dir(private.join("outputs"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("files/three.tar"))
+        .find(|p| p.is_file())
+        .expect("the third build's outputs in the cache");
+    let mut bytes = fs::read(&cached_tar).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0xff;
+    fs::write(&cached_tar, &bytes).unwrap();
+    let fourth = build(dir, Some(elements), args, env);
+    assert_eq!(fourth.code, 0, "{}", fourth.stderr);
+    assert!(
+        fourth.log.contains("warning: cache: the cached outputs")
+            && fourth
+                .log
+                .contains("files/three.tar: does not match the digest"),
+        "{}",
+        fourth.log
+    );
+    assert!(!fourth.log.contains("output hit"), "{}", fourth.log);
+    assert!(fourth.log.contains("cache: root hit"), "{}", fourth.log);
+    // The entry was stored anew, whole.
+    assert_eq!(
+        fs::read(&cached_tar).unwrap(),
+        fs::read(dir.join("three.tar")).unwrap()
+    );
+    let final_mark = crate::harness::sh(&format!(
+        "tar -xOf {} ./etc/damage-final",
+        dir.join("three.tar").display()
+    ));
+    assert_eq!(final_mark, "3\n");
 }
 
 #[test]

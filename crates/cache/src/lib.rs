@@ -720,6 +720,49 @@ impl FromBytesCompat for std::ffi::OsStr {
     }
 }
 
+/// The file of an output-cache entry that records the SHA-256 of every file in it.
+const OUTPUT_DIGESTS: &str = "digests.json";
+
+/// The digest of every file under `files/` and `name.d/` of an output-cache entry, by path
+/// relative to the entry; a symbolic link by its target (`link:TARGET`).
+fn entry_digests(entry: &Path) -> Result<BTreeMap<String, String>, Error> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) -> Result<(), Error> {
+        let rd = match fs::read_dir(dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => {
+                return Err(Error::Io {
+                    path: dir.into(),
+                    source: e,
+                })
+            }
+        };
+        for e in rd {
+            let path = e.map_err(io(dir))?.path();
+            let meta = fs::symlink_metadata(&path).map_err(io(&path))?;
+            let rel = path
+                .strip_prefix(root)
+                .unwrap_or(&path)
+                .to_string_lossy()
+                .into_owned();
+            if meta.is_dir() {
+                walk(root, &path, out)?;
+            } else if meta.file_type().is_symlink() {
+                let target = fs::read_link(&path).map_err(io(&path))?;
+                out.insert(rel, format!("link:{}", target.to_string_lossy()));
+            } else {
+                out.insert(rel, file_digest(&path)?);
+            }
+        }
+        Ok(())
+    }
+    let mut out = BTreeMap::new();
+    for sub in ["files", "name.d"] {
+        walk(entry, &entry.join(sub), &mut out)?;
+    }
+    Ok(out)
+}
+
 /// The cached outputs of whole requests.
 pub struct OutputCache {
     /// `<cache root>/outputs`.
@@ -734,10 +777,58 @@ impl OutputCache {
         }
     }
 
-    /// The directory of a complete entry for `key`.
+    /// The directory of a complete entry for `key`, unchecked (see [`OutputCache::verify`]).
     pub fn get(&self, key: &str) -> Option<PathBuf> {
         let d = self.dir.join(key);
         d.join("complete").exists().then_some(d)
+    }
+
+    /// The directory of the complete entry for `key` after checking every file in it against
+    /// the digests recorded when it was stored: `Ok(None)` when there is no complete entry,
+    /// [`Error::Corrupt`] when a file is missing, changed, truncated or extra, or the entry has
+    /// no digests (one stored by an older kiln). A damaged output is never handed back.
+    pub fn verify(&self, key: &str) -> Result<Option<PathBuf>, Error> {
+        let Some(dir) = self.get(key) else {
+            return Ok(None);
+        };
+        let corrupt = |path: PathBuf, why: String| Error::Corrupt { path, why };
+        let list = dir.join(OUTPUT_DIGESTS);
+        let text = fs::read_to_string(&list)
+            .map_err(|e| corrupt(list.clone(), format!("no digests of the outputs ({e})")))?;
+        let want: BTreeMap<String, String> = serde_json::from_str(&text)
+            .map_err(|e| corrupt(list.clone(), format!("not a list of digests ({e})")))?;
+        let got = entry_digests(&dir)?;
+        if let Some((name, _)) = want.iter().find(|(n, d)| got.get(*n) != Some(*d)) {
+            let why = if got.contains_key(name) {
+                "does not match the digest recorded when it was stored (corrupted or truncated)"
+            } else {
+                "is missing"
+            };
+            return Err(corrupt(dir.join(name), why.into()));
+        }
+        if let Some(name) = got.keys().find(|n| !want.contains_key(*n)) {
+            return Err(corrupt(
+                dir.join(name),
+                "was not there when the entry was stored".into(),
+            ));
+        }
+        Ok(Some(dir))
+    }
+
+    /// Removes the entry `key` (a damaged one): renamed aside first, so no build copies half of it.
+    pub fn discard(&self, key: &str) -> Result<(), Error> {
+        let dir = self.dir.join(key);
+        let aside = self
+            .dir
+            .join(format!(".tmp-discard-{key}-{}", std::process::id()));
+        match fs::rename(&dir, &aside) {
+            Ok(()) => fs::remove_dir_all(&aside).map_err(io(&aside)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::Io {
+                path: dir,
+                source: e,
+            }),
+        }
     }
 
     /// Stores `files` (outputs) and the `NAME.d` directory under `key`.
@@ -762,6 +853,9 @@ impl OutputCache {
                 )?;
                 let _ = fs::remove_file(tmp.path().join("name.d/build.log"));
             }
+            let digests = entry_digests(tmp.path())?;
+            let text = serde_json::to_string_pretty(&digests).unwrap_or_default();
+            fs::write(tmp.path().join(OUTPUT_DIGESTS), text).map_err(io(tmp.path()))?;
             fs::write(tmp.path().join("complete"), now().to_string()).map_err(io(tmp.path()))
         })();
         written.map_err(|e| with_space(e, &self.dir, "storing the outputs"))?;
@@ -1482,5 +1576,52 @@ mod tests {
         assert!(r.skipped.is_empty() && r.failed.is_empty());
         assert!(!root.join("phases/old").exists());
         assert!(root.join("outputs/mid").exists() && root.join("phases/new").exists());
+    }
+
+    #[test]
+    fn output_entries_are_checked_against_their_digests() {
+        type Damage = fn(&Path);
+        let d = tempfile::tempdir().unwrap();
+        let cache = OutputCache::new(&d.path().join("cache"));
+        let out = d.path().join("img.qcow2");
+        fs::write(&out, b"qcow2 bytes").unwrap();
+        let name_d = d.path().join("img.d");
+        fs::create_dir_all(name_d.join("dib-manifests")).unwrap();
+        fs::write(name_d.join("sbom.spdx.json"), "{}").unwrap();
+        fs::write(name_d.join("dib-manifests/dpkg"), "pkg 1\n").unwrap();
+        // Each damage on its own makes verify fail, naming the file; discard removes the entry.
+        let damages: [(&str, Damage); 5] = [
+            ("files/img.qcow2", |e| {
+                fs::write(e.join("files/img.qcow2"), b"qcow2 bytez").unwrap();
+            }),
+            ("files/img.qcow2", |e| {
+                fs::write(e.join("files/img.qcow2"), b"qcow2").unwrap();
+            }),
+            ("name.d/dib-manifests/dpkg", |e| {
+                fs::remove_file(e.join("name.d/dib-manifests/dpkg")).unwrap();
+            }),
+            ("name.d/extra", |e| {
+                fs::write(e.join("name.d/extra"), "x").unwrap();
+            }),
+            ("digests.json", |e| {
+                fs::remove_file(e.join("digests.json")).unwrap();
+            }),
+        ];
+        for (file, damage) in damages {
+            cache
+                .store("k", std::slice::from_ref(&out), &name_d)
+                .unwrap();
+            let entry = cache.verify("k").unwrap().expect("a complete entry");
+            assert_eq!(entry, cache.dir.join("k"));
+            damage(&entry);
+            let err = cache.verify("k").unwrap_err();
+            assert!(
+                matches!(&err, Error::Corrupt { path, .. } if path.ends_with(file)),
+                "{file}: {err}"
+            );
+            cache.discard("k").unwrap();
+            assert!(cache.verify("k").unwrap().is_none() && !entry.exists());
+        }
+        assert!(cache.verify("never-stored").unwrap().is_none());
     }
 }

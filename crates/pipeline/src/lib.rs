@@ -110,6 +110,26 @@ pub enum Error {
         /// The signal number.
         signal: i32,
     },
+    /// The build wrote its outputs, but its teardown could not undo everything it set up: a
+    /// leak on the build host is a failure, not a warning.
+    #[error(
+        "the outputs were written ({}), but the teardown could not undo everything: {}; \
+         check `findmnt`, `losetup -a` and the processes named, and remove what is left by hand",
+        path_list(.outputs),
+        .problems.join("; ")
+    )]
+    LeftBehind {
+        /// The outputs the build wrote.
+        outputs: Vec<PathBuf>,
+        /// What could not be undone.
+        problems: Vec<String>,
+    },
+}
+
+/// Paths as a comma-separated list, for messages.
+fn path_list(paths: &[PathBuf]) -> String {
+    let v: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    v.join(", ")
 }
 
 /// Maps an I/O error on `path` to [`Error::Io`]; for `map_err(io(path))`.

@@ -94,7 +94,10 @@ pub fn run_with(
         console.say(&format!("teardown: {p}"));
     }
     let outputs = match result {
-        Ok(pending) => pending,
+        Ok(outputs) if !problems.is_empty() => {
+            return Err(Error::LeftBehind { outputs, problems });
+        }
+        Ok(outputs) => outputs,
         Err(e) => {
             if let Error::HookFailed { .. } = &e {
                 ctx.check_break("after-error", None);

@@ -25,9 +25,15 @@ pub fn explain_cache(plan: &BuildPlan) -> Result<crate::report::CacheExplanation
     let mut out = Vec::new();
     let mut chain_ok = true;
     for s in &steps {
-        let hit = chain_ok && layers.get(&s.key).is_some();
+        // A stored layer counts only if it is whole: the build would discard a damaged one.
+        let checked = chain_ok.then(|| layers.verify(&s.key));
+        let hit = matches!(checked, Some(Ok(Some(_))));
         let mut reasons = Vec::new();
-        if !hit {
+        if let Some(Err(e)) = checked {
+            reasons.push(format!(
+                "the stored layer is damaged ({e}): the build discards it and runs the step again"
+            ));
+        } else if !hit {
             if !chain_ok {
                 reasons.push("an earlier step missed, so this one runs again".to_string());
             }
@@ -52,9 +58,11 @@ pub fn explain_cache(plan: &BuildPlan) -> Result<crate::report::CacheExplanation
         });
     }
     let out_key = output_key(plan, &prepared, steps.last().map(|s| s.key.as_str()));
-    let out_hit = cache::OutputCache::new(&plan.cache_root)
-        .get(&out_key)
-        .is_some();
+    // Damaged cached outputs are discarded by the build, not handed back: a miss.
+    let out_hit = matches!(
+        cache::OutputCache::new(&plan.cache_root).verify(&out_key),
+        Ok(Some(_))
+    );
     Ok(crate::report::CacheExplanation {
         steps: out,
         outputs: crate::report::CacheOutputs {

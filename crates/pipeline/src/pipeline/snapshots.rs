@@ -62,15 +62,29 @@ impl Ctx<'_> {
             let out_key = output_key(plan, prepared, steps.last().map(|s| s.key.as_str()));
             let lock = cache::SharedLock::acquire(&plan.cache_root)?;
             let outputs_cache = cache::OutputCache::new(&plan.cache_root);
-            if !no_cache {
-                if let Some(entry) = outputs_cache.get(&out_key) {
-                    let outs = ctx.outputs_from_cache(&entry)?;
-                    ctx.console.say(&format!(
-                        "cache: output hit {} (nothing changed)",
-                        &out_key[..16]
-                    ));
-                    return Ok((Some("output-cache".into()), Lookup::Outputs(outs)));
+            let cached = if no_cache {
+                None
+            } else {
+                match outputs_cache.verify(&out_key) {
+                    Ok(entry) => entry,
+                    Err(e) => {
+                        ctx.console.say(&format!(
+                            "warning: cache: the cached outputs {} are damaged ({e}); \
+                             discarding them and building",
+                            &out_key[..16]
+                        ));
+                        outputs_cache.discard(&out_key)?;
+                        None
+                    }
                 }
+            };
+            if let Some(entry) = cached {
+                let outs = ctx.outputs_from_cache(&entry)?;
+                ctx.console.say(&format!(
+                    "cache: output hit {} (nothing changed)",
+                    &out_key[..16]
+                ));
+                return Ok((Some("output-cache".into()), Lookup::Outputs(outs)));
             }
             let layers = cache::PhaseCache::new(&plan.cache_root);
             let mut hits = 0;
