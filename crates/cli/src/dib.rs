@@ -19,7 +19,8 @@ use kiln_pipeline::{settings, BuildRequest};
 use crate::commands::UsageError;
 
 /// The options that make up a build request: everything but the log file and verbosity.
-#[derive(Debug, Clone, Args)]
+/// Serialisable: `NAME.d/request.json` records them (see `crate::record`).
+#[derive(Debug, Clone, PartialEq, Args, serde::Serialize, serde::Deserialize)]
 pub struct RequestArgs {
     /// Elements to build the image from.
     #[arg(required = true, value_name = "ELEMENT")]

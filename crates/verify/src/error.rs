@@ -7,12 +7,12 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum Error {
     /// A file operation failed.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {cause}", path.display())]
     Io {
         /// The path.
         path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
+        /// The cause (shown in the message, so not a `source` of its own).
+        cause: std::io::Error,
     },
     /// The image's format is not one kiln can compare (by its extension).
     #[error(
@@ -54,7 +54,7 @@ impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Self::Io {
             path: path.into(),
-            source,
+            cause: source,
         }
     }
 
@@ -62,8 +62,8 @@ impl Error {
     /// no known format, does not match the other or cannot be read.
     pub fn is_input_error(&self) -> bool {
         match self {
-            Error::Io { source, .. } => matches!(
-                source.kind(),
+            Error::Io { cause, .. } => matches!(
+                cause.kind(),
                 std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
             ),
             Error::UnknownFormat { .. } | Error::FormatMismatch { .. } | Error::Damaged { .. } => {

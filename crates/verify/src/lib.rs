@@ -134,6 +134,12 @@ impl Comparison {
 
 /// Compares `a` with `b`, two images of the same format (told by their names).
 pub fn compare(a: &Path, b: &Path) -> Result<Comparison, Error> {
+    compare_as(a, b, &a.display().to_string(), &b.display().to_string())
+}
+
+/// [`compare`], naming the images `first` and `second` in the verdict (`the rebuild` for a
+/// file in a temporary directory, say).
+pub fn compare_as(a: &Path, b: &Path, first: &str, second: &str) -> Result<Comparison, Error> {
     let (fa, fb) = (Format::of(a)?, Format::of(b)?);
     if fa != fb {
         return Err(Error::FormatMismatch {
@@ -157,7 +163,7 @@ pub fn compare(a: &Path, b: &Path) -> Result<Comparison, Error> {
         .prefix("kiln-verify.")
         .tempdir()
         .map_err(|e| Error::io(std::env::temp_dir(), e))?;
-    let (la, lb) = (a.display().to_string(), b.display().to_string());
+    let (la, lb) = (first, second);
     let images = (a.to_path_buf(), b.to_path_buf());
     let (finding, diff, pair) = match fa {
         Format::Tar | Format::Tgz => {
@@ -174,7 +180,7 @@ pub fn compare(a: &Path, b: &Path) -> Result<Comparison, Error> {
                             pair = (xa, xb);
                         }
                     }
-                    (d.describe(&la, &lb), Some(d), pair)
+                    (d.describe(la, lb), Some(d), pair)
                 }
                 None => (
                     "the files are identical; the archives differ in member order, header \
@@ -200,7 +206,7 @@ pub fn compare(a: &Path, b: &Path) -> Result<Comparison, Error> {
                     } else {
                         images
                     };
-                    (d.describe(&la, &lb), Some(d), pair)
+                    (d.describe(la, lb), Some(d), pair)
                 }
                 None => (
                     "the files are identical; the squashfs structures differ (compression, \
@@ -221,7 +227,7 @@ pub fn compare(a: &Path, b: &Path) -> Result<Comparison, Error> {
                     diff,
                     files,
                 } => {
-                    let line = format!("{} ({fs}): {}", part.label(), diff.describe(&la, &lb));
+                    let line = format!("{} ({fs}): {}", part.label(), diff.describe(la, lb));
                     (line, Some(diff), files.unwrap_or((ra, rb)))
                 }
                 disk::Found::Structure(s) => (s, None, (ra, rb)),
