@@ -15,3 +15,4 @@ mod pipeline;
 mod plan;
 mod preflight;
 mod support;
+mod verify;

@@ -202,8 +202,8 @@ fn digest(c: &Content) -> Result<Option<[u8; 32]>, Error> {
     })
 }
 
-/// Compares two entries at the same path, in the order: type, mode, owner, size, content,
-/// link target, device, xattrs, mtime. Fields one side does not know are skipped.
+/// Compares two entries at the same path, in the order: type, mode, owner, size (not of links),
+/// content, link target, device, xattrs, mtime. Fields one side does not know are skipped.
 fn compare_entries(a: &Entry, b: &Entry) -> Result<Option<What>, Error> {
     if a.kind != b.kind {
         return Ok(Some(What::Type(a.kind, b.kind)));
@@ -218,7 +218,9 @@ fn compare_entries(a: &Entry, b: &Entry) -> Result<Option<What>, Error> {
             return Ok(Some(What::Owner(x, y)));
         }
     }
-    if a.size != b.size {
+    // A link's size is its target's length: the target says more.
+    let is_link = matches!(a.kind, Kind::Symlink | Kind::HardLink);
+    if a.size != b.size && !is_link {
         return Ok(Some(What::Size(a.size, b.size)));
     }
     if a.kind == Kind::File {
