@@ -44,6 +44,7 @@ fn settle(root: &Path) {
 
 /// The base tree: a few directories, files of several modes, a symlink.
 fn base_tree(root: &Path) {
+    use std::os::unix::fs::PermissionsExt as _;
     let w = |rel: &str, body: &str| {
         let p = root.join(rel);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
@@ -54,7 +55,6 @@ fn base_tree(root: &Path) {
     w("usr/share/doc/pkg/deep/other", "other\n");
     w("usr/bin/tool", "#!/bin/sh\n");
     w("usr/lib/libx.so.1", "lib\n");
-    use std::os::unix::fs::PermissionsExt as _;
     std::fs::set_permissions(
         root.join("usr/bin/tool"),
         std::fs::Permissions::from_mode(0o755),
@@ -162,16 +162,7 @@ impl Fmt {
         match self {
             Fmt::Tar | Fmt::Tgz => &["tar", "gzip"],
             Fmt::Squashfs => &["mksquashfs", "unsquashfs"],
-            Fmt::Raw => &[
-                "mke2fs",
-                "debugfs",
-                "sfdisk",
-                "blkid",
-                "mkfs.vfat",
-                "mcopy",
-                "qemu-img",
-            ],
-            Fmt::Qcow2 => &[
+            Fmt::Raw | Fmt::Qcow2 => &[
                 "mke2fs",
                 "debugfs",
                 "sfdisk",
