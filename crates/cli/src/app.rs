@@ -23,8 +23,7 @@ enum Command {
     Plan(Box<commands::plan::PlanCmd>),
     /// Pin the packages a build installs in a lock file (an apt Packages index).
     Lock(Box<commands::lock::LockCmd>),
-    /// Compare an image with another one, or with a rebuild of it: identical, or the first
-    /// differing path.
+    /// Compare an image with another, or with its rebuild: the first differing path.
     ///
     /// `kiln verify IMAGE --against OTHER` compares two images of one type. `kiln verify IMAGE
     /// ELEMENTS... [options]` rebuilds with that request and compares; `kiln verify IMAGE` alone
