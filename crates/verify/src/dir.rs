@@ -115,6 +115,7 @@ pub fn read(root: &Path, keeps: Keeps) -> Result<Tree, Error> {
                 // Link times are not restored by every extractor.
                 e.mtime = None;
             }
+            Kind::Dir => e.location = Some(item.path().to_path_buf()),
             Kind::CharDevice | Kind::BlockDevice => {
                 let d = md.rdev();
                 let major = ((d >> 8) & 0xfff) | ((d >> 32) & !0xfff);

@@ -306,7 +306,7 @@ pub enum Found {
         fs: String,
         /// What differs.
         diff: Difference,
-        /// The two extracted files, when the content differs.
+        /// The two extracted files or directories at the path, when both are either.
         files: Option<(PathBuf, PathBuf)>,
     },
     /// Not a path: the table, a filesystem's type, a partition's bytes.
@@ -349,13 +349,7 @@ pub fn compare(a: &Path, b: &Path, work: &Path) -> Result<Found, Error> {
                 let ra = read_fs(a, x, &fs, &wa)?;
                 let rb = read_fs(b, y, &fs, &wb)?;
                 if let Some(diff) = tree::first_difference(&ra, &rb)? {
-                    let files = match diff.what {
-                        tree::What::Content(..) => {
-                            let rel = diff.path.strip_prefix("/").unwrap_or(&diff.path);
-                            Some((wa.join("root").join(rel), wb.join("root").join(rel)))
-                        }
-                        _ => None,
-                    };
+                    let files = tree::extracted_pair(&ra, &rb, &diff);
                     return Ok(Found::Path {
                         part: x.clone(),
                         fs,

@@ -200,12 +200,7 @@ pub fn compare_as(a: &Path, b: &Path, first: &str, second: &str) -> Result<Compa
             let tb = squashfs::read(b, &wb)?;
             match tree::first_difference(&ta, &tb)? {
                 Some(d) => {
-                    let pair = if matches!(d.what, What::Content(..)) {
-                        let rel = d.path.strip_prefix("/").unwrap_or(&d.path);
-                        (wa.join("root").join(rel), wb.join("root").join(rel))
-                    } else {
-                        images
-                    };
+                    let pair = tree::extracted_pair(&ta, &tb, &d).unwrap_or(images);
                     (d.describe(la, lb), Some(d), pair)
                 }
                 None => (

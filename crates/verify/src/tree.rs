@@ -91,6 +91,8 @@ pub struct Entry {
     pub xattrs: Option<BTreeMap<String, Vec<u8>>>,
     /// Modification time in seconds since the epoch, when known.
     pub mtime: Option<i64>,
+    /// Where a directory was extracted, when it was.
+    pub location: Option<PathBuf>,
 }
 
 impl Entry {
@@ -106,6 +108,7 @@ impl Entry {
             device: None,
             xattrs: None,
             mtime: None,
+            location: None,
         }
     }
 }
@@ -183,6 +186,22 @@ impl Difference {
             What::Xattr(name) => format!("{p}: extended attribute {name} differs"),
             What::Mtime(a, b) => format!("{p}: mtime differs: {a} vs {b} (seconds since 1970)"),
         }
+    }
+}
+
+/// Where `diff`'s path was extracted on each side, for diffoscope: the two files (content,
+/// mode, size, …) or the two directories (their listing and metadata), when the path is one of
+/// these on both sides and both trees were read from extracted files.
+pub fn extracted_pair(a: &Tree, b: &Tree, diff: &Difference) -> Option<(PathBuf, PathBuf)> {
+    let (ea, eb) = (a.get(&diff.path)?, b.get(&diff.path)?);
+    let on_disk = |e: &Entry| match &e.content {
+        Content::File(p) => Some(p.clone()),
+        _ => None,
+    };
+    match (ea.kind, eb.kind) {
+        (Kind::File, Kind::File) => Some((on_disk(ea)?, on_disk(eb)?)),
+        (Kind::Dir, Kind::Dir) => Some((ea.location.clone()?, eb.location.clone()?)),
+        _ => None,
     }
 }
 
@@ -426,6 +445,27 @@ mod tests {
         let mut d = base();
         d.get_mut(Path::new("/etc/a")).unwrap().owner = Some((5, 5));
         assert_eq!(diff(&c, &d), None);
+    }
+
+    #[test]
+    fn diffoscope_gets_extracted_files_or_directories_only() {
+        let d = |at: &str| Entry {
+            location: Some(at.into()),
+            ..dir()
+        };
+        let a = tree(&[("/etc", d("/x/a/etc")), ("/f", file(b"1"))]);
+        let b = tree(&[("/etc", d("/x/b/etc")), ("/f", file(b"2"))]);
+        let at = |p: &str| Difference {
+            path: p.into(),
+            what: What::Mtime(1, 2),
+        };
+        assert_eq!(
+            extracted_pair(&a, &b, &at("/etc")),
+            Some(("/x/a/etc".into(), "/x/b/etc".into()))
+        );
+        // Content read from an archive stream is not on disk; a path on one side only has no pair.
+        assert_eq!(extracted_pair(&a, &b, &at("/f")), None);
+        assert_eq!(extracted_pair(&a, &tree(&[]), &at("/etc")), None);
     }
 
     #[test]
