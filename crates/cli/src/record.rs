@@ -268,6 +268,22 @@ mod tests {
     }
 
     #[test]
+    fn a_record_without_a_newer_flag_reads_it_as_its_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join(FILE_NAME);
+        std::fs::write(
+            &p,
+            r#"{"kiln_record": 1, "kiln_version": "0", "args": [], "environment": {},
+                "request": {"elements": ["vm"], "types": ["tar"]}}"#,
+        )
+        .unwrap();
+        let r = Record::read(&p).unwrap();
+        assert_eq!(r.request.elements, ["vm"]);
+        assert_eq!(r.request.seed, None);
+        assert!(!r.request.skip_base);
+    }
+
+    #[test]
     fn urls_with_passwords_are_withheld() {
         assert!(withheld("DIB_X", "https://user:pw@host/path"));
         assert!(!withheld("DIB_X", "https://host/path@x:y"));
