@@ -148,9 +148,12 @@ impl VerifyCmd {
                 };
                 request.types = vec![t.name().to_string()];
             }
+            // DIB_ARGS as `kiln build` with these flags would have it: without IMAGE and the
+            // options of verify itself.
+            let own = ["--no-diffoscope", "-v", "-vv", "--verbose"];
             let dib_args: Vec<String> = std::env::args()
                 .skip(2)
-                .filter(|a| Path::new(a) != self.image)
+                .filter(|a| Path::new(a) != self.image && !own.contains(&a.as_str()))
                 .collect();
             (request, current, dib_args)
         };
