@@ -11,6 +11,7 @@ fn help_tree_snapshots() {
         vec!["build", "--help"],
         vec!["plan", "--help"],
         vec!["lock", "--help"],
+        vec!["verify", "--help"],
         vec!["element-info", "--help"],
         vec!["block-device", "--help"],
         vec!["block-device", "plan", "--help"],

@@ -16,3 +16,4 @@ mod pipeline;
 mod plan;
 mod preflight;
 mod support;
+mod verify;

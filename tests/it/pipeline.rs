@@ -363,7 +363,9 @@ fn a_failure_at_any_effect_is_torn_down() {
             // build (a leak is a failure), and nothing but what it was undoing is left.
             assert!(
                 end.result.starts_with("the outputs were written")
-                    && end.result.contains("the teardown could not undo everything"),
+                    && end
+                        .result
+                        .contains("the teardown could not undo everything"),
                 "effect {i} `{what}`: {}",
                 end.result
             );

@@ -23,6 +23,19 @@ enum Command {
     Plan(Box<commands::plan::PlanCmd>),
     /// Pin the packages a build installs in a lock file (an apt Packages index).
     Lock(Box<commands::lock::LockCmd>),
+    /// Compare an image with another, or with its rebuild: the first differing path.
+    ///
+    /// `kiln verify IMAGE --against OTHER` compares two images of one type. `kiln verify IMAGE
+    /// ELEMENTS... [options]` rebuilds with that request and compares; `kiln verify IMAGE` alone
+    /// rebuilds from the record `kiln build` wrote in NAME.d/request.json. IMAGE is
+    /// NAME.<type> (image.qcow2, image.tar, …), or NAME to compare every type the record lists.
+    /// The rebuild needs root, ignores kiln's caches and is removed afterwards.
+    ///
+    /// Prints "identical", or the first path inside the filesystem that differs and what
+    /// differs (only in one image, type, mode, owner, size, content, link target, xattrs,
+    /// mtime); then, when diffoscope is installed, its report on that pair. Exit status: 0
+    /// identical, 1 different, 2 bad input.
+    Verify(Box<commands::verify::VerifyCmd>),
     /// Print the expanded element set, as DIB's element-info does.
     ElementInfo(commands::element_info::ElementInfoCmd),
     /// Inspect block-device layouts.
@@ -63,6 +76,7 @@ pub fn run(argv: Vec<OsString>) -> anyhow::Result<i32> {
                 c.run()
             }
             Command::Lock(c) => c.run(),
+            Command::Verify(c) => c.run(),
             Command::ElementInfo(c) => {
                 kiln_sandbox::die_quietly_on_closed_pipe();
                 c.run()
@@ -90,6 +104,9 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
         }
         if let Some(e) = cause.downcast_ref::<kiln_boot::Error>() {
             return e.exit_code();
+        }
+        if let Some(e) = cause.downcast_ref::<kiln_verify::Error>() {
+            return if e.is_input_error() { 2 } else { 1 };
         }
         if cause.downcast_ref::<commands::UsageError>().is_some() {
             return 2;

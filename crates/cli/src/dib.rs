@@ -19,7 +19,10 @@ use kiln_pipeline::{settings, BuildRequest};
 use crate::commands::UsageError;
 
 /// The options that make up a build request: everything but the log file and verbosity.
-#[derive(Debug, Clone, Args)]
+/// Serialisable: `NAME.d/request.json` records them (see `crate::record`); a flag added later
+/// reads as its default from an older record.
+#[derive(Debug, Clone, Default, PartialEq, Args, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct RequestArgs {
     /// Elements to build the image from.
     #[arg(required = true, value_name = "ELEMENT")]

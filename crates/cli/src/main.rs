@@ -5,6 +5,7 @@ mod app;
 mod commands;
 mod dib;
 mod logging;
+mod record;
 
 fn main() {
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();

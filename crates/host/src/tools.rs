@@ -36,6 +36,11 @@ pub const PACKAGES: &[(&str, &str)] = &[
     ("zstd", "zstd"),
     ("gzip", "gzip"),
     ("pigz", "pigz"),
+    // kiln verify: reading images offline, and the detailed report.
+    ("unsquashfs", "squashfs-tools"),
+    ("debugfs", "e2fsprogs"),
+    ("timeout", "coreutils"),
+    ("diffoscope", "diffoscope-minimal"),
     // Block devices.
     ("losetup", "mount"),
     ("mount", "mount"),

@@ -75,10 +75,18 @@ fn run_build(args: &BuildArgs, typed: Vec<String>) -> anyhow::Result<i32> {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(0);
     }
+    run_request(args, &args.request(typed))
+}
+
+/// Builds `req`, made from `args` (by `kiln build`, or by `kiln verify` for its rebuild): the
+/// preflight, the root check, the watchdog, the build's own mount namespace, the pipeline.
+pub(crate) fn run_request(
+    args: &BuildArgs,
+    req: &kiln_pipeline::BuildRequest,
+) -> anyhow::Result<i32> {
     // What the build needs of the host is known before anything runs, and needs no root: a
     // missing tool is reported (exit 2) before the root check, the namespace or any hook.
-    let req = args.request(typed);
-    let plan = BuildPlan::new(&req)?;
+    let plan = BuildPlan::new(req)?;
     kiln_pipeline::pipeline::preflight(&plan)?;
     if !nix::unistd::geteuid().is_root() {
         return Err(UsageError(
@@ -93,7 +101,7 @@ fn run_build(args: &BuildArgs, typed: Vec<String>) -> anyhow::Result<i32> {
     if let Ok(exe) = std::env::current_exe() {
         kiln_sandbox::watchdog::start(&exe, &["__watchdog"]);
     }
-    let result = guarded_build(args, &req, &plan);
+    let result = guarded_build(args, req, &plan);
     kiln_sandbox::watchdog::done();
     result
 }
@@ -108,6 +116,7 @@ fn guarded_build(
     kiln_pipeline::runner::install_signal_handlers()?;
     let out_dir = PathBuf::from(format!("{}.d", plan.image_name.display()));
     record_dir(&out_dir)?;
+    crate::record::Record::new(&args.request, &req.args, &req.env).write(&out_dir)?;
     let log_path = args
         .logfile
         .clone()
@@ -144,8 +153,9 @@ fn guarded_build(
 
 /// The files kiln itself writes at the top of `NAME.d/` (the manifests element writes
 /// `dib-manifests/`).
-const RECORD_FILES: [&str; 4] = [
+const RECORD_FILES: [&str; 5] = [
     "build.log",
+    crate::record::FILE_NAME,
     "timings.json",
     kiln_pipeline::sbom::FILE_NAME,
     "dib-manifests",

@@ -8,6 +8,7 @@ pub mod elements;
 pub mod lock;
 pub mod plan;
 pub mod test;
+pub mod verify;
 
 /// A usage error found by the CLI itself (exit code 2).
 #[derive(Debug, thiserror::Error)]
