@@ -11,6 +11,7 @@ mod in_image;
 mod keys;
 mod lint;
 mod lock;
+mod locked;
 mod pipeline;
 mod plan;
 mod preflight;
