@@ -237,4 +237,25 @@ mod tests {
         );
         assert!(why.contains(&"DIB_ADD_APT_KEYS file no longer read".to_string()));
     }
+
+    #[test]
+    fn a_locked_build_names_the_lock_not_the_suites() {
+        let unlocked = inputs();
+        let mut locked = unlocked.clone();
+        locked.mirror = BTreeMap::from([(crate::locked::MIRROR_LABEL.into(), "d1".into())]);
+        assert_eq!(
+            input_changes(&unlocked, &locked),
+            ["built from a lock (--lock) instead of the mirror"]
+        );
+        assert_eq!(
+            input_changes(&locked, &unlocked),
+            ["no longer built from a lock (--lock)"]
+        );
+        let mut relocked = locked.clone();
+        relocked
+            .mirror
+            .insert(crate::locked::MIRROR_LABEL.into(), "d2".into());
+        assert_eq!(input_changes(&locked, &relocked), ["lock changed"]);
+        assert!(input_changes(&locked, &locked).is_empty());
+    }
 }
