@@ -324,6 +324,16 @@ fn a_package_the_lock_lacks_stops_the_build_before_anything_runs() {
         "{err}"
     );
     assert!(!err.contains("panicked"), "{err}");
+    // A missing lock is an input error naming it.
+    let mut c = kiln(&[l.tree.path()], cache.path());
+    c.args(["build", "--print-cache-keys", "test-os", "-n", "--lock"])
+        .arg(l.work.path().join("nothing.lock"));
+    let (code, _, err) = run(c);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("nothing.lock: no such lock file; make the lock with `kiln lock`"),
+        "{err}"
+    );
     // A lock of another architecture is an input error naming the side file.
     let meta = Lock::meta_path(&l.path());
     let text = fs::read_to_string(&meta).unwrap();

@@ -88,11 +88,6 @@ impl Input {
             debs,
         })
     }
-
-    /// The `SOURCE_DATE_EPOCH` a locked build defaults to: the lock's `Locked:` time.
-    pub fn epoch(&self) -> Option<u64> {
-        locked_epoch(&self.lock.meta.locked)
-    }
 }
 
 /// Where the engine binds the local repository inside the chroot (read-only).

@@ -133,14 +133,14 @@ pub(super) fn prepare_on(
     if !out.status.success() {
         return Err(env_d_failure(plan, &hooks, &marker, &out.stderr_str()));
     }
-    let mut evaluated = env::parse_env0(&out.stdout);
+    let evaluated = env::parse_env0(&out.stdout);
     // environment.d may have set them: checked again before any hook sees them, naming the
     // files that assign them.
     if let Err(e) = crate::request::check_path_words(&|name| evaluated.get(name).cloned()) {
         return Err(name_setters(plan, e));
     }
     crate::packages::write_lists(plan, &evaluated, &hooks)?;
-    let locked = load_lock(plan, &hooks, build_dir, &mut env, &mut evaluated)?;
+    let locked = load_lock(plan, &hooks, build_dir, &mut env, &evaluated)?;
     let files = cache::hook_tree_files(&hooks);
     let named = cache::variables::named_in_hooks(&plan.hooks, &[DIB_RUN_PARTS]);
     let host_inputs =
@@ -156,14 +156,14 @@ pub(super) fn prepare_on(
 }
 
 /// A locked build's lock (`--lock`), read and checked against the package lists written under
-/// `hooks`; sets `KILN_LOCK_REPO`, `KILN_LOCK_DIGEST` and, unless the user set it,
-/// `SOURCE_DATE_EPOCH` (the lock's time) for the hooks and the keys.
+/// `hooks`; sets `KILN_LOCK_REPO` and `KILN_LOCK_DIGEST` for the hooks (the plan's request
+/// already carries the default `SOURCE_DATE_EPOCH`, the lock's time).
 fn load_lock(
     plan: &BuildPlan,
     hooks: &Path,
     build_dir: &Path,
     env: &mut BTreeMap<String, String>,
-    evaluated: &mut BTreeMap<String, String>,
+    evaluated: &BTreeMap<String, String>,
 ) -> Result<Option<crate::locked::Input>, Error> {
     let Some(path) = &plan.request.lock else {
         return Ok(None);
@@ -176,13 +176,6 @@ fn load_lock(
         repo.display().to_string(),
     );
     env.insert(settings::KILN_LOCK_DIGEST.name.into(), input.digest.clone());
-    if plan.request.var(settings::SOURCE_DATE_EPOCH.name).is_none() {
-        if let Some(epoch) = input.epoch() {
-            for e in [env, evaluated] {
-                e.insert(settings::SOURCE_DATE_EPOCH.name.into(), epoch.to_string());
-            }
-        }
-    }
     Ok(Some(input))
 }
 
