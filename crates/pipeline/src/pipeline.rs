@@ -70,6 +70,8 @@ struct Ctx<'a> {
     out_key: Option<String>,
     /// A locked build's local repository, once laid out.
     lock_repo: Option<PathBuf>,
+    /// A locked build's lock.
+    locked: Option<crate::locked::Input>,
 }
 
 /// Runs the build on this machine, after the [`preflight`]. On failure everything set up is
@@ -178,6 +180,7 @@ impl<'a> Ctx<'a> {
             breaks,
             out_key: None,
             lock_repo: None,
+            locked: None,
         })
     }
 }

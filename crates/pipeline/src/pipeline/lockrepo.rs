@@ -59,6 +59,7 @@ impl Ctx<'_> {
                 &ctx.plan.arch,
             )?;
             ctx.lock_repo = Some(repo);
+            ctx.locked = Some(input.clone());
             Ok(())
         })
     }

@@ -113,10 +113,14 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    /// Reads the tree's apt lists for the SBOM (step `sbom-index`). Lists that cannot be read
+    /// Reads the tree's apt lists for the SBOM (step `sbom-index`), or a locked build's lock. Lists that cannot be read
     /// are a warning: the SBOM then says NOASSERTION for the .debs' SHA256 and location.
     fn apt_index(&mut self, mnt: &Path) -> Result<sbom::AptIndex, Error> {
         self.step("sbom-index", |ctx| {
+            // A locked build's lists are those of its local repository: the lock says more.
+            if let Some(input) = &ctx.locked {
+                return Ok(sbom::AptIndex::from_lock(&input.lock));
+            }
             Ok(sbom::AptIndex::read(mnt).unwrap_or_else(|e| {
                 ctx.console.say(&format!(
                     "warning: SBOM: cannot read the apt lists ({e}); no .deb checksums"
