@@ -95,7 +95,7 @@ fn check_sources_and_times(tar: &Path, meta: &str, locked_at: &str) {
     assert!(!sources.contains("file:"), "{sources}");
     let epoch = sh(&format!("date -u -d '{locked_at}' +%s"));
     let first = sh(&format!(
-        "tar --full-time -tvf '{}' ./etc/hostname",
+        "TZ=UTC tar --full-time -tvf '{}' ./etc/hostname",
         tar.display()
     ));
     let mtime = sh(&format!(
