@@ -3,7 +3,8 @@
 //! --offline` inside `unshare --net` (no network at all, not even loopback), written as tar and
 //! raw. The offline image's final apt sources are the ones the elements write (no
 //! trace of the lock's repository), its dpkg manifest is the lock, and its tar's timestamps are
-//! the lock's time (the default `SOURCE_DATE_EPOCH` of a locked build).
+//! the lock's time (the default `SOURCE_DATE_EPOCH` of a locked build); its SBOM gives each
+//! `.deb`'s SHA256 as locked.
 //!
 //! The two builds' directories are kept (`e2e/locked/warm` and `e2e/locked/offline` under the
 //! test's target tmpdir) with the lock, so bit-identical comparisons of locked outputs can be
@@ -136,6 +137,40 @@ fn make_lock(root: &Path, lock: &str) -> (BTreeMap<String, String>, String, Stri
     (locked_versions(Path::new(lock)), meta, locked_at)
 }
 
+/// The SBOM of a locked build gives every package's `.deb` SHA256 as the lock has it.
+fn check_sbom(sbom: &Path, lock: &Path) {
+    let sha: BTreeMap<String, String> = fs::read_to_string(lock)
+        .unwrap()
+        .split("\n\n")
+        .filter_map(|s| {
+            let get = |k: &str| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix(&format!("{k}: ")))
+                    .map(String::from)
+            };
+            Some((get("Package")?, get("SHA256")?))
+        })
+        .collect();
+    let doc: serde_json::Value = serde_json::from_str(&fs::read_to_string(sbom).unwrap()).unwrap();
+    let mut checked = 0;
+    for p in doc["packages"].as_array().unwrap() {
+        let Some(want) = p["name"].as_str().and_then(|n| sha.get(n)) else {
+            continue;
+        };
+        let got = p["checksums"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["algorithm"] == "SHA256"))
+            .and_then(|c| c["checksumValue"].as_str());
+        assert_eq!(got, Some(want.as_str()), "SBOM checksum of {}", p["name"]);
+        checked += 1;
+    }
+    assert_eq!(
+        checked,
+        sha.len(),
+        "the SBOM lists other packages than the lock"
+    );
+}
+
 #[test]
 fn locked_offline_build_without_network_matches_the_lock() {
     if !capable("locked_offline_build_without_network_matches_the_lock") {
@@ -239,6 +274,7 @@ fn locked_offline_build_without_network_matches_the_lock() {
     );
 
     check_sources_and_times(&tar, &meta, &locked_at);
+    check_sbom(&offline.join("img.d/sbom.spdx.json"), &lock);
     let kept: Vec<PathBuf> = vec![lock, warm.join("img.tar"), tar];
     eprintln!("locked outputs kept: {kept:?}");
 }
