@@ -13,6 +13,7 @@ mod dib;
 mod failures;
 mod harness;
 mod keys;
+mod locked;
 mod paths;
 mod rootfs;
 #[path = "../it/support.rs"]

@@ -10,15 +10,15 @@ use std::process::Command;
 
 use crate::support::{assert_input_error, kiln, run, Tree};
 
-const SUITE: &str = "kilntest";
+pub(crate) const SUITE: &str = "kilntest";
 
 /// A flat-file apt mirror with one suite, `kilntest main`, for amd64.
-struct Mirror {
+pub(crate) struct Mirror {
     dir: tempfile::TempDir,
     suite: &'static str,
 }
 
-fn sh(script: &str) -> String {
+pub(crate) fn sh(script: &str) -> String {
     let out = Command::new("bash")
         .args(["-c", script])
         .output()
@@ -32,7 +32,7 @@ fn sh(script: &str) -> String {
 }
 
 impl Mirror {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::with_suite(SUITE)
     }
 
@@ -43,12 +43,12 @@ impl Mirror {
         }
     }
 
-    fn root(&self) -> PathBuf {
+    pub(crate) fn root(&self) -> PathBuf {
         self.dir.path().join("repo")
     }
 
     /// Adds package `name` `version` (architecture all) with extra control `fields`.
-    fn add(&self, name: &str, version: &str, fields: &str) {
+    pub(crate) fn add(&self, name: &str, version: &str, fields: &str) {
         let src = self.dir.path().join(format!("src/{name}_{version}"));
         fs::create_dir_all(src.join("DEBIAN")).unwrap();
         fs::create_dir_all(src.join(format!("usr/share/{name}"))).unwrap();
@@ -68,7 +68,7 @@ impl Mirror {
     }
 
     /// Rewrites the suite's Packages index and Release file.
-    fn publish(&self) {
+    pub(crate) fn publish(&self) {
         let suite = self.suite;
         let bin = self.root().join(format!("dists/{suite}/main/binary-amd64"));
         fs::create_dir_all(&bin).unwrap();
@@ -106,7 +106,7 @@ impl Mirror {
 /// The fixture mirror: `app-server` needs `libfoo (>= 1)` (2.0 is the newest) and
 /// `web-common | other-common`, recommends `extra-tool`; `tool-debian` is what pkg-map maps
 /// `generic-tool` to; `unrelated` is asked for by nobody.
-fn mirror() -> Mirror {
+pub(crate) fn mirror() -> Mirror {
     let m = Mirror::new();
     m.add(
         "app-server",
@@ -126,7 +126,7 @@ fn mirror() -> Mirror {
 
 /// `test-os` with the mirror as its only source, `app` asking for `app-server` (install.d)
 /// and `generic-tool` (pre-install.d, mapped by pkg-map).
-fn fixture(m: &Mirror) -> Tree {
+pub(crate) fn fixture(m: &Mirror) -> Tree {
     fixture_with(m, None)
 }
 
@@ -161,7 +161,7 @@ fn fixture_with(m: &Mirror, security: Option<&Mirror>) -> Tree {
     t
 }
 
-fn lock(t: &Tree, cache: &Path, out: &Path, extra: &[&str]) -> (i32, String, String) {
+pub(crate) fn lock(t: &Tree, cache: &Path, out: &Path, extra: &[&str]) -> (i32, String, String) {
     let mut c = kiln(&[t.path()], cache);
     c.args(["lock", "test-os", "app", "-n", "-o"])
         .arg(out)
@@ -185,13 +185,13 @@ fn names(text: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-fn have_tools() -> bool {
+pub(crate) fn have_tools() -> bool {
     ["dpkg-deb", "dpkg-scanpackages", "apt-get"]
         .iter()
         .all(|t| which(t))
 }
 
-fn which(tool: &str) -> bool {
+pub(crate) fn which(tool: &str) -> bool {
     Command::new("sh")
         .args(["-c", &format!("command -v {tool}")])
         .output()

@@ -12,6 +12,7 @@ mod in_image;
 mod keys;
 mod lint;
 mod lock;
+mod locked;
 mod pipeline;
 mod plan;
 mod preflight;

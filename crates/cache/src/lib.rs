@@ -1457,6 +1457,10 @@ mod tests {
         fs::write(cache.dir.join("notes"), "x").unwrap();
         fs::create_dir_all(cache.dir.join(".tmp-abc/sub")).unwrap();
         fs::create_dir_all(outputs.join(".tmp-def")).unwrap();
+        // The .deb store of locked builds is the cache's too: never reported, never trimmed.
+        let deb = root.join("debs/sha256").join("ab".repeat(32));
+        fs::create_dir_all(deb.parent().unwrap()).unwrap();
+        fs::write(&deb, "deb").unwrap();
         let found = scan(&root);
         assert_eq!(found.entries.len(), 1);
         assert_eq!(found.temporary.len(), 2);
@@ -1473,6 +1477,7 @@ mod tests {
                 cache.dir.join("notes"),
             ]
         );
+        assert!(deb.is_file());
         assert!(cache.verify(&key).unwrap().is_none());
         assert!(outputs.join("stray.txt").exists() && outputs.join("half-written").exists());
         assert!(!cache.dir.join(".tmp-abc").exists() && !outputs.join(".tmp-def").exists());

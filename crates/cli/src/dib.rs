@@ -60,9 +60,15 @@ pub struct RequestArgs {
     /// Use a tmpfs only if there are at least 2x this many GiB of RAM (default 2).
     #[arg(long, value_name = "GB")]
     pub min_tmpfs: Option<u64>,
-    /// Tell elements to use cached copies instead of fetching (DIB_OFFLINE=1).
+    /// Tell elements to use cached copies instead of fetching (DIB_OFFLINE=1). With --lock:
+    /// no network access at all; every package must already be in the cache's .deb store.
     #[arg(long)]
     pub offline: bool,
+    /// Build from a lock made by `kiln lock` (FILE and FILE.meta): exactly its packages,
+    /// checked by SHA256, from a local repository; the lock's digest replaces the mirror's
+    /// state in the cache keys.
+    #[arg(long, value_name = "FILE")]
+    pub lock: Option<PathBuf>,
     /// Image size in GB (decimals allowed). Default: computed from the tree.
     #[arg(long, value_name = "GB")]
     pub image_size: Option<String>,
@@ -190,6 +196,7 @@ impl RequestArgs {
             no_tmpfs: self.no_tmpfs,
             min_tmpfs: self.min_tmpfs,
             offline: self.offline,
+            lock: self.lock.clone(),
             image_size: self.image_size.clone(),
             image_extra_size: self.image_extra_size.clone(),
             journal_size: self.mkfs_journal_size.clone(),

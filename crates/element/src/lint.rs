@@ -1100,7 +1100,7 @@ mod tests {
             .file("package-installs.yaml", "a:\n  - b: [\n");
         fx.element("semantic").file("README.rst", "x\n").file(
             "package-installs.yaml",
-            "ok:\nboth:\n  arch: amd64\n  not-arch: arm64\nlate:\n  phase: finalise.d\nodd:\n  when: nonsense\n",
+            "ok:\nboth:\n  arch: amd64\n  not-arch: arm64\nlate:\n  phase: cleanup.d\nodd:\n  when: nonsense\n",
         );
         fx.element("bad-map")
             .file("README.rst", "x\n")
@@ -1119,7 +1119,10 @@ mod tests {
         );
         assert!(found[1].contains(": error: invalid YAML"), "{}", found[1]);
         assert!(has(&found, "main/semantic/package-installs.yaml:2: error: package 'both' gives both 'arch' and 'not-arch'"));
-        assert!(has(&found, "main/semantic/package-installs.yaml:5: warning: package 'late' uses phase 'finalise.d'"));
+        assert!(has(
+            &found,
+            "main/semantic/package-installs.yaml:5: warning: package 'late' uses phase 'cleanup.d'"
+        ));
         assert!(has(&found, "main/semantic/package-installs.yaml:7: error: package 'odd' has a malformed 'when' condition \"nonsense\""));
     }
 

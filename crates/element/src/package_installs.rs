@@ -31,8 +31,10 @@ use crate::library::Library;
 use crate::node::{self, Node, Value};
 use crate::resolve::ElementSet;
 
-/// The phases that have package-installs runner hooks.
-pub const RUNNER_PHASES: [&str; 3] = ["pre-install.d", "install.d", "post-install.d"];
+/// The phases that have package-installs runner hooks: DIB's three, and finalise.d (a kiln
+/// addition, for packages installed into the finished image's filesystem, such as the boot
+/// loader's, so that `kiln lock` sees them).
+pub const RUNNER_PHASES: [&str; 4] = ["pre-install.d", "install.d", "post-install.d", "finalise.d"];
 
 /// One element's parsed package-installs file(s): package entries in source order.
 #[derive(Debug, Clone, Default, PartialEq)]

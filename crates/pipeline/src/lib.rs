@@ -14,6 +14,7 @@ pub mod host;
 pub mod in_image;
 pub mod lint;
 pub mod lock;
+pub mod locked;
 pub mod packages;
 pub mod pipeline;
 pub mod plan;
@@ -66,6 +67,9 @@ pub enum Error {
     /// A lock could not be made or read (`kiln lock`).
     #[error(transparent)]
     Lock(#[from] lock::Error),
+    /// A locked build could not fetch, lay out or keep to its lock (`kiln build --lock`).
+    #[error(transparent)]
+    Locked(#[from] locked::Error),
     /// A bad line in an element's `cache-inputs` file.
     #[error(transparent)]
     CacheInputs(#[from] cache::host_files::DeclError),
@@ -153,6 +157,7 @@ impl Error {
             Self::Output(e) if e.is_input_error() => 2,
             Self::Cache(e) if e.is_input_error() => 2,
             Self::Lock(e) if e.is_input_error() => 2,
+            Self::Locked(e) if e.is_input_error() => 2,
             Self::Interrupted { signal } => 128 + signal,
             _ => 1,
         }

@@ -18,6 +18,7 @@
 mod disk;
 mod explain;
 mod keys;
+mod lockrepo;
 mod outputs;
 mod phases;
 mod preflight;
@@ -67,6 +68,10 @@ struct Ctx<'a> {
     hooks_ran: Vec<HookTiming>,
     breaks: Vec<String>,
     out_key: Option<String>,
+    /// A locked build's local repository, once laid out.
+    lock_repo: Option<PathBuf>,
+    /// A locked build's lock.
+    locked: Option<crate::locked::Input>,
 }
 
 /// Runs the build on this machine, after the [`preflight`]. On failure everything set up is
@@ -177,6 +182,8 @@ impl<'a> Ctx<'a> {
             hooks_ran: Vec::new(),
             breaks,
             out_key: None,
+            lock_repo: None,
+            locked: None,
         })
     }
 }
@@ -193,6 +200,9 @@ impl Ctx<'_> {
             ctx.env = prepared.env.clone();
             Ok(prepared)
         })?;
+        if let Some(input) = &prepared.locked {
+            self.lock_repo(input, &prepared.evaluated)?;
+        }
         let (mut snap, hits, out_key) = match self.cache_lookup(&prepared)? {
             snapshots::Lookup::Outputs(outs) => return Ok(outs),
             snapshots::Lookup::Layers {

@@ -106,6 +106,33 @@ pub fn elements_path(req: &BuildRequest, builtin: &Path) -> Vec<PathBuf> {
     v
 }
 
+/// The request, with the lock's `Locked:` time as `SOURCE_DATE_EPOCH` when it is a locked
+/// build (`--lock`) and the user set none: hooks, the outputs and the SBOM all read it from here.
+fn with_lock_epoch(req: &BuildRequest) -> Result<BuildRequest, Error> {
+    let mut r = req.clone();
+    let Some(path) = &req.lock else {
+        return Ok(r);
+    };
+    let meta_path = crate::lock::Lock::meta_path(path);
+    for p in [path, &meta_path] {
+        if !p.is_file() {
+            return Err(Error::Usage(format!(
+                "{}: no such lock file; make the lock with `kiln lock` (it writes FILE and FILE.meta)",
+                p.display()
+            )));
+        }
+    }
+    if req.var(settings::SOURCE_DATE_EPOCH.name).is_none() {
+        let text = std::fs::read_to_string(&meta_path).map_err(crate::io(&meta_path))?;
+        let meta = crate::lock::LockMeta::parse(&text, &meta_path)?;
+        if let Some(epoch) = crate::locked::locked_epoch(&meta.locked) {
+            r.env
+                .insert(settings::SOURCE_DATE_EPOCH.name.into(), epoch.to_string());
+        }
+    }
+    Ok(r)
+}
+
 impl BuildPlan {
     /// Resolves the request into a plan. Reads element files only.
     pub fn new(req: &BuildRequest) -> Result<Self, Error> {
@@ -140,7 +167,7 @@ impl BuildPlan {
         let exported_elements_path =
             exported_elements_path(&elements_path, &builtin, &library, &cache_root)?;
         Ok(Self {
-            request: req.clone(),
+            request: with_lock_epoch(req)?,
             arch,
             image_name: req.image_name(),
             elements_path,

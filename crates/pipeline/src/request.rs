@@ -35,6 +35,8 @@ pub struct BuildRequest {
     pub min_tmpfs: Option<u64>,
     /// `--offline`.
     pub offline: bool,
+    /// `--lock FILE`: build from this lock (its side file is `FILE.meta`).
+    pub lock: Option<PathBuf>,
     /// `--image-size GB` (floats allowed).
     pub image_size: Option<String>,
     /// `--image-extra-size MB`.

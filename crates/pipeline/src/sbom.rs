@@ -208,6 +208,31 @@ impl AptIndex {
         Ok(index)
     }
 
+    /// The index of a locked build: the lock's own stanzas (SHA256 as locked), located under
+    /// `base`, the archive URI, when the lock names only one.
+    pub fn from_lock(lock: &crate::lock::Lock) -> Self {
+        let mut uris: Vec<&str> = lock
+            .meta
+            .suites
+            .iter()
+            .map(|s| s.uri.trim_end_matches('/'))
+            .collect();
+        uris.dedup();
+        let base = match uris.as_slice() {
+            [one] => Some(*one),
+            _ => None,
+        };
+        let mut index = Self::default();
+        for stanza in &lock.stanzas {
+            if let Ok(doc) = stanza.text.parse::<Deb822>() {
+                for p in doc.iter() {
+                    index.add(p, base);
+                }
+            }
+        }
+        index
+    }
+
     /// Adds one index stanza (the first list naming a package wins, as lists are sorted).
     fn add(&mut self, p: &Paragraph, base: Option<&str>) {
         let (Some(name), Some(version), Some(arch)) =
@@ -1107,5 +1132,47 @@ mod tests {
                 .starts_with(&t.path().join(STATUS).display().to_string()),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_locked_build_takes_checksums_and_locations_from_its_lock() {
+        let sha = "ab".repeat(32);
+        let text = format!("Package: zlib1g\nVersion: 1:1.3\nArchitecture: amd64\nFilename: pool/main/z/zlib1g_1.3_amd64.deb\nSize: 3\nSHA256: {sha}\n");
+        let stanzas = crate::lock::parse_index(&text, Path::new("kiln.lock"), "re-lock").unwrap();
+        let suite = |uri: &str| crate::lock::LockedSuite {
+            uri: uri.into(),
+            suite: "stable".into(),
+            components: vec!["main".into()],
+            inrelease_sha256: "x".into(),
+        };
+        let mut lock = crate::lock::Lock {
+            stanzas,
+            meta: crate::lock::LockMeta {
+                locked: "2026-01-02T03:04:05Z".into(),
+                architectures: vec!["amd64".into()],
+                elements: Vec::new(),
+                packages_sha256: String::new(),
+                suites: vec![suite("http://m/debian/")],
+            },
+            origin: BTreeMap::new(),
+        };
+        let pkg = InstalledPackage {
+            name: "zlib1g".into(),
+            version: "1:1.3".into(),
+            architecture: "amd64".into(),
+            source: "zlib".into(),
+            source_version: "1:1.3".into(),
+        };
+        let d = AptIndex::from_lock(&lock).get(&pkg).cloned().unwrap();
+        assert_eq!(d.sha256.as_deref(), Some(sha.as_str()));
+        assert_eq!(
+            d.location.as_deref(),
+            Some("http://m/debian/pool/main/z/zlib1g_1.3_amd64.deb")
+        );
+        // Two archives: which one served the file is not known, the checksum is.
+        lock.meta.suites.push(suite("http://s/debian-security"));
+        let d = AptIndex::from_lock(&lock).get(&pkg).cloned().unwrap();
+        assert_eq!(d.sha256.as_deref(), Some(sha.as_str()));
+        assert_eq!(d.location, None);
     }
 }

@@ -190,7 +190,7 @@ settings! {
     LC_ALL = "LC_ALL", Text, Value("C"), PhaseKey,
         "Set by kiln to C for every hook.";
     SOURCE_DATE_EPOCH = "SOURCE_DATE_EPOCH", Int, Unset, PhaseKey,
-        "Timestamp (seconds since 1970) for reproducible outputs: the mtime of every tar entry.";
+        "Timestamp (seconds since 1970) for reproducible outputs: the mtime of every tar entry. A locked build (`--lock`) defaults it to the lock's `Locked:` time.";
     DIB_DEBUG_TRACE = "DIB_DEBUG_TRACE", Int, Value("0"), PhaseKey,
         "Trace hooks with `set -x` when above 0 (`-x` raises it).";
     DIB_PYTHON_EXEC = "DIB_PYTHON_EXEC", Path, Computed("the first python3 on the elements' or host's path"), PhaseKey,
@@ -284,6 +284,10 @@ settings! {
         "Set by kiln with IMAGE_BLOCK_DEVICE: every device of the layout, as `[name]=device` words (a bash array body).";
     KILN_NO_CACHE = "KILN_NO_CACHE", Bool, Unset, NotKey,
         "Set by kiln to 1 with `--no-cache` (caches are ignored and rewritten).";
+    KILN_LOCK_REPO = "KILN_LOCK_REPO", Path, Computed("set by kiln with `--lock`"), NotKey,
+        "Set by kiln in a locked build (`--lock`): the build's local apt repository of the lock's packages. The debootstrap element bootstraps from it, apt in the chroot installs only from it (bound read-only at /tmp/kiln-lock-repo), and the image's own sources are left as the elements write them.";
+    KILN_LOCK_DIGEST = "KILN_LOCK_DIGEST", Text, Computed("set by kiln with `--lock`"), NotKey,
+        "Set by kiln in a locked build: the sha256 of the lock and its side file. It stands for the mirror's state in the phase keys and the bootstrap cache's key (it enters them as the mirror state, not as a variable).";
     KILN_CACHE_ENV = "KILN_CACHE_ENV", Text, Unset, NotKey,
         "More variables to key the phase cache on, comma separated, besides `DIB_*`, the phase-key settings, proxies, locale and every name the elements' hooks mention (any other variable changes no key).";
     KILN_CACHE_MAX_SIZE = "KILN_CACHE_MAX_SIZE", Size, Value("20GiB"), NotKey,

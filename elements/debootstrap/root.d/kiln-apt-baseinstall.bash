@@ -10,7 +10,10 @@
 #      DIB_APT_SOURCES_CONF (entries with the same name share a file) and empties
 #      /etc/apt/sources.list;
 #   2. mounts /proc, a read-only /sys, /dev and /dev/pts (unmounted again on every exit path)
-#      and lends the build host's resolv.conf if the image has none;
+#      and lends the build host's resolv.conf if the image has none; in a locked build
+#      (KILN_LOCK_REPO set by kiln build --lock) it also binds the lock's local repository
+#      read-only at /tmp/kiln-lock-repo, which the apt configuration 08-debootstrap put in
+#      /etc/apt/apt.conf.d/00kiln-lock makes apt's only source;
 #   3. runs apt-get update (through the dpkg element's kiln-apt-update, which explains an
 #      expired Release file), apt-get dist-upgrade (unless DIB_AVOID_PACKAGES_UPDATE=1) and
 #      apt-get install PACKAGE... in the image.
@@ -115,6 +118,11 @@ kiln_apt_baseinstall() {
     mount --make-private "$TARGET_ROOT/dev" 2>/dev/null || true
     _kiln_mount dev/pts -t devpts -o newinstance,ptmxmode=0666,mode=0620 devpts \
         || echo "kiln: warning: could not mount devpts in the image; apt may warn about it" >&2
+    if [ -n "${KILN_LOCK_REPO:-}" ]; then
+        [ -f "$TARGET_ROOT/etc/apt/apt.conf.d/00kiln-lock" ] \
+            || die "a locked build, but $TARGET_ROOT/etc/apt/apt.conf.d/00kiln-lock is missing (debootstrap's root.d/08-debootstrap writes it)"
+        _kiln_mount tmp/kiln-lock-repo --bind -o ro "$KILN_LOCK_REPO"
+    fi
 
     if [ ! -e "$TARGET_ROOT/etc/resolv.conf" ] && [ ! -L "$TARGET_ROOT/etc/resolv.conf" ]; then
         if [ -r /etc/resolv.conf ]; then

@@ -45,6 +45,13 @@ impl LockCmd {
     pub fn run(&self) -> anyhow::Result<i32> {
         crate::logging::init(0);
         self.request.check_supported()?;
+        if self.request.lock.is_some() {
+            return Err(super::UsageError(
+                "--lock builds from a lock (kiln build, kiln plan); kiln lock makes one: leave it out"
+                    .into(),
+            )
+            .into());
+        }
         let path = self
             .request
             .name

@@ -100,7 +100,16 @@ fn input_changes(old: &cache::Inputs, new: &cache::Inputs) -> Vec<String> {
                 (s.to_string(), format!(" ({u})"))
             })
     };
-    for (label, d) in &new.mirror {
+    // A locked build keys the lock instead of the mirror (one entry, `lock`).
+    let lock = crate::locked::MIRROR_LABEL;
+    match (old.mirror.get(lock), new.mirror.get(lock)) {
+        (Some(o), Some(n)) if o != n => v.push("lock changed".to_string()),
+        (None, Some(_)) => v.push("built from a lock (--lock) instead of the mirror".to_string()),
+        (Some(_), None) => v.push("no longer built from a lock (--lock)".to_string()),
+        _ => {}
+    }
+    let locked = old.mirror.contains_key(lock) || new.mirror.contains_key(lock);
+    for (label, d) in new.mirror.iter().filter(|_| !locked) {
         let (s, at) = suite(label);
         match old.mirror.get(label) {
             None => v.push(format!("apt suite {s}{at} added to the image's sources")),
@@ -108,7 +117,7 @@ fn input_changes(old: &cache::Inputs, new: &cache::Inputs) -> Vec<String> {
             _ => {}
         }
     }
-    for label in old.mirror.keys() {
+    for label in old.mirror.keys().filter(|_| !locked) {
         if !new.mirror.contains_key(label) {
             let (s, at) = suite(label);
             v.push(format!(
@@ -235,5 +244,26 @@ mod tests {
             "{why:?}"
         );
         assert!(why.contains(&"DIB_ADD_APT_KEYS file no longer read".to_string()));
+    }
+
+    #[test]
+    fn a_locked_build_names_the_lock_not_the_suites() {
+        let unlocked = inputs();
+        let mut locked = unlocked.clone();
+        locked.mirror = BTreeMap::from([(crate::locked::MIRROR_LABEL.into(), "d1".into())]);
+        assert_eq!(
+            input_changes(&unlocked, &locked),
+            ["built from a lock (--lock) instead of the mirror"]
+        );
+        assert_eq!(
+            input_changes(&locked, &unlocked),
+            ["no longer built from a lock (--lock)"]
+        );
+        let mut relocked = locked.clone();
+        relocked
+            .mirror
+            .insert(crate::locked::MIRROR_LABEL.into(), "d2".into());
+        assert_eq!(input_changes(&locked, &relocked), ["lock changed"]);
+        assert!(input_changes(&locked, &locked).is_empty());
     }
 }

@@ -72,8 +72,15 @@ pub fn cache_steps(plan: &BuildPlan, prepared: &Prepared, lib: &Path) -> Vec<Cac
 }
 
 /// The digest of every apt suite of the image's sources, fetched in parallel; nothing when
-/// offline (`DIB_OFFLINE`), where the mirror is not asked.
+/// offline (`DIB_OFFLINE`), where the mirror is not asked. A locked build keys the digest of
+/// its lock instead, and asks no mirror.
 fn mirror_state(prepared: &Prepared) -> std::collections::BTreeMap<String, String> {
+    if let Some(locked) = &prepared.locked {
+        return std::collections::BTreeMap::from([(
+            crate::locked::MIRROR_LABEL.to_string(),
+            locked.digest.clone(),
+        )]);
+    }
     let offline = prepared
         .env
         .get(settings::DIB_OFFLINE.name)

@@ -89,6 +89,7 @@ impl Ctx<'_> {
         self.step("packages", |ctx| {
             let mut argv = vec!["install-packages".to_string()];
             argv.extend(ctx.plan.request.package_list());
+            let bound = ctx.bind_lock_repo(mnt)?;
             let run = PhaseRun {
                 phase: "packages",
                 place: &Place::Chroot(mnt.to_path_buf()),
@@ -97,7 +98,9 @@ impl Ctx<'_> {
                 elements: &BTreeMap::new(),
                 capture: None,
             };
-            ctx.ws.host.run_phase(ctx.console, &run).map(|_| ())
+            let result = ctx.ws.host.run_phase(ctx.console, &run).map(|_| ());
+            ctx.unbind_lock_repo(bound);
+            result.map_err(|e| ctx.explain_locked_failure(e))
         })
     }
 
@@ -110,10 +113,14 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    /// Reads the tree's apt lists for the SBOM (step `sbom-index`). Lists that cannot be read
+    /// Reads the tree's apt lists for the SBOM (step `sbom-index`), or a locked build's lock. Lists that cannot be read
     /// are a warning: the SBOM then says NOASSERTION for the .debs' SHA256 and location.
     fn apt_index(&mut self, mnt: &Path) -> Result<sbom::AptIndex, Error> {
         self.step("sbom-index", |ctx| {
+            // A locked build's lists are those of its local repository: the lock says more.
+            if let Some(input) = &ctx.locked {
+                return Ok(sbom::AptIndex::from_lock(&input.lock));
+            }
             Ok(sbom::AptIndex::read(mnt).unwrap_or_else(|e| {
                 ctx.console.say(&format!(
                     "warning: SBOM: cannot read the apt lists ({e}); no .deb checksums"
@@ -225,13 +232,21 @@ impl Ctx<'_> {
                 let in_target =
                     kiln_sandbox::path::create_dir_all_in_root(root, Path::new("tmp/in_target.d"))?;
                 let hooks_mount = self.ws.host.bind(hooks, &in_target, true)?;
+                let repo = match self.bind_lock_repo(root) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = hooks_mount.unmount();
+                        let _ = fs::remove_dir(&in_target);
+                        return Err(e);
+                    }
+                };
                 (
                     vec![
                         "bash".to_string(),
                         "/tmp/in_target.d/dib-run-parts".to_string(),
                         format!("/tmp/in_target.d/{}", phase.dir_name()),
                     ],
-                    Some((root, in_target, hooks_mount)),
+                    Some((root, in_target, hooks_mount, repo)),
                 )
             }
         };
@@ -244,18 +259,19 @@ impl Ctx<'_> {
             capture: prefix,
         };
         let result = self.ws.host.run_phase(self.console, &run);
-        if let Some((root, in_target, hooks_mount)) = chroot {
+        if let Some((root, in_target, hooks_mount, repo)) = chroot {
             if let Err(Error::HookFailed { .. }) = &result {
                 // Let a debugging user look around before the mounts go.
                 self.check_break("after-error", Some(place));
             }
             self.ws.host.reap(root);
+            self.unbind_lock_repo(repo);
             if let Err(e) = hooks_mount.unmount() {
                 self.console.say(&format!("warning: {e}"));
             }
             let _ = fs::remove_dir(&in_target);
         }
-        let fin = result?;
+        let fin = result.map_err(|e| self.explain_locked_failure(e))?;
         self.hooks_ran = fin.hooks;
         Ok(fin.captured)
     }

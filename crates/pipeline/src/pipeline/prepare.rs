@@ -32,6 +32,8 @@ pub struct Prepared {
     pub named: BTreeSet<String>,
     /// The host files the elements declare in `cache-inputs`.
     pub host_inputs: Vec<cache::host_files::Declared>,
+    /// The lock of a locked build (`--lock`), checked against the package lists.
+    pub locked: Option<crate::locked::Input>,
 }
 
 /// Lays out the hook tree under `build_dir/hooks` and kiln's helpers under `build_dir/lib`,
@@ -138,6 +140,7 @@ pub(super) fn prepare_on(
         return Err(name_setters(plan, e));
     }
     crate::packages::write_lists(plan, &evaluated, &hooks)?;
+    let locked = load_lock(plan, &hooks, build_dir, &mut env, &evaluated)?;
     let files = cache::hook_tree_files(&hooks);
     let named = cache::variables::named_in_hooks(&plan.hooks, &[DIB_RUN_PARTS]);
     let host_inputs =
@@ -148,7 +151,32 @@ pub(super) fn prepare_on(
         files,
         named,
         host_inputs,
+        locked,
     })
+}
+
+/// A locked build's lock (`--lock`), read and checked against the package lists written under
+/// `hooks`; sets `KILN_LOCK_REPO` and `KILN_LOCK_DIGEST` for the hooks (the plan's request
+/// already carries the default `SOURCE_DATE_EPOCH`, the lock's time).
+fn load_lock(
+    plan: &BuildPlan,
+    hooks: &Path,
+    build_dir: &Path,
+    env: &mut BTreeMap<String, String>,
+    evaluated: &BTreeMap<String, String>,
+) -> Result<Option<crate::locked::Input>, Error> {
+    let Some(path) = &plan.request.lock else {
+        return Ok(None);
+    };
+    let wanted = crate::lock::request_for(plan, evaluated, hooks)?.packages;
+    let input = crate::locked::Input::load(path, &plan.arch, &wanted)?;
+    let repo = build_dir.join(crate::locked::REPO_DIR);
+    env.insert(
+        settings::KILN_LOCK_REPO.name.into(),
+        repo.display().to_string(),
+    );
+    env.insert(settings::KILN_LOCK_DIGEST.name.into(), input.digest.clone());
+    Ok(Some(input))
 }
 
 /// `err` (a bad `DISTRO_NAME` or `DIB_RELEASE`) with the environment.d files that assign the
