@@ -26,6 +26,7 @@ mod layout;
 mod mbr;
 mod node;
 mod plan;
+mod remake;
 mod size;
 mod yaml;
 
@@ -39,6 +40,7 @@ pub use kiln_host::{
 pub use layout::{Extent, TableLabel, TableLayout};
 pub use node::{Node, NodeKind};
 pub use plan::{plan, Params, Plan};
+pub use remake::{can_remake, Remake};
 pub use size::{image_size_kib, parse_size, parse_size_spec, SizeOpts, SizeSpec};
 
 /// The config DIB uses when neither `DIB_BLOCK_DEVICE_CONFIG` nor any element provides one: a
