@@ -15,6 +15,9 @@
 //!   same inputs build the same image;
 //! - partition devices come from `partx` (`/dev/loopNpK`), not device-mapper/kpartx;
 //! - a filesystem the kernel cannot mount (vfat here) is filled offline with mtools;
+//! - for reproducible builds, [`Created::umount_reproducibly`] makes ext2/3/4 and vfat
+//!   filesystems again offline from their final trees, so every byte of them is fixed
+//!   (`remake.rs`);
 //! - node order is topological with ties broken by name, not a hash order.
 
 mod config;
