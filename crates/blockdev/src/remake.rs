@@ -14,7 +14,8 @@
 //!   `lazy_journal_init=0`, `nodiscard`: otherwise the host kernel decides) and
 //!   `SOURCE_DATE_EPOCH` in its environment (e2fsprogs 1.47.1 or later use it for every time
 //!   they write and clamp atimes to it);
-//! - vfat: discarded, `mkfs.vfat --invariant` with the same volume id, then the tree copied in
+//! - vfat: discarded, `mkfs.vfat --invariant` with the same volume id (given after it, which
+//!   overrides the constant id `--invariant` sets), then the tree copied in
 //!   with mtools in sorted order (directories with `mmd`, files with `mcopy -m`, which keeps
 //!   their mtimes), with `TZ=UTC` (FAT stores local time) and `SOURCE_DATE_EPOCH` (the time
 //!   mtools gives directories).
@@ -166,20 +167,22 @@ pub(crate) fn mke2fs_argv(spec: &MkfsSpec, tree: &Path, epoch: u64) -> Vec<Strin
     v
 }
 
-/// `env TZ=UTC SOURCE_DATE_EPOCH=E mkfs.vfat OPTS [-n LABEL] -i ID --invariant DEVICE`.
+/// `env TZ=UTC SOURCE_DATE_EPOCH=E mkfs.vfat --invariant OPTS [-n LABEL] -i ID DEVICE`.
+/// `--invariant` comes first: it also sets a constant volume id, which the later `-i`
+/// (the seed's) overrides.
 pub(crate) fn mkfs_vfat_argv(spec: &MkfsSpec, epoch: u64) -> Vec<String> {
     let mut v = env_prefix(epoch);
-    let mut mkfs = crate::plan::mkfs_argv(
+    let mkfs = crate::plan::mkfs_argv(
         &spec.fstype,
         &spec.label,
         &spec.opts,
         &spec.uuid,
         &spec.device,
     );
-    let device = mkfs.pop().unwrap_or_default();
-    v.append(&mut mkfs);
+    let mut it = mkfs.into_iter();
+    v.extend(it.next());
     v.push("--invariant".into());
-    v.push(device);
+    v.extend(it);
     v
 }
 
@@ -311,7 +314,7 @@ mod tests {
         s.uuid = "1234-abcd".into();
         assert_eq!(
             mkfs_vfat_argv(&s, 5).join(" "),
-            "env TZ=UTC SOURCE_DATE_EPOCH=5 mkfs.vfat -F 32 -n ESP -i 1234abcd --invariant /dev/loop0p1"
+            "env TZ=UTC SOURCE_DATE_EPOCH=5 mkfs.vfat --invariant -F 32 -n ESP -i 1234abcd /dev/loop0p1"
         );
     }
 
@@ -349,5 +352,151 @@ mod tests {
         for t in ["xfs", "btrfs", "swap", ""] {
             assert!(!can_remake(t), "{t}");
         }
+    }
+
+    /// Runs `argv` (an `env …` command line), with the caller's `TZ` and umask as given.
+    fn run(argv: &[String], tz: &str, umask: &str) {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("umask {umask}; exec \"$0\" \"$@\""))
+            .args(argv)
+            .env("TZ", tz)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{argv:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn tools(names: &[&str], test: &str) -> bool {
+        let missing: Vec<&&str> = names
+            .iter()
+            .filter(|n| {
+                !std::process::Command::new("sh")
+                    .arg("-c")
+                    .arg(format!("command -v {n}"))
+                    .output()
+                    .is_ok_and(|o| o.status.success())
+            })
+            .collect();
+        if missing.is_empty() {
+            return true;
+        }
+        kiln_testkit::skip(test, &format!("{missing:?} not installed"));
+        false
+    }
+
+    /// A small tree, copied a second time a moment later (other ctimes and atimes).
+    fn two_copies(d: &Path) -> (PathBuf, PathBuf) {
+        let a = d.join("a");
+        std::fs::create_dir_all(a.join("EFI/debian")).unwrap();
+        std::fs::write(a.join("EFI/debian/grubx64.efi"), vec![7u8; 100_000]).unwrap();
+        std::fs::write(a.join("EFI/debian/grub.cfg"), "search --fs-uuid x\n").unwrap();
+        let b = d.join("b");
+        let cp = std::process::Command::new("cp")
+            .args(["-a", "--preserve=all"])
+            .arg(&a)
+            .arg(&b)
+            .status()
+            .unwrap();
+        assert!(cp.success());
+        for t in [&a, &b] {
+            let touch = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "find '{}' -exec touch -h -d @1600000000 {{}} +",
+                    t.display()
+                ))
+                .status()
+                .unwrap();
+            assert!(touch.success());
+        }
+        (a, b)
+    }
+
+    fn image(d: &Path, name: &str, mib: u64) -> String {
+        let p = d.join(name);
+        std::fs::File::create(&p)
+            .unwrap()
+            .set_len(mib << 20)
+            .unwrap();
+        p.display().to_string()
+    }
+
+    #[test]
+    fn vfat_made_twice_under_other_tz_and_umask_is_byte_identical_and_keeps_its_id() {
+        let test =
+            "remake::vfat_made_twice_under_other_tz_and_umask_is_byte_identical_and_keeps_its_id";
+        if !tools(&["mkfs.vfat", "mmd", "mcopy", "mdir"], test) {
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let (a, b) = two_copies(d.path());
+        let mut images = Vec::new();
+        for (tree, tz, umask, name) in [
+            (&a, "UTC", "022", "a.img"),
+            (&b, "Pacific/Chatham", "077", "b.img"),
+        ] {
+            let mut s = spec("vfat", &[]);
+            s.label = "ESP".into();
+            s.uuid = "dead-beef".into();
+            s.device = image(d.path(), name, 40);
+            run(&mkfs_vfat_argv(&s, 1_700_000_000), tz, umask);
+            for cmd in fat_fill_argvs(tree, &s.device, 1_700_000_000).unwrap() {
+                run(&cmd, tz, umask);
+            }
+            images.push(s.device);
+        }
+        let bytes = std::fs::read(&images[0]).unwrap();
+        assert!(
+            bytes == std::fs::read(&images[1]).unwrap(),
+            "the two vfat images differ"
+        );
+        let dir = std::process::Command::new("mdir")
+            .args(["-i", &images[0], "::/EFI/debian"])
+            .output()
+            .unwrap();
+        let listing = String::from_utf8_lossy(&dir.stdout);
+        assert!(
+            listing.contains("DEAD-BEEF"),
+            "the volume id is not the seed's: {listing}"
+        );
+        assert!(listing.contains("grubx64"), "{listing}");
+    }
+
+    #[test]
+    fn ext4_made_twice_from_two_copies_is_byte_identical() {
+        let test = "remake::ext4_made_twice_from_two_copies_is_byte_identical";
+        if !tools(&["mke2fs"], test) {
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let (a, b) = two_copies(d.path());
+        let mut images = Vec::new();
+        for (tree, tz, umask, name) in [
+            (&a, "UTC", "022", "a.img"),
+            (&b, "Pacific/Chatham", "077", "b.img"),
+        ] {
+            let mut s = spec("ext4", &["-i", "4096"]);
+            s.device = image(d.path(), name, 32);
+            // atimes as the pipeline leaves them: the epoch.
+            let touch = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "find '{}' -exec touch -h -a -d @1700000000 {{}} +",
+                    tree.display()
+                ))
+                .status()
+                .unwrap();
+            assert!(touch.success());
+            run(&mke2fs_argv(&s, tree, 1_700_000_000), tz, umask);
+            images.push(s.device);
+        }
+        assert!(
+            std::fs::read(&images[0]).unwrap() == std::fs::read(&images[1]).unwrap(),
+            "the two ext4 images differ"
+        );
     }
 }

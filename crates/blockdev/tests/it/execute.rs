@@ -513,7 +513,7 @@ fn reproducible_unmount_makes_ext4_and_vfat_again_from_their_trees() {
             "sync",
             "umount /mnt/boot/efi",
             "blkdiscard /dev/loop0p1",
-            "env TZ=UTC SOURCE_DATE_EPOCH=1700000000 mkfs.vfat -n MKFS_ESP -i SERIAL --invariant /dev/loop0p1",
+            "env TZ=UTC SOURCE_DATE_EPOCH=1700000000 mkfs.vfat --invariant -n MKFS_ESP -i SERIAL /dev/loop0p1",
             "env TZ=UTC SOURCE_DATE_EPOCH=1700000000 mmd -i /dev/loop0p1 ::/EFI ::/EFI/debian",
             "env TZ=UTC SOURCE_DATE_EPOCH=1700000000 mcopy -m -o -i /dev/loop0p1 T/1/EFI/debian/grubx64.efi ::/EFI/debian",
             "sync",
