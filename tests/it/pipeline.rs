@@ -79,10 +79,16 @@ impl Fixture {
 
     /// A plan of `elements` with the build seed `seed` (`--seed`), or the default seed.
     fn plan_of(&self, elements: &[&str], seed: Option<&str>) -> BuildPlan {
-        let env = [
+        self.plan_env(elements, seed, &[])
+    }
+
+    /// [`Self::plan_of`] with more variables in the request's environment.
+    fn plan_env(&self, elements: &[&str], seed: Option<&str>, extra: &[(&str, &str)]) -> BuildPlan {
+        let mut env = vec![
             ("ELEMENTS_PATH", self.tree.path().display().to_string()),
             ("TMPDIR", self.tmp().display().to_string()),
         ];
+        env.extend(extra.iter().map(|(k, v)| (*k, (*v).to_string())));
         let req = BuildRequest {
             elements: elements.iter().map(|e| (*e).to_string()).collect(),
             arch: Some("amd64".into()),
@@ -194,6 +200,54 @@ fn disk_build_effect_sequence() {
     let out = fs::canonicalize(fx.out.path()).unwrap();
     assert_eq!(host_mounts_under(&out), Vec::<PathBuf>::new());
     insta::assert_snapshot!("pipeline_disk_build_effects", fx.normalise(&effects));
+}
+
+/// With SOURCE_DATE_EPOCH the root filesystem's final content is copied out before the
+/// unmount and the filesystem made again from it offline (discard, `mke2fs -d` with the same
+/// UUID); nothing is left behind.
+#[test]
+fn reproducible_disk_build_effect_sequence() {
+    let fx = Fixture::new();
+    let plan = fx.plan_env(
+        &["test-os"],
+        Some("pipeline-fixture"),
+        &[("SOURCE_DATE_EPOCH", "1700000000")],
+    );
+    let (result, effects, console) = fx.build(&plan, |r| r, None);
+    result.unwrap_or_else(|e| panic!("{e}\n{console}"));
+    assert!(effects.iter().all(|e| !e.failed));
+    assert_eq!(unreleased(&effects), Vec::<String>::new());
+    assert_eq!(fx.leftover_dirs(), Vec::<PathBuf>::new());
+    let lines = fx.lines(&effects);
+    let pos = |prefix: &str| {
+        lines
+            .iter()
+            .position(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no `{prefix}` in {lines:#?}"))
+    };
+    let copy = pos("cp -a --preserve=all --one-file-system --no-target-directory [BUILD]/mnt ");
+    let umount = lines
+        .iter()
+        .rposition(|l| l == "umount [BUILD]/mnt")
+        .expect("the image is unmounted");
+    let discard = pos("blkdiscard /dev/loop0p1");
+    let mke2fs = pos("env TZ=UTC SOURCE_DATE_EPOCH=1700000000 mke2fs ");
+    let detach = pos("losetup -d ");
+    assert!(copy < umount && umount < discard && discard < mke2fs && mke2fs < detach);
+    // The same UUID as the filesystem made first.
+    assert_eq!(
+        lines[mke2fs]
+            .split(" -U ")
+            .nth(1)
+            .unwrap()
+            .split(' ')
+            .next(),
+        Some(root_uuid(&fx, &plan).as_str())
+    );
+    insta::assert_snapshot!(
+        "pipeline_reproducible_disk_build_effects",
+        fx.normalise(&effects)
+    );
 }
 
 /// The root filesystem UUID a recorded build gave `mkfs` (`-U`).

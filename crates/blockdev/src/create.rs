@@ -22,6 +22,7 @@ use crate::layout::TableLabel;
 use crate::mbr::{self, MbrPart};
 use crate::node::{is_fat, Node, NodeKind};
 use crate::plan::{losetup_argv, lv_device, lvcreate_argv, mkfs_argv, vgcreate_argv, Plan};
+use crate::remake::{self, MkfsSpec, Remake};
 use kiln_host::Runner;
 
 /// How many times `umount` is retried (1 s apart) before a lazy unmount.
@@ -69,6 +70,8 @@ pub struct Created {
     fstab: String,
     mounts: Vec<MountInfo>,
     undo: Vec<Undo>,
+    /// How each mounted filesystem was made, for [`Created::umount_reproducibly`].
+    specs: Vec<MkfsSpec>,
     drop_runner: Option<Box<dyn Runner + Send>>,
 }
 
@@ -130,6 +133,7 @@ impl Plan {
             fstab: self.fstab(),
             mounts: Vec::new(),
             undo: Vec::new(),
+            specs: Vec::new(),
             drop_runner: None,
         };
         for n in &self.nodes {
@@ -140,7 +144,7 @@ impl Plan {
                     n.name
                 );
                 let undo = std::mem::take(&mut st.undo);
-                return match teardown(undo, runner) {
+                return match teardown(undo, runner, None) {
                     Ok(()) => Err(e),
                     Err(rollback) => Err(Error::RollbackFailed {
                         cause: Box::new(e),
@@ -303,6 +307,22 @@ impl Plan {
             _ => String::new(),
         };
         let device = st.device_of(&self.device_node_of(n).name);
+        if let Some(NodeKind::Mkfs {
+            fstype,
+            label,
+            opts,
+            uuid,
+        }) = self.base_node(n).map(|b| &b.kind)
+        {
+            st.specs.push(MkfsSpec {
+                target: target.to_path_buf(),
+                fstype: fstype.clone(),
+                label: label.clone(),
+                opts: opts.clone(),
+                uuid: uuid.clone(),
+                device: device.clone(),
+            });
+        }
         let t = target.display().to_string();
         runner.run(&argv(&["mkdir", "-p", &t]))?;
         let offline = !runner.kernel_can_mount(&fstype);
@@ -409,12 +429,66 @@ fn retry(runner: &mut dyn Runner, cmd: &[String], tries: u32) -> Result<(), Stri
     Err(last)
 }
 
-/// Undoes in reverse order, continuing past failures.
-fn teardown(mut undo: Vec<Undo>, runner: &mut dyn Runner) -> Result<(), TeardownError> {
+/// The filesystems to make again after their unmount, with what they were made with.
+struct Remaking<'a> {
+    remake: &'a Remake,
+    specs: &'a [MkfsSpec],
+}
+
+impl Remaking<'_> {
+    /// The spec and tree of the filesystem mounted at `target`, when it is to be made again.
+    fn of(&self, target: &Path) -> Option<(&MkfsSpec, &Path)> {
+        let tree = self.remake.tree_for(target)?;
+        let spec = self.specs.iter().find(|s| s.target == target)?;
+        Some((spec, tree))
+    }
+}
+
+/// Makes one filesystem again from `tree` (see [`crate::remake`]): discard (or zeroes), then
+/// mke2fs or mkfs.vfat and mtools.
+fn remake_fs(
+    runner: &mut dyn Runner,
+    spec: &MkfsSpec,
+    tree: &Path,
+    epoch: u64,
+) -> Result<(), String> {
+    if let Err(e) = runner.run(&remake::discard_argv(&spec.device)) {
+        tracing::info!("discarding {} failed ({e}); writing zeroes", spec.device);
+        runner
+            .run(&remake::zero_argv(&spec.device))
+            .map_err(|e| e.to_string())?;
+    }
+    if is_fat(&spec.fstype) {
+        runner
+            .run(&remake::mkfs_vfat_argv(spec, epoch))
+            .map_err(|e| e.to_string())?;
+        let cmds = remake::fat_fill_argvs(tree, &spec.device, epoch)
+            .map_err(|e| format!("read {}: {e}", tree.display()))?;
+        for cmd in cmds {
+            runner.run(&cmd).map_err(|e| e.to_string())?;
+        }
+    } else {
+        runner
+            .run(&remake::mke2fs_argv(spec, tree, epoch))
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Undoes in reverse order, continuing past failures. With `remaking`, each filesystem it
+/// names is made again from its tree right after its unmount, instead of being filled offline.
+fn teardown(
+    mut undo: Vec<Undo>,
+    runner: &mut dyn Runner,
+    remaking: Option<&Remaking<'_>>,
+) -> Result<(), TeardownError> {
     let mut failures = Vec::new();
     while let Some(step) = undo.pop() {
         tracing::debug!(?step, "teardown");
         match step {
+            Undo::CopyIntoFat { dir, .. } if remaking.is_some_and(|r| r.of(&dir).is_some()) => {
+                // Made again from its tree after the unmount below.
+            }
             Undo::Unmount { target, fstype } => {
                 let t = target.display().to_string();
                 if let Err(e) = runner.run(&argv(&["sync"])) {
@@ -425,10 +499,29 @@ fn teardown(mut undo: Vec<Undo>, runner: &mut dyn Runner) -> Result<(), Teardown
                         tracing::debug!("fstrim {t} failed (ignored): {e}");
                     }
                 }
+                let mut unmounted = true;
                 if let Err(e) = retry(runner, &argv(&["umount", &t]), UMOUNT_RETRIES + 1) {
                     tracing::warn!("umount {t} kept failing ({e}); unmounting lazily");
+                    unmounted = false;
                     if let Err(e) = runner.run(&argv(&["umount", "-l", &t])) {
                         failures.push(format!("unmount {t}: {e}"));
+                    }
+                }
+                if let Some((spec, tree)) = remaking.and_then(|r| r.of(&target)) {
+                    let epoch = remaking.map_or(0, |r| r.remake.epoch);
+                    if !unmounted {
+                        // A lazily unmounted filesystem may still be written: never remake it.
+                        failures.push(format!(
+                            "make the {} filesystem on {} again: it did not unmount cleanly",
+                            spec.fstype, spec.device
+                        ));
+                    } else if let Err(e) = remake_fs(runner, spec, tree, epoch) {
+                        failures.push(format!(
+                            "make the {} filesystem on {} again from {}: {e}",
+                            spec.fstype,
+                            spec.device,
+                            tree.display()
+                        ));
                     }
                 }
             }
@@ -577,7 +670,46 @@ impl Created {
     /// and reports all of them.
     pub fn umount(mut self, runner: &mut dyn Runner) -> Result<(), TeardownError> {
         let undo = std::mem::take(&mut self.undo);
-        teardown(undo, runner)
+        teardown(undo, runner, None)
+    }
+
+    /// [`Created::umount`], and every filesystem `remake` gives a tree for is made again from
+    /// that tree right after its unmount, with every byte fixed ([`crate::remake`]); an offline
+    /// vfat given a tree is made from it instead of being filled from its directory. A
+    /// filesystem that cannot be made again ([`crate::can_remake`]) or did not unmount cleanly
+    /// is a failure. The trees must hold each filesystem's final content (nothing of the
+    /// filesystems mounted below it).
+    pub fn umount_reproducibly(
+        mut self,
+        runner: &mut dyn Runner,
+        remake: &Remake,
+    ) -> Result<(), TeardownError> {
+        let undo = std::mem::take(&mut self.undo);
+        let mut failures = Vec::new();
+        for (target, _) in &remake.trees {
+            match self.specs.iter().find(|s| &s.target == target) {
+                Some(s) if remake::can_remake(&s.fstype) => {}
+                Some(s) => failures.push(format!(
+                    "make the {} filesystem on {} again: kiln cannot make {} reproducibly",
+                    s.fstype, s.device, s.fstype
+                )),
+                None => failures.push(format!(
+                    "make the filesystem mounted at {} again: no filesystem of the image is \
+                     mounted there",
+                    target.display()
+                )),
+            }
+        }
+        if !failures.is_empty() {
+            // Nothing is remade: tear down as usual and report.
+            let _ = teardown(undo, runner, None);
+            return Err(TeardownError { failures });
+        }
+        let remaking = Remaking {
+            remake,
+            specs: &self.specs,
+        };
+        teardown(undo, runner, Some(&remaking))
     }
 }
 
@@ -599,7 +731,7 @@ impl Drop for Created {
             "block devices of {} were not torn down; tearing them down now",
             self.image_path.display()
         );
-        if let Err(e) = teardown(undo, runner.as_mut()) {
+        if let Err(e) = teardown(undo, runner.as_mut(), None) {
             tracing::error!("{e}");
         }
     }

@@ -15,6 +15,9 @@
 //!   same inputs build the same image;
 //! - partition devices come from `partx` (`/dev/loopNpK`), not device-mapper/kpartx;
 //! - a filesystem the kernel cannot mount (vfat here) is filled offline with mtools;
+//! - for reproducible builds, [`Created::umount_reproducibly`] makes ext2/3/4 and vfat
+//!   filesystems again offline from their final trees, so every byte of them is fixed
+//!   (`remake.rs`);
 //! - node order is topological with ties broken by name, not a hash order.
 
 mod config;
@@ -26,6 +29,7 @@ mod layout;
 mod mbr;
 mod node;
 mod plan;
+mod remake;
 mod size;
 mod yaml;
 
@@ -39,6 +43,7 @@ pub use kiln_host::{
 pub use layout::{Extent, TableLabel, TableLayout};
 pub use node::{Node, NodeKind};
 pub use plan::{plan, Params, Plan};
+pub use remake::{can_remake, Remake};
 pub use size::{image_size_kib, parse_size, parse_size_spec, SizeOpts, SizeSpec};
 
 /// The config DIB uses when neither `DIB_BLOCK_DEVICE_CONFIG` nor any element provides one: a

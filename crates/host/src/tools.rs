@@ -58,6 +58,8 @@ pub const PACKAGES: &[(&str, &str)] = &[
     ("mkfs.ext2", "e2fsprogs"),
     ("mkfs.ext3", "e2fsprogs"),
     ("mkfs.ext4", "e2fsprogs"),
+    ("mke2fs", "e2fsprogs"),
+    ("blkdiscard", "util-linux"),
     ("e2fsck", "e2fsprogs"),
     ("resize2fs", "e2fsprogs"),
     ("tune2fs", "e2fsprogs"),

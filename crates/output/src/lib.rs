@@ -21,6 +21,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use kiln_host::Cmd;
 
@@ -379,7 +380,8 @@ pub struct Options {
     pub qemu_img_options: Option<String>,
     /// zlib level of kiln's own compressed-qcow2 writer; `None` leaves qcow2 to qemu-img.
     pub qcow2_level: Option<u32>,
-    /// `SOURCE_DATE_EPOCH`: tar mtimes are clamped to it.
+    /// `SOURCE_DATE_EPOCH`: reproducible output. tar mtimes are clamped to it, squashfs takes
+    /// it as its creation time, qemu-img writes in order.
     pub source_date_epoch: Option<u64>,
 }
 
@@ -442,6 +444,39 @@ pub fn prepare_pending(dest: &Path) -> Result<PathBuf> {
         .create(&dir)
         .map_err(io_err)?;
     Ok(pending_path(dest))
+}
+
+/// The umask outputs are given their mode by, when the caller set one ([`set_output_umask`]).
+static OUTPUT_UMASK: AtomicU32 = AtomicU32::new(u32::MAX);
+
+/// Makes every output (and its checksum files) get the mode `0666 & !mask` when it is put in
+/// place, whatever umask the process has then. A build sets its own umask to 022 so that the
+/// image does not depend on the caller's, and hands the caller's umask here, so outputs still
+/// get the mode the caller's umask gives new files.
+pub fn set_output_umask(mask: u32) {
+    OUTPUT_UMASK.store(mask & 0o777, Ordering::Relaxed);
+}
+
+/// The umask outputs get their mode from: the one set with [`set_output_umask`], else this
+/// process's.
+pub fn output_umask() -> u32 {
+    match OUTPUT_UMASK.load(Ordering::Relaxed) {
+        u32::MAX => process_umask(),
+        m => m,
+    }
+}
+
+/// This process's umask, from `/proc/self/status` (reading it with `umask(2)` would change it
+/// for every thread meanwhile); 022 when the kernel does not say.
+fn process_umask() -> u32 {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Umask:"))
+                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        })
+        .unwrap_or(0o022)
 }
 
 /// Removes `dest`'s pending directory and what is in it (after a failure).
@@ -540,6 +575,16 @@ fn finish_inner(dest: &Path, overwrite: bool, sums: Checksums, stamp: &str) -> R
                 let _ = fs::rename(&old, format!("{}.{s}", moved.display()));
             }
         }
+    }
+    // Modes from the caller's umask, set while the files are still private.
+    let mode = 0o666 & !output_umask();
+    for p in std::iter::once(&tmp).chain(sum_files.iter().map(|(from, _)| from)) {
+        fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(mode)).map_err(
+            |source| Error::Io {
+                path: p.clone(),
+                source,
+            },
+        )?;
     }
     fs::rename(&tmp, dest).map_err(|source| Error::Io {
         path: tmp.clone(),

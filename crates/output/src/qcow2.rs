@@ -712,6 +712,27 @@ mod tests {
     }
 
     #[test]
+    fn kilns_qcow2_is_the_same_for_the_same_disk_under_another_umask_and_tz() {
+        let d = tempfile::tempdir().unwrap();
+        let disk = crate::testutil::sparse_disk(d.path());
+        let ty = crate::OutputType::parse("qcow2").unwrap();
+        let opts = crate::Options {
+            compress: true,
+            qcow2_level: Some(DEFAULT_LEVEL),
+            source_date_epoch: Some(1),
+            ..crate::Options::default()
+        };
+        let here = d.path().join("a.qcow2");
+        let there = d.path().join("b.qcow2");
+        crate::produce(ty, &disk, &here, &opts).unwrap();
+        crate::testutil::produce_elsewhere("qcow2", &disk, &there, Some(1));
+        assert_eq!(
+            std::fs::read(crate::pending_path(&here)).unwrap(),
+            std::fs::read(crate::pending_path(&there)).unwrap()
+        );
+    }
+
+    #[test]
     fn qcow2_output_native_or_qemu_img() {
         if qemu_img(&["--version"]).is_none() {
             kiln_testkit::skip(

@@ -2,7 +2,9 @@
 //! `vpc` driver), `vdi`, `qed`, `vhdx`, and `qcow2` when kiln's own writer does not apply.
 //!
 //! The conversion runs with 16 coroutines and out-of-order writes (`-m 16 -W`) so that qcow2
-//! compression uses every core; `--qemu-img-options` are passed as `-o`.
+//! compression uses every core; `--qemu-img-options` are passed as `-o`. Out-of-order writes
+//! place clusters in the order their coroutines finish, so with `SOURCE_DATE_EPOCH` set
+//! (reproducible output) kiln leaves `-W` out: the file is then the same for the same disk.
 
 use std::path::Path;
 
@@ -30,7 +32,11 @@ impl QemuImg {
         if compress {
             cmd = cmd.arg("-c");
         }
-        cmd = cmd.args(["-m", "16", "-W", "-f", "raw", "-O", self.driver]);
+        cmd = cmd.args(["-m", "16"]);
+        if opts.source_date_epoch.is_none() {
+            cmd = cmd.arg("-W");
+        }
+        cmd = cmd.args(["-f", "raw", "-O", self.driver]);
         if let Some(o) = opts.qemu_img_options.as_deref().filter(|o| !o.is_empty()) {
             cmd = cmd.arg("-o").arg(o);
         }

@@ -24,26 +24,15 @@ impl Producer for Raw {
                 .arg(pending)
                 .run()?;
         }
-        fs::set_permissions(pending, fs::Permissions::from_mode(0o666 & !umask())).map_err(
-            |source| crate::Error::Io {
-                path: pending.to_path_buf(),
-                source,
-            },
+        fs::set_permissions(
+            pending,
+            fs::Permissions::from_mode(0o666 & !crate::output_umask()),
         )
-    }
-}
-
-/// This process's umask, from `/proc/self/status` (reading it with `umask(2)` would change it
-/// for every thread meanwhile); 022 when the kernel does not say.
-fn umask() -> u32 {
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Umask:"))
-                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        .map_err(|source| crate::Error::Io {
+            path: pending.to_path_buf(),
+            source,
         })
-        .unwrap_or(0o022)
+    }
 }
 
 #[cfg(test)]
@@ -75,7 +64,7 @@ mod tests {
             .permissions()
             .mode()
             & 0o777;
-        assert_eq!(mode, 0o666 & !umask());
-        assert_eq!(mode & 0o044, 0o044 & !umask());
+        assert_eq!(mode, 0o666 & !crate::output_umask());
+        assert_eq!(mode & 0o044, 0o044 & !crate::output_umask());
     }
 }

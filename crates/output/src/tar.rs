@@ -80,4 +80,22 @@ mod tests {
             std::fs::read(crate::pending_path(&again)).unwrap()
         );
     }
+
+    #[test]
+    fn the_same_tree_gives_the_same_tar_under_another_umask_and_tz() {
+        let d = tempfile::tempdir().unwrap();
+        let root = small_tree(d.path());
+        let opts = Options {
+            source_date_epoch: Some(1_700_000_000),
+            ..Options::default()
+        };
+        let here = d.path().join("a.tar");
+        let there = d.path().join("b.tar");
+        produce(OutputType::parse("tar").unwrap(), &root, &here, &opts).unwrap();
+        crate::testutil::produce_elsewhere("tar", &root, &there, Some(1_700_000_000));
+        assert_eq!(
+            std::fs::read(crate::pending_path(&here)).unwrap(),
+            std::fs::read(crate::pending_path(&there)).unwrap()
+        );
+    }
 }

@@ -62,3 +62,69 @@ pub fn qemu_img_compare(disk: &Path, image: &Path) {
         out.stderr_str()
     );
 }
+
+/// The variable that tells [`child_produce`] what to make (type, tree, destination, epoch).
+const CHILD_JOB: &str = "KILN_OUTPUT_TEST_CHILD_JOB";
+
+/// Makes output `ty` of `root` at `dest` in a child process of this test binary that differs
+/// from this one in everything that must not matter: umask 077, `TZ=Pacific/Chatham` and
+/// another working directory. Tests compare its bytes with those made here.
+pub fn produce_elsewhere(ty: &str, root: &Path, dest: &Path, epoch: Option<u64>) {
+    let exe = std::env::current_exe().unwrap();
+    let job = format!(
+        "{ty}\n{}\n{}\n{}",
+        root.display(),
+        dest.display(),
+        epoch.map(|e| e.to_string()).unwrap_or_default()
+    );
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = Cmd::new("sh")
+        .args(["-c", "umask 077; exec \"$0\" \"$@\""])
+        .arg(exe)
+        .args([
+            "--exact",
+            "testutil::child_produce",
+            "--ignored",
+            "--test-threads=1",
+        ])
+        .env(CHILD_JOB, job)
+        .env("TZ", "Pacific/Chatham")
+        .current_dir(elsewhere.path())
+        .run_unchecked()
+        .unwrap();
+    assert!(
+        out.status.success() && out.stdout_str().contains("1 passed"),
+        "the child producer failed: {}{}",
+        out.stdout_str(),
+        out.stderr_str()
+    );
+}
+
+/// The child side of [`produce_elsewhere`] (run only by it: without its job it does nothing).
+/// A qcow2 is written compressed by kiln's own writer at its default level.
+#[test]
+#[ignore = "run by produce_elsewhere in a child process"]
+fn child_produce() {
+    let Ok(job) = std::env::var(CHILD_JOB) else {
+        return;
+    };
+    let mut parts = job.split('\n');
+    let (Some(ty), Some(root), Some(dest), Some(epoch)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        panic!("bad job {job:?}");
+    };
+    let opts = crate::Options {
+        source_date_epoch: epoch.parse().ok(),
+        compress: ty == "qcow2",
+        qcow2_level: (ty == "qcow2").then_some(crate::qcow2::DEFAULT_LEVEL),
+        ..crate::Options::default()
+    };
+    crate::produce(
+        crate::OutputType::parse(ty).unwrap(),
+        Path::new(root),
+        Path::new(dest),
+        &opts,
+    )
+    .unwrap();
+}

@@ -109,4 +109,24 @@ mod tests {
         .unwrap_err();
         assert!(err.to_string().contains("tar"), "{err}");
     }
+
+    #[test]
+    fn the_gzip_header_has_no_name_and_no_time_and_the_bytes_do_not_depend_on_the_host() {
+        let d = tempfile::tempdir().unwrap();
+        let root = small_tree(d.path());
+        let opts = Options {
+            source_date_epoch: Some(1_700_000_000),
+            ..Options::default()
+        };
+        let tgz = d.path().join("t.tgz");
+        produce(OutputType::parse("tgz").unwrap(), &root, &tgz, &opts).unwrap();
+        let bytes = fs::read(pending_path(&tgz)).unwrap();
+        // RFC 1952: magic, method 8, FLG (0x08 = FNAME, 0x10 = FCOMMENT), MTIME (4 bytes LE).
+        assert_eq!(bytes[..3], [0x1f, 0x8b, 8]);
+        assert_eq!(bytes[3] & 0x18, 0, "a name or comment is stored");
+        assert_eq!(bytes[4..8], [0, 0, 0, 0], "a time is stored");
+        let other = d.path().join("u.tgz");
+        crate::testutil::produce_elsewhere("tgz", &root, &other, Some(1_700_000_000));
+        assert_eq!(fs::read(pending_path(&other)).unwrap(), bytes);
+    }
 }

@@ -132,7 +132,19 @@ pub fn base_env(
             set(S::DIB_DEBIAN_SECURITY_MIRROR, m);
         }
     }
-    set(S::DIB_ARGS, req.args.join(" "));
+    // With SOURCE_DATE_EPOCH the image must not record where it was built (the manifests
+    // element writes DIB_ARGS into it).
+    let reproducible = req
+        .var(S::SOURCE_DATE_EPOCH.name)
+        .is_some_and(|v| !v.trim().is_empty());
+    set(
+        S::DIB_ARGS,
+        if reproducible {
+            args_without_host_paths(&req.args).join(" ")
+        } else {
+            req.args.join(" ")
+        },
+    );
     set(S::DIB_ENV, dib_env(&req.env));
     // PATH: kiln's helpers first, then the caller's, then the sbin dirs DIB appends.
     let mut path = format!("{}:{}", d(lib_dir), S::PATH.get_or_default(&req.env));
@@ -256,6 +268,39 @@ pub fn parse_env0(bytes: &[u8]) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// The command line without what names places on the build host: `-o PATH` keeps only the
+/// image's file name; `--image-cache` and `--logfile` (which change nothing in the image) are
+/// left out with their values. Both spellings (`--opt VALUE`, `--opt=VALUE`, `-oVALUE`).
+pub fn args_without_host_paths(args: &[String]) -> Vec<String> {
+    const DROPPED: &[&str] = &["--image-cache", "--logfile"];
+    let file_name = |v: &str| {
+        Path::new(v)
+            .file_name()
+            .map_or_else(|| v.to_string(), |n| n.to_string_lossy().into_owned())
+    };
+    let mut out = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if DROPPED.contains(&a.as_str()) {
+            it.next();
+        } else if DROPPED
+            .iter()
+            .any(|d| a.strip_prefix(d).is_some_and(|r| r.starts_with('=')))
+        {
+        } else if a == "-o" {
+            out.push(a.clone());
+            if let Some(v) = it.next() {
+                out.push(file_name(v));
+            }
+        } else if let Some(v) = a.strip_prefix("-o").filter(|v| !v.is_empty()) {
+            out.push(format!("-o{}", file_name(v)));
+        } else {
+            out.push(a.clone());
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -282,5 +327,34 @@ mod tests {
         e.insert("DIB_RELEASE".to_string(), "bookworm".to_string());
         e.insert("HOME".to_string(), "/root".to_string());
         assert_eq!(dib_env(&e), "declare -x DIB_RELEASE=bookworm\n");
+    }
+
+    #[test]
+    fn reproducible_args_name_no_host_path() {
+        let args: Vec<String> = [
+            "--seed",
+            "s",
+            "--image-cache",
+            "/c/a",
+            "-o",
+            "/out/a/image",
+            "--logfile=/l/x",
+            "-t",
+            "tar,raw",
+            "debian-minimal",
+            "vm",
+        ]
+        .iter()
+        .map(|s| (*s).to_string())
+        .collect();
+        assert_eq!(
+            args_without_host_paths(&args).join(" "),
+            "--seed s -o image -t tar,raw debian-minimal vm"
+        );
+        let joined: Vec<String> = ["-o/x/y/img", "--image-cache=/c", "vm"]
+            .iter()
+            .map(|s| (*s).to_string())
+            .collect();
+        assert_eq!(args_without_host_paths(&joined).join(" "), "-oimg vm");
     }
 }

@@ -76,9 +76,20 @@ struct Ctx<'a> {
 
 /// Runs the build on this machine, after the [`preflight`]. On failure everything set up is
 /// torn down before the error returns.
+///
+/// The build runs with umask 022, whatever the caller's: hooks, the tools kiln runs and kiln
+/// itself create files in the image, and an image must not depend on who built it (a umask of
+/// 077 would leave `/boot/grub` unreadable to all but root and the bytes different). The
+/// caller's umask is restored afterwards and still gives the outputs their mode
+/// ([`kiln_output::set_output_umask`]).
 pub fn run(plan: &BuildPlan, console: &Console) -> Result<BuildReport, Error> {
+    use nix::sys::stat::{umask, Mode};
     preflight(plan)?;
-    run_with(plan, console, Box::new(SystemHost::new()))
+    let caller = umask(Mode::from_bits_truncate(0o022));
+    kiln_output::set_output_umask(caller.bits());
+    let result = run_with(plan, console, Box::new(SystemHost::new()));
+    umask(caller);
+    result
 }
 
 /// Runs the build with every host effect going to `host` (no preflight: the caller checks

@@ -199,9 +199,7 @@ impl BuildPlan {
                 .clone()
                 .or_else(|| req.var(settings::QEMU_IMG_OPTIONS.name).map(String::from)),
             qcow2_level: req.qcow2_level()?,
-            source_date_epoch: req
-                .var(settings::SOURCE_DATE_EPOCH.name)
-                .and_then(|v| v.parse().ok()),
+            source_date_epoch: req.source_date_epoch()?,
         })
     }
 

@@ -104,6 +104,25 @@ impl BuildRequest {
         }
     }
 
+    /// `SOURCE_DATE_EPOCH`, when set (and not empty): the build is then reproducible
+    /// (`docs/reproducible.md`). A value that is not a whole number of seconds is a usage
+    /// error.
+    pub fn source_date_epoch(&self) -> Result<Option<u64>, crate::Error> {
+        match self
+            .var(settings::SOURCE_DATE_EPOCH.name)
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+        {
+            None => Ok(None),
+            Some(v) => v.parse().map(Some).map_err(|_| {
+                crate::Error::Usage(format!(
+                    "{}={v:?} is not a time: give whole seconds since 1970 (for example `git log -1 --format=%ct`)",
+                    settings::SOURCE_DATE_EPOCH.name
+                ))
+            }),
+        }
+    }
+
     /// Checks what the request hands to commands before anything is read or run: every `-p`
     /// package name (Debian policy syntax: a name starting with `-` would reach apt as an
     /// option), the architecture (one lower-case word), `--max-online-resize` (a number), the
@@ -117,6 +136,7 @@ impl BuildRequest {
                 "--seed is empty: give any text (the same seed gives the same disk identifiers), or leave --seed out to seed from the build's inputs".into(),
             ));
         }
+        self.source_date_epoch()?;
         for name in self.package_list() {
             if let Some(reason) = kiln_element::names::package_name_problem(&name) {
                 return Err(crate::Error::Usage(format!(

@@ -190,7 +190,7 @@ settings! {
     LC_ALL = "LC_ALL", Text, Value("C"), PhaseKey,
         "Set by kiln to C for every hook.";
     SOURCE_DATE_EPOCH = "SOURCE_DATE_EPOCH", Int, Unset, PhaseKey,
-        "Timestamp (seconds since 1970) for reproducible outputs: the mtime of every tar entry. A locked build (`--lock`) defaults it to the lock's `Locked:` time.";
+        "Timestamp (seconds since 1970) that makes the build reproducible (docs/reproducible.md): exported to hooks (shadow, initramfs-tools and Python use it), every time in the tree clamped to it, leftovers removed, the disk's filesystems made again offline, DIB_ARGS without host paths. A locked build (`--lock`) defaults it to the lock's `Locked:` time.";
     DIB_DEBUG_TRACE = "DIB_DEBUG_TRACE", Int, Value("0"), PhaseKey,
         "Trace hooks with `set -x` when above 0 (`-x` raises it).";
     DIB_PYTHON_EXEC = "DIB_PYTHON_EXEC", Path, Computed("the first python3 on the elements' or host's path"), PhaseKey,

@@ -480,3 +480,103 @@ fn size_helpers() {
         (1_000_000u64 * 10 / 6 + 64 * 1024 + 525 * 1024).div_ceil(64) * 64
     );
 }
+
+#[test]
+fn reproducible_unmount_makes_ext4_and_vfat_again_from_their_trees() {
+    let plan = planned(EFI, Some(2048 * MIB));
+    let mut r = RecordingRunner::new().without_fs("vfat");
+    let created = plan.create(&mut r).unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let root_tree = d.path().join("0");
+    let esp_tree = d.path().join("1");
+    std::fs::create_dir_all(esp_tree.join("EFI/debian")).unwrap();
+    std::fs::write(esp_tree.join("EFI/debian/grubx64.efi"), "x").unwrap();
+    let remake = kiln_blockdev::Remake {
+        epoch: 1_700_000_000,
+        trees: vec![
+            ("/mnt".into(), root_tree.clone()),
+            ("/mnt/boot/efi".into(), esp_tree.clone()),
+        ],
+    };
+    r.clear();
+    created.umount_reproducibly(&mut r, &remake).unwrap();
+    let log: Vec<String> = log_of(&r)
+        .into_iter()
+        .map(|l| l.replace(&d.path().display().to_string(), "T"))
+        .collect();
+    let hash_seed = regex::Regex::new("hash_seed=UUID,").unwrap();
+    assert!(log.iter().any(|l| hash_seed.is_match(l)), "{log:#?}");
+    assert_eq!(
+        log,
+        [
+            // The offline ESP is not filled from its directory: it is made from its tree.
+            "sync",
+            "umount /mnt/boot/efi",
+            "blkdiscard /dev/loop0p1",
+            "env TZ=UTC SOURCE_DATE_EPOCH=1700000000 mkfs.vfat --invariant -n MKFS_ESP -i SERIAL /dev/loop0p1",
+            "env TZ=UTC SOURCE_DATE_EPOCH=1700000000 mmd -i /dev/loop0p1 ::/EFI ::/EFI/debian",
+            "env TZ=UTC SOURCE_DATE_EPOCH=1700000000 mcopy -m -o -i /dev/loop0p1 T/1/EFI/debian/grubx64.efi ::/EFI/debian",
+            "sync",
+            "fstrim --verbose /mnt",
+            "umount /mnt",
+            "blkdiscard /dev/loop0p3",
+            "env TZ=UTC SOURCE_DATE_EPOCH=1700000000 mke2fs -F -q -t ext4 -E hash_seed=UUID,root_owner=0:0,lazy_itable_init=1,lazy_journal_init=0,nodiscard -L cloudimg-rootfs -U UUID -d T/0 /dev/loop0p3",
+            "partx -d /dev/loop0",
+            "losetup -d /dev/loop0",
+        ]
+    );
+    // The same UUID as the first mkfs, and the hash seed derived from it, not equal to it.
+    let first = r.log();
+    let mke2fs = first.iter().find(|l| l.contains("mke2fs")).unwrap();
+    let uuid = mke2fs
+        .split(" -U ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap();
+    assert!(!mke2fs.contains(&format!("hash_seed={uuid}")), "{mke2fs}");
+}
+
+#[test]
+fn reproducible_unmount_zeroes_where_discard_fails_and_reports_a_failed_mkfs() {
+    let plan = planned(MBR, Some(64 * MIB));
+    let mut r = RecordingRunner::new()
+        .fail("blkdiscard /dev")
+        .fail("env TZ=UTC SOURCE_DATE_EPOCH=5 mke2fs");
+    let created = plan.create(&mut r).unwrap();
+    let remake = kiln_blockdev::Remake {
+        epoch: 5,
+        trees: vec![("/mnt".into(), "/t/0".into())],
+    };
+    r.clear();
+    let err = created.umount_reproducibly(&mut r, &remake).unwrap_err();
+    assert_eq!(err.failures.len(), 1, "{err}");
+    assert!(err.failures[0].contains("/dev/loop0p1"), "{err}");
+    let log = log_of(&r);
+    assert_eq!(log[3], "blkdiscard /dev/loop0p1");
+    assert_eq!(log[4], "blkdiscard -z /dev/loop0p1");
+    assert!(log[5].contains("mke2fs"), "{log:#?}");
+    // The rest of the teardown still ran.
+    assert_eq!(log[6..], ["partx -d /dev/loop0", "losetup -d /dev/loop0"]);
+}
+
+#[test]
+fn reproducible_unmount_refuses_a_tree_for_an_unknown_mount_and_still_tears_down() {
+    let plan = planned(MBR, Some(64 * MIB));
+    let mut r = RecordingRunner::new();
+    let created = plan.create(&mut r).unwrap();
+    let remake = kiln_blockdev::Remake {
+        epoch: 5,
+        trees: vec![("/elsewhere".into(), "/t/0".into())],
+    };
+    r.clear();
+    let err = created.umount_reproducibly(&mut r, &remake).unwrap_err();
+    assert!(err.failures[0].contains("/elsewhere"), "{err}");
+    let log = log_of(&r);
+    assert!(!log.iter().any(|l| l.contains("mke2fs")), "{log:#?}");
+    assert_eq!(
+        log.last().map(String::as_str),
+        Some("losetup -d /dev/loop0")
+    );
+}

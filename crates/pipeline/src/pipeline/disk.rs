@@ -1,6 +1,15 @@
 //! The disk stage: the tree moved aside, the image sized, block-device.d run, the block devices
 //! created and the fstab written, the tree copied into the image once; after finalise, the
 //! image unmounted (offline filesystems filled, loop device detached).
+//!
+//! With `SOURCE_DATE_EPOCH` set the image is made reproducible: a filesystem that was mounted
+//! read-write never is (block placement, mount and write times, deleted data in free blocks),
+//! so before the unmount each filesystem's final content is copied out (`cp -ax`, on the
+//! build's tmpfs; a filesystem mounted below another is its own tree) and its times clamped,
+//! and the unmount makes each ext2/3/4 and vfat filesystem again from its tree, offline, with
+//! every byte fixed ([`kiln_blockdev::Created::umount_reproducibly`]). Filesystems kiln cannot
+//! make that way (xfs, btrfs, …) stay as they are, with a warning: the image is then not
+//! reproducible.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -135,12 +144,72 @@ impl Ctx<'_> {
     /// Unmounts the image (this copies offline filesystems in and detaches the loop device),
     /// keeping the raw file for conversion (step `block-device-umount`). Returns the raw file.
     pub(super) fn release_image(&mut self) -> Result<PathBuf, Error> {
+        let remake = match self.plan.request.source_date_epoch()? {
+            Some(epoch) => Some(self.step("reproducible-trees", |ctx| ctx.copy_out(epoch))?),
+            None => None,
+        };
         self.step("block-device-umount", |ctx| {
             let created = ctx.ws.blockdev.take().expect("created above");
             let raw = created.image_path().to_path_buf();
-            created.umount(ctx.ws.host.runner())?;
+            match &remake {
+                Some(r) => created.umount_reproducibly(ctx.ws.host.runner(), r)?,
+                None => created.umount(ctx.ws.host.runner())?,
+            }
+            if let Some(r) = &remake {
+                for (_, tree) in &r.trees {
+                    let _ = fs::remove_dir_all(tree);
+                }
+            }
             Ok(raw)
         })
+    }
+
+    /// Copies each filesystem of the mounted image that kiln can make again reproducibly into
+    /// its own tree under `BUILD_DIR/repro/` (step `reproducible-trees`), with its times
+    /// clamped to `epoch`; warns about the others.
+    fn copy_out(&mut self, epoch: u64) -> Result<kiln_blockdev::Remake, Error> {
+        let base = self.ws.build_dir.join("repro");
+        let mounts = self
+            .ws
+            .blockdev
+            .as_ref()
+            .map(|c| c.mounts().to_vec())
+            .unwrap_or_default();
+        let mut trees = Vec::new();
+        for (i, m) in mounts.iter().enumerate() {
+            if !kiln_blockdev::can_remake(&m.fstype) {
+                let msg = format!(
+                    "warning: the {} filesystem at {} cannot be made reproducibly (only ext2/3/4 and vfat can): the disk image will differ from build to build",
+                    m.fstype, m.mount_point
+                );
+                tracing::warn!("{msg}");
+                self.console.say(&msg);
+                continue;
+            }
+            let tree = base.join(i.to_string());
+            fs::create_dir_all(&tree).map_err(io(&tree))?;
+            let cmd = Cmd::new("cp")
+                .args([
+                    "-a",
+                    "--preserve=all",
+                    "--one-file-system",
+                    "--no-target-directory",
+                ])
+                .arg(&m.target)
+                .arg(&tree);
+            self.ws.host.run(&cmd).map_err(|e| Error::Step {
+                step: "reproducible-trees".into(),
+                message: e.to_string(),
+            })?;
+            let mut problems = Vec::new();
+            crate::in_image::clamp_times(&tree, epoch, &mut problems);
+            for p in problems {
+                self.console
+                    .say(&format!("warning: reproducible-trees: {p}"));
+            }
+            trees.push((m.target.clone(), tree));
+        }
+        Ok(kiln_blockdev::Remake { epoch, trees })
     }
 }
 

@@ -105,9 +105,14 @@ impl Ctx<'_> {
     }
 
     /// After cleanup.d: the tidy-up of the tree ([`crate::in_image::tidy`]), every path resolved
-    /// inside the image; what it could not remove is a warning.
+    /// inside the image, and with `SOURCE_DATE_EPOCH` the reproducible one
+    /// ([`crate::in_image::reproducible_tidy`]); what it could not do is a warning.
     fn tidy(&mut self, mnt: &Path) -> Result<(), Error> {
-        for p in crate::in_image::tidy_on(mnt, self.ws.host.as_mut())? {
+        let mut problems = crate::in_image::tidy_on(mnt, self.ws.host.as_mut())?;
+        if let Some(epoch) = self.plan.request.source_date_epoch()? {
+            problems.extend(crate::in_image::reproducible_tidy(mnt, epoch)?);
+        }
+        for p in problems {
             self.console.say(&format!("warning: tidy: {p}"));
         }
         Ok(())

@@ -103,6 +103,18 @@ pub fn required_tools(plan: &BuildPlan) -> Result<Vec<kiln_host::tools::Need>, E
             needs.push(Need::new("mcopy", "filling vfat offline"));
         }
         needs.push(Need::new("lsattr", "the copy into the image"));
+        if req.source_date_epoch()?.is_some() {
+            let why = "making the filesystems again reproducibly (SOURCE_DATE_EPOCH)";
+            needs.push(Need::new("blkdiscard", why));
+            let progs = bp.required_programs();
+            if progs.iter().any(|(t, _)| t.starts_with("mkfs.ext")) {
+                needs.push(Need::new("mke2fs", why));
+            }
+            if progs.iter().any(|(t, _)| t == "mkfs.vfat") {
+                needs.push(Need::new("mcopy", why));
+                needs.push(Need::new("mmd", why));
+            }
+        }
     }
     let output_opts = plan.output_options()?;
     for ty in &plan.outputs {
