@@ -1032,14 +1032,15 @@ pub fn human(b: u64) -> String {
     format!("{v:.1} {}", units[i])
 }
 
-/// Copies a file, reflinking where the filesystem can.
+/// Copies a file, or a directory with what is in it (the `oci` output), reflinking where the
+/// filesystem can.
 pub fn copy_file(from: &Path, to: &Path) -> Result<(), Error> {
     if let Some(parent) = to.parent() {
         fs::create_dir_all(parent).map_err(io(parent))?;
     }
     run_tool(
         &Cmd::new("cp")
-            .args(["--reflink=auto", "--sparse=always", "-p"])
+            .args(["--reflink=auto", "--sparse=always", "-p", "-R"])
             .arg(from)
             .arg(to),
         "copy",
