@@ -239,8 +239,12 @@ impl Walk<'_> {
     /// Writes a PAX header of `SCHILY.xattr.*` records for `path`'s extended attributes,
     /// sorted by name, if it has any (a filesystem without xattrs has none).
     fn xattrs<W: Write>(&self, b: &mut tar::Builder<W>, path: &Path) -> Result<()> {
-        let Ok(names) = xattr::list(path) else {
-            return Ok(());
+        let names = match xattr::list(path) {
+            Ok(names) => names,
+            Err(e) if e.raw_os_error() == Some(nix::errno::Errno::EOPNOTSUPP as i32) => {
+                return Ok(());
+            }
+            Err(e) => return Err(io_at(path)(e)),
         };
         let mut names: Vec<_> = names.collect();
         names.sort();
