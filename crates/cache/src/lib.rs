@@ -1625,4 +1625,32 @@ mod tests {
         }
         assert!(cache.verify("never-stored").unwrap().is_none());
     }
+
+    #[test]
+    fn a_directory_output_is_stored_checked_and_copied_back_whole() {
+        let d = tempfile::tempdir().unwrap();
+        let cache = OutputCache::new(&d.path().join("cache"));
+        let out = d.path().join("img.oci");
+        fs::create_dir_all(out.join("blobs/sha256")).unwrap();
+        fs::write(out.join("index.json"), "{}").unwrap();
+        fs::write(out.join("blobs/sha256/ab"), "blob").unwrap();
+        cache
+            .store("k", std::slice::from_ref(&out), &d.path().join("no-name.d"))
+            .unwrap();
+        let entry = cache.verify("k").unwrap().expect("a complete entry");
+        let back = d.path().join("back/img.oci");
+        copy_file(&entry.join("files/img.oci"), &back).unwrap();
+        assert_eq!(fs::read_to_string(back.join("index.json")).unwrap(), "{}");
+        assert_eq!(
+            fs::read_to_string(back.join("blobs/sha256/ab")).unwrap(),
+            "blob"
+        );
+        // A changed blob inside the directory is caught.
+        fs::write(entry.join("files/img.oci/blobs/sha256/ab"), "blub").unwrap();
+        let err = cache.verify("k").unwrap_err();
+        assert!(
+            matches!(&err, Error::Corrupt { path, .. } if path.ends_with("files/img.oci/blobs/sha256/ab")),
+            "{err}"
+        );
+    }
 }
