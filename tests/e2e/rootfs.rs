@@ -1,6 +1,6 @@
-//! Root filesystem images: one default-release build written as tar, tgz and squashfs with
-//! checksums (the tar is reused as the root of the fixture OS of the failure and cache tests),
-//! and a foreign-architecture build.
+//! Root filesystem images: one default-release build written as tar, tgz, squashfs and the
+//! container images (docker, oci) with checksums (the tar is reused as the root of the fixture
+//! OS of the failure and cache tests), and a foreign-architecture build.
 
 use std::fs;
 use std::path::PathBuf;
@@ -24,8 +24,8 @@ pub struct Rootfs {
 static ROOTFS: OnceLock<Result<Rootfs, String>> = OnceLock::new();
 
 /// The root filesystem of Debian's default release (no `DIB_RELEASE`, as a user who names none
-/// builds), without a kernel, built once per run with every tree output, checksums, an extra
-/// package (`-p`) and `SOURCE_DATE_EPOCH`.
+/// builds), without a kernel, built once per run with the tree outputs tar, tgz, squashfs,
+/// docker and oci, checksums, an extra package (`-p`) and `SOURCE_DATE_EPOCH`.
 pub fn debian_rootfs() -> Result<Rootfs, String> {
     ROOTFS
         .get_or_init(|| {
@@ -38,7 +38,7 @@ pub fn debian_rootfs() -> Result<Rootfs, String> {
                 &[
                     "debian-minimal",
                     "-t",
-                    "tar,tgz,squashfs",
+                    "tar,tgz,squashfs,oci,docker",
                     "--checksum",
                     "-p",
                     "less",
@@ -170,6 +170,119 @@ fn rootfs_outputs_checksums_and_manifests() {
         .unwrap()
         .iter()
         .any(|s| s["step"] == "install"));
+}
+
+/// The paths under `root`, relative, sorted, without following symlinks.
+fn tree_paths(root: &std::path::Path) -> Vec<String> {
+    fn go(root: &std::path::Path, dir: &std::path::Path, out: &mut Vec<String>) {
+        for e in fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            out.push(p.strip_prefix(root).unwrap().display().to_string());
+            if fs::symlink_metadata(&p).unwrap().is_dir() {
+                go(root, &p, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    go(root, root, &mut out);
+    out.sort();
+    out
+}
+
+#[test]
+fn rootfs_container_images() {
+    if !capable("rootfs_container_images") {
+        return;
+    }
+    for tool in ["skopeo", "umoci"] {
+        if crate::harness::which(tool).is_none() {
+            kiln_testkit::skip(
+                "rootfs_container_images",
+                &format!("{tool} is not installed (scripts/install-host-deps installs it)"),
+            );
+            return;
+        }
+    }
+    let r = debian_rootfs().unwrap();
+    let _t = Timer::start("rootfs_container_images");
+    let dir = r.tar.parent().unwrap().to_path_buf();
+    let layout = dir.join("debian-rootfs.oci");
+    let archive = dir.join("debian-rootfs.docker.tar");
+    assert!(layout.join("index.json").is_file());
+    // The docker archive has its checksums; the layout directory none.
+    for sum in ["md5", "sha256"] {
+        sh(&format!(
+            "cd '{}' && {sum}sum -c debian-rootfs.docker.tar.{sum}",
+            dir.display()
+        ));
+        assert!(!dir.join(format!("debian-rootfs.oci.{sum}")).exists());
+    }
+    let inspect = |what: String| -> serde_json::Value {
+        serde_json::from_str(&sh(&format!("skopeo inspect '{what}'"))).unwrap()
+    };
+    let oci = inspect(format!("oci:{}:latest", layout.display()));
+    let docker = inspect(format!("docker-archive:{}", archive.display()));
+    let host_arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    for seen in [&oci, &docker] {
+        assert_eq!(seen["Architecture"], host_arch, "{seen}");
+        assert_eq!(seen["Os"], "linux");
+        assert_eq!(seen["Created"], "2023-11-14T22:13:20Z", "SOURCE_DATE_EPOCH");
+        assert_eq!(seen["Layers"].as_array().unwrap().len(), 1);
+    }
+    // Both carry the same config (so the same layer, by its diff_id): the docker archive names
+    // the config file by its digest, the OCI manifest by the same digest.
+    let manifest: serde_json::Value = serde_json::from_str(&sh(&format!(
+        "skopeo inspect --raw 'oci:{}:latest'",
+        layout.display()
+    )))
+    .unwrap();
+    let config_hex = manifest["config"]["digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_string();
+    let docker_manifest: serde_json::Value = serde_json::from_str(&sh(&format!(
+        "tar -xOf '{}' manifest.json",
+        archive.display()
+    )))
+    .unwrap();
+    assert_eq!(docker_manifest[0]["Config"], format!("{config_hex}.json"));
+    assert_eq!(
+        docker_manifest[0]["RepoTags"],
+        serde_json::json!(["debian-rootfs:latest"])
+    );
+    // umoci unpacks the tar's tree: the same paths, /dev without the static nodes the tar
+    // keeps (a container runtime makes its own).
+    let x = tempfile::tempdir_in(&dir).unwrap();
+    let bundle = x.path().join("bundle");
+    sh(&format!(
+        "umoci unpack --image '{}:latest' '{}'",
+        layout.display(),
+        bundle.display()
+    ));
+    let unpacked = tree_paths(&bundle.join("rootfs"));
+    let mut from_tar: Vec<String> = sh(&format!("tar -tf '{}'", r.tar.display()))
+        .lines()
+        .map(|l| l.trim_start_matches("./").trim_end_matches('/').to_string())
+        .filter(|p| !p.is_empty() && p != "." && !p.starts_with("dev/"))
+        .collect();
+    from_tar.sort();
+    assert!(
+        unpacked == from_tar,
+        "the OCI image and the tar differ: only in the image {:?}, only in the tar {:?}",
+        unpacked
+            .iter()
+            .filter(|p| from_tar.binary_search(p).is_err())
+            .collect::<Vec<_>>(),
+        from_tar
+            .iter()
+            .filter(|p| unpacked.binary_search(p).is_err())
+            .collect::<Vec<_>>()
+    );
 }
 
 /// The spdx-tools release (PyPI) whose validator checks the SBOM.

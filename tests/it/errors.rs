@@ -187,12 +187,12 @@ fn output_types_kiln_cannot_make_are_refused_alike_by_plan_and_build() {
     let d = tempfile::tempdir().unwrap();
     for (types, message) in [
         (
-            "tar,docker",
-            "output type 'docker' is not supported by kiln yet: use tar and import it",
+            "tar,aci",
+            "output type 'aci' is not supported by kiln yet: use tar (an ACI is a tar of the tree with a manifest)",
         ),
         (
             "floppy",
-            "unknown output type 'floppy': use one of qcow2, raw, vmdk, vhd, vdi, tar, tgz, squashfs",
+            "unknown output type 'floppy': use one of qcow2, raw, vmdk, vhd, vdi, tar, tgz, squashfs, docker, oci, oci-archive",
         ),
     ] {
         let mut seen = Vec::new();
@@ -207,6 +207,36 @@ fn output_types_kiln_cannot_make_are_refused_alike_by_plan_and_build() {
         }
         assert_eq!(seen[0], seen[1], "{types}");
     }
+    assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn a_bad_docker_target_is_refused_alike_by_plan_and_build() {
+    let t = Tree::new();
+    t.os();
+    let cache = tempfile::tempdir().unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let mut seen = Vec::new();
+    for cmd in ["plan", "build"] {
+        let mut c = kiln(&[t.path()], cache.path());
+        c.current_dir(d.path()).args([
+            cmd,
+            "test-os",
+            "-n",
+            "-t",
+            "oci",
+            "--docker-target",
+            "Kiln:1",
+        ]);
+        let (code, _, err) = run(c);
+        assert_input_error(
+            code,
+            &err,
+            &["--docker-target: 'Kiln:1' is not a REPO:TAG image name"],
+        );
+        seen.push(err);
+    }
+    assert_eq!(seen[0], seen[1]);
     assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
 }
 

@@ -370,6 +370,7 @@ fn key_flags(other_cache: &str) -> Vec<Vec<String>> {
         &["--root-label", "lbl"],
         &["--install-type", "package"],
         &["--seed", "s1"],
+        &["--docker-target", "repo:tag"],
     ];
     v.iter()
         .map(|f| f.iter().map(|s| (*s).to_string()).collect())

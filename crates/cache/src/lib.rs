@@ -1032,14 +1032,15 @@ pub fn human(b: u64) -> String {
     format!("{v:.1} {}", units[i])
 }
 
-/// Copies a file, reflinking where the filesystem can.
+/// Copies a file, or a directory with what is in it (the `oci` output), reflinking where the
+/// filesystem can.
 pub fn copy_file(from: &Path, to: &Path) -> Result<(), Error> {
     if let Some(parent) = to.parent() {
         fs::create_dir_all(parent).map_err(io(parent))?;
     }
     run_tool(
         &Cmd::new("cp")
-            .args(["--reflink=auto", "--sparse=always", "-p"])
+            .args(["--reflink=auto", "--sparse=always", "-p", "-R"])
             .arg(from)
             .arg(to),
         "copy",
@@ -1628,5 +1629,33 @@ mod tests {
             assert!(cache.verify("k").unwrap().is_none() && !entry.exists());
         }
         assert!(cache.verify("never-stored").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_directory_output_is_stored_checked_and_copied_back_whole() {
+        let d = tempfile::tempdir().unwrap();
+        let cache = OutputCache::new(&d.path().join("cache"));
+        let out = d.path().join("img.oci");
+        fs::create_dir_all(out.join("blobs/sha256")).unwrap();
+        fs::write(out.join("index.json"), "{}").unwrap();
+        fs::write(out.join("blobs/sha256/ab"), "blob").unwrap();
+        cache
+            .store("k", std::slice::from_ref(&out), &d.path().join("no-name.d"))
+            .unwrap();
+        let entry = cache.verify("k").unwrap().expect("a complete entry");
+        let back = d.path().join("back/img.oci");
+        copy_file(&entry.join("files/img.oci"), &back).unwrap();
+        assert_eq!(fs::read_to_string(back.join("index.json")).unwrap(), "{}");
+        assert_eq!(
+            fs::read_to_string(back.join("blobs/sha256/ab")).unwrap(),
+            "blob"
+        );
+        // A changed blob inside the directory is caught.
+        fs::write(entry.join("files/img.oci/blobs/sha256/ab"), "blub").unwrap();
+        let err = cache.verify("k").unwrap_err();
+        assert!(
+            matches!(&err, Error::Corrupt { path, .. } if path.ends_with("files/img.oci/blobs/sha256/ab")),
+            "{err}"
+        );
     }
 }

@@ -99,7 +99,8 @@ pub struct RequestArgs {
     /// Default install type for elements with install types (default: source).
     #[arg(long, value_name = "TYPE")]
     pub install_type: Option<String>,
-    /// Docker target (accepted for compatibility; the docker output is not supported yet).
+    /// Image name of the container outputs (docker, oci, oci-archive), as REPO:TAG
+    /// (default: the image name, tag latest).
     #[arg(long, value_name = "REPO:TAG")]
     pub docker_target: Option<String>,
     /// Ignore kiln's caches (bootstrap tarballs) and rebuild them.
@@ -206,6 +207,7 @@ impl RequestArgs {
             qemu_img_options: self.qemu_img_options.clone(),
             root_label: self.root_label.clone(),
             install_type: self.install_type.clone(),
+            docker_target: self.docker_target.clone(),
             logfile: None,
             no_cache: self.no_cache,
             seed: self.seed.clone(),

@@ -25,6 +25,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use kiln_host::Cmd;
 
+pub mod container;
+pub mod docker;
+pub mod oci;
 pub mod qcow2;
 pub mod qemu_img;
 pub mod raw;
@@ -49,6 +52,12 @@ pub enum Error {
         /// The error.
         source: io::Error,
     },
+    /// A file name in the tree that container layers read as a deletion.
+    #[error("{0}: a file name starting with '.wh.' is an OCI whiteout (a deletion in layered images); rename or remove it before making a container image")]
+    Whiteout(PathBuf),
+    /// A bad `--docker-target`.
+    #[error("--docker-target: {0}")]
+    BadImageName(String),
     /// An output type kiln does not know.
     #[error("unknown output type '{0}': use one of {names}", names = listed_names().join(", "))]
     UnknownType(String),
@@ -65,7 +74,10 @@ pub enum Error {
 impl Error {
     /// Whether the user asked for something wrong (exit code 2) rather than a tool failing.
     pub fn is_input_error(&self) -> bool {
-        matches!(self, Self::UnknownType(_) | Self::Unsupported { .. })
+        matches!(
+            self,
+            Self::UnknownType(_) | Self::Unsupported { .. } | Self::BadImageName(_)
+        )
     }
 }
 
@@ -228,6 +240,39 @@ pub static FORMATS: &[Format] = &[
         support: Support::Yes(&squashfs::Squashfs),
     },
     Format {
+        name: "docker",
+        aliases: &[],
+        extension: "docker.tar",
+        source: Source::Tree,
+        moves_source: false,
+        tools: &[],
+        default: false,
+        listed: true,
+        support: Support::Yes(&docker::Docker),
+    },
+    Format {
+        name: "oci",
+        aliases: &[],
+        extension: "oci",
+        source: Source::Tree,
+        moves_source: false,
+        tools: &[],
+        default: false,
+        listed: true,
+        support: Support::Yes(&oci::Oci),
+    },
+    Format {
+        name: "oci-archive",
+        aliases: &[],
+        extension: "oci.tar",
+        source: Source::Tree,
+        moves_source: false,
+        tools: &[],
+        default: false,
+        listed: true,
+        support: Support::Yes(&oci::OciArchive),
+    },
+    Format {
         name: "vpc",
         aliases: &[],
         extension: "vpc",
@@ -259,17 +304,6 @@ pub static FORMATS: &[Format] = &[
         default: false,
         listed: false,
         support: Support::Yes(&qemu_img::QemuImg { driver: "vhdx" }),
-    },
-    Format {
-        name: "docker",
-        aliases: &[],
-        extension: "docker",
-        source: Source::Tree,
-        moves_source: false,
-        tools: &[],
-        default: false,
-        listed: false,
-        support: Support::No("use tar and import it (`docker import NAME.tar`)"),
     },
     Format {
         name: "aci",
@@ -383,6 +417,11 @@ pub struct Options {
     /// `SOURCE_DATE_EPOCH`: reproducible output. tar mtimes are clamped to it, squashfs takes
     /// it as its creation time, qemu-img writes in order.
     pub source_date_epoch: Option<u64>,
+    /// The build's architecture, Debian-named (the container outputs' config); `None`: the
+    /// host's.
+    pub arch: Option<String>,
+    /// `--docker-target REPO:TAG`: the container outputs' image name.
+    pub docker_target: Option<String>,
 }
 
 /// The host tools writing output `ty` runs (for the pipeline's preflight).
@@ -516,7 +555,8 @@ impl Checksums {
 }
 
 /// Finishes an output: moves an existing `dest` (and its checksums) aside with a timestamp
-/// unless `overwrite`, writes the asked checksums beside the pending file, renames the
+/// unless `overwrite`, writes the asked checksums beside the pending file (none for a
+/// directory output: `oci`'s blobs are named by their digests), renames the
 /// checksums and the pending file into place (a symlink at any of those names is replaced,
 /// never followed) and removes the pending directory. On failure the pending directory is
 /// removed and nothing is left half-written at `dest`.
@@ -530,11 +570,14 @@ fn finish_inner(dest: &Path, overwrite: bool, sums: Checksums, stamp: &str) -> R
     let tmp = pending_path(dest);
     let dir = pending_dir(dest);
     let file = dest.file_name().unwrap_or_default();
+    // A directory output (oci) gets no checksum files: its blobs are named by their SHA-256
+    // and index.json names the manifest by its digest.
+    let is_dir = fs::symlink_metadata(&tmp).is_ok_and(|m| m.is_dir());
     // The checksums first, in the private directory, of the file under its final name.
     let mut jobs = Vec::new();
     let mut sum_files = Vec::new();
     for (on, tool) in [(sums.md5, "md5sum"), (sums.sha256, "sha256sum")] {
-        if !on {
+        if !on || is_dir {
             continue;
         }
         let ext = tool.trim_end_matches("sum");
@@ -576,15 +619,30 @@ fn finish_inner(dest: &Path, overwrite: bool, sums: Checksums, stamp: &str) -> R
             }
         }
     }
-    // Modes from the caller's umask, set while the files are still private.
-    let mode = 0o666 & !output_umask();
+    // Modes from the caller's umask, set while the files are still private (a directory
+    // output keeps the search bits).
+    let umask = output_umask();
     for p in std::iter::once(&tmp).chain(sum_files.iter().map(|(from, _)| from)) {
-        fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(mode)).map_err(
-            |source| Error::Io {
-                path: p.clone(),
+        let full = if p == &tmp && is_dir { 0o777 } else { 0o666 };
+        fs::set_permissions(
+            p,
+            std::os::unix::fs::PermissionsExt::from_mode(full & !umask),
+        )
+        .map_err(|source| Error::Io {
+            path: p.clone(),
+            source,
+        })?;
+    }
+    // A rename cannot replace a directory, or put one over a file or symlink: what is still
+    // at `dest` is moved into the private directory, removed with it.
+    if let Ok(m) = fs::symlink_metadata(dest) {
+        if is_dir || m.is_dir() {
+            let replaced = dir.join("replaced");
+            fs::rename(dest, &replaced).map_err(|source| Error::Io {
+                path: dest.to_path_buf(),
                 source,
-            },
-        )?;
+            })?;
+        }
     }
     fs::rename(&tmp, dest).map_err(|source| Error::Io {
         path: tmp.clone(),
@@ -624,14 +682,22 @@ mod tests {
         let mut extensions = std::collections::BTreeSet::new();
         for f in FORMATS {
             assert!(!f.name.is_empty() && !f.extension.is_empty(), "{f:?}");
-            assert!(!f.extension.contains('.'), "{f:?}");
+            assert!(
+                !f.extension.starts_with('.') && !f.extension.ends_with('.'),
+                "{f:?}"
+            );
             for n in std::iter::once(&f.name).chain(f.aliases) {
                 assert!(names.insert(*n), "{n} names two rows");
             }
             assert!(extensions.insert(f.extension), "{} twice", f.extension);
             match f.support {
-                Support::Yes(_) => {
-                    assert!(!f.tools.is_empty(), "{}: no tools", f.name);
+                Support::Yes(p) => {
+                    // Only the container outputs, written by kiln itself, run no tool.
+                    let own = ["docker", "oci", "oci-archive"].contains(&f.name);
+                    assert_eq!(f.tools.is_empty(), own, "{}: tools", f.name);
+                    if own {
+                        assert!(!p.runs_tools(&Options::default()), "{}", f.name);
+                    }
                     // The preflight names the package of every missing tool.
                     for t in f.tools {
                         assert!(kiln_host::tools::package_for(t).is_some(), "{t}");
@@ -674,6 +740,9 @@ mod tests {
             ("tar.gz", "tgz", Source::Tree),
             ("squashfs", "squash", Source::Tree),
             ("squash", "squash", Source::Tree),
+            ("docker", "docker.tar", Source::Tree),
+            ("oci", "oci", Source::Tree),
+            ("oci-archive", "oci.tar", Source::Tree),
         ] {
             let ty = parse(name);
             assert_eq!((ty.extension(), ty.source()), (ext, source), "{name}");
@@ -682,6 +751,10 @@ mod tests {
         assert_eq!(
             output_path(Path::new("out/img"), parse("squashfs")),
             Path::new("out/img.squash")
+        );
+        assert_eq!(
+            output_path(Path::new("out/img"), parse("docker")),
+            Path::new("out/img.docker.tar")
         );
     }
 
@@ -693,16 +766,10 @@ mod tests {
             assert_eq!(
                 e.to_string(),
                 format!(
-                    "unknown output type '{bad}': use one of qcow2, raw, vmdk, vhd, vdi, tar, tgz, squashfs"
+                    "unknown output type '{bad}': use one of qcow2, raw, vmdk, vhd, vdi, tar, tgz, squashfs, docker, oci, oci-archive"
                 )
             );
         }
-        let e = OutputType::parse("docker").unwrap_err();
-        assert!(e.is_input_error());
-        assert_eq!(
-            e.to_string(),
-            "output type 'docker' is not supported by kiln yet: use tar and import it (`docker import NAME.tar`)"
-        );
         assert!(matches!(
             OutputType::parse("aci"),
             Err(Error::Unsupported { name, .. }) if name == "aci"
@@ -713,7 +780,7 @@ mod tests {
     fn help_lists_the_listed_rows() {
         assert_eq!(
             types_help(),
-            "qcow2 (default), raw, vmdk, vhd, vdi, tar, tgz, squashfs"
+            "qcow2 (default), raw, vmdk, vhd, vdi, tar, tgz, squashfs, docker, oci, oci-archive"
         );
     }
 
@@ -737,6 +804,9 @@ mod tests {
             ("tar", &["tar"], &["tar"]),
             ("tgz", &["tar", "gzip"], &["tar", "gzip"]),
             ("squashfs", &["mksquashfs"], &["mksquashfs"]),
+            ("docker", &[], &[]),
+            ("oci", &[], &[]),
+            ("oci-archive", &[], &[]),
         ] {
             assert_eq!(tools_for(parse(name), &native), with_native, "{name}");
             assert_eq!(tools_for(parse(name), &qemu), with_qemu, "{name}");
@@ -752,7 +822,7 @@ mod tests {
     #[test]
     fn production_order_trees_first_raw_last() {
         let t: Vec<_> = [
-            "raw", "qcow2", "squashfs", "vmdk", "tar", "tgz", "tar", "tar.gz",
+            "raw", "qcow2", "oci", "squashfs", "vmdk", "tar", "tgz", "tar", "tar.gz", "docker",
         ]
         .iter()
         .map(|s| parse(s))
@@ -761,7 +831,10 @@ mod tests {
             .into_iter()
             .map(OutputType::name)
             .collect();
-        assert_eq!(names, ["tar", "tgz", "squashfs", "qcow2", "vmdk", "raw"]);
+        assert_eq!(
+            names,
+            ["tar", "tgz", "squashfs", "docker", "oci", "qcow2", "vmdk", "raw"]
+        );
     }
 
     #[test]

@@ -7,14 +7,24 @@ use std::path::{Path, PathBuf};
 
 use kiln_host::Cmd;
 
-/// A small root tree under `dir/root`: files, a symlink, an empty directory, and contents in
-/// `proc/` and `tmp/in_target.d` that the tree outputs leave out.
+/// The `security.capability` value [`small_tree`] gives `usr/bin/tool` (cap_net_raw and
+/// cap_chown, permitted and effective; a version-2 capability set).
+pub const CAPABILITY: [u8; 20] = [
+    1, 0, 0, 2, 1, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+];
+
+/// A small root tree under `dir/root`: files, a symlink, a hard link (`usr/bin/tool2`), a fifo,
+/// an empty directory, contents in `proc/`, `dev/` and `tmp/in_target.d` that the tree outputs
+/// leave out, and (where the filesystem and privileges allow) a `security.capability` and a
+/// `user.kiln` xattr on `usr/bin/tool`. Modes are set explicitly, whatever the umask.
 pub fn small_tree(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
     let root = dir.join("root");
     for d in [
         "etc",
         "proc/1",
         "sys/kernel",
+        "dev/pts",
         "tmp/in_target.d",
         "var/empty",
         "usr/bin",
@@ -27,6 +37,36 @@ pub fn small_tree(dir: &Path) -> PathBuf {
     fs::write(root.join("tmp/in_target.d/hook"), b"not in the output").unwrap();
     fs::write(root.join("usr/bin/tool"), vec![b'x'; 100_000]).unwrap();
     std::os::unix::fs::symlink("tool", root.join("usr/bin/alias")).unwrap();
+    fs::hard_link(root.join("usr/bin/tool"), root.join("usr/bin/tool2")).unwrap();
+    fs::write(root.join("dev/null-ish"), b"not in the output").unwrap();
+    nix::unistd::mkfifo(
+        &root.join("var/fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    let _ = xattr::set(
+        root.join("usr/bin/tool"),
+        "security.capability",
+        &CAPABILITY,
+    );
+    let _ = xattr::set(root.join("usr/bin/tool"), "user.kiln", b"yes");
+    for (p, mode) in [
+        ("usr/bin/tool", 0o4755),
+        ("etc/hostname", 0o644),
+        ("var/fifo", 0o600),
+    ] {
+        fs::set_permissions(root.join(p), fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let mut dirs = vec![root.clone()];
+    while let Some(d) = dirs.pop() {
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o755)).unwrap();
+        for e in fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                dirs.push(e.path());
+            }
+        }
+    }
     root
 }
 
@@ -127,4 +167,99 @@ fn child_produce() {
         &opts,
     )
     .unwrap();
+}
+
+/// One entry of a layer as a strict reader sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerEntry {
+    /// Path in the archive.
+    pub path: String,
+    /// Entry type.
+    pub kind: tar::EntryType,
+    /// Permission bits.
+    pub mode: u32,
+    /// Owner.
+    pub uid: u64,
+    /// Group.
+    pub gid: u64,
+    /// Modification time.
+    pub mtime: u64,
+    /// Link target (symlinks and hard links).
+    pub link: Option<String>,
+    /// Content size.
+    pub size: u64,
+    /// PAX records, in order.
+    pub pax: Vec<(String, Vec<u8>)>,
+}
+
+/// Reads every entry of the uncompressed tar `bytes` with the `tar` crate; a malformed header
+/// or PAX record fails the test. Checks each header's user and group names are empty.
+pub fn read_layer(bytes: &[u8]) -> Vec<LayerEntry> {
+    let mut ar = tar::Archive::new(bytes);
+    let mut out = Vec::new();
+    for e in ar.entries().unwrap() {
+        let mut e = e.unwrap();
+        let pax = match e.pax_extensions().unwrap() {
+            Some(p) => p
+                .map(|r| {
+                    let r = r.unwrap();
+                    (r.key().unwrap().to_string(), r.value_bytes().to_vec())
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        let h = e.header();
+        assert_eq!(h.username_bytes().unwrap_or_default(), b"");
+        assert_eq!(h.groupname_bytes().unwrap_or_default(), b"");
+        let entry = LayerEntry {
+            path: e.path().unwrap().to_string_lossy().into_owned(),
+            kind: h.entry_type(),
+            mode: h.mode().unwrap(),
+            uid: h.uid().unwrap(),
+            gid: h.gid().unwrap(),
+            mtime: h.mtime().unwrap(),
+            link: e
+                .link_name()
+                .unwrap()
+                .map(|l| l.to_string_lossy().into_owned()),
+            size: h.size().unwrap(),
+            pax,
+        };
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut e, &mut data).unwrap();
+        assert_eq!(data.len() as u64, entry.size, "{}", entry.path);
+        out.push(entry);
+    }
+    out
+}
+
+/// The paths under `root` (relative, sorted; directories with a trailing `/`) a layer of it
+/// holds: `proc`, `sys` and `dev` without their contents, no `tmp/in_target.d`.
+pub fn tree_list(root: &Path) -> Vec<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+        for e in fs::read_dir(dir).unwrap() {
+            let e = e.unwrap();
+            let rel = e
+                .path()
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            if rel == "tmp/in_target.d" {
+                continue;
+            }
+            if e.file_type().unwrap().is_dir() {
+                out.push(format!("{rel}/"));
+                if !["proc", "sys", "dev"].contains(&rel.as_str()) {
+                    walk(root, &e.path(), out);
+                }
+            } else {
+                out.push(rel);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, root, &mut out);
+    out.sort();
+    out
 }

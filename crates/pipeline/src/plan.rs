@@ -189,7 +189,8 @@ impl BuildPlan {
     }
 
     /// The options of the output producers, from the request: compression (`-u`),
-    /// `--qemu-img-options` (else `QEMU_IMG_OPTIONS`), `KILN_QCOW2_LEVEL`, `SOURCE_DATE_EPOCH`.
+    /// `--qemu-img-options` (else `QEMU_IMG_OPTIONS`), `KILN_QCOW2_LEVEL`, `SOURCE_DATE_EPOCH`,
+    /// the architecture and `--docker-target` (the container outputs' config and name).
     pub fn output_options(&self) -> Result<kiln_output::Options, Error> {
         let req = &self.request;
         Ok(kiln_output::Options {
@@ -200,6 +201,8 @@ impl BuildPlan {
                 .or_else(|| req.var(settings::QEMU_IMG_OPTIONS.name).map(String::from)),
             qcow2_level: req.qcow2_level()?,
             source_date_epoch: req.source_date_epoch()?,
+            arch: Some(self.arch.clone()),
+            docker_target: req.docker_target.clone(),
         })
     }
 
@@ -549,13 +552,16 @@ mod tests {
         assert!(o.compress);
         assert_eq!(o.source_date_epoch, Some(1234));
         assert_eq!(o.qemu_img_options.as_deref(), Some("compat=0.10"));
+        // The container outputs' config and name.
+        assert_eq!(o.arch.as_deref(), Some("amd64"));
+        assert_eq!(o.docker_target, None);
         // Without -t: the table's default, qcow2.
         let p = plan(&[], &[], cache.path()).unwrap();
         assert_eq!(p.outputs, [kiln_output::OutputType::default_type()]);
         assert_eq!(p.outputs[0].name(), "qcow2");
         // Refused before the elements are read, with exit code 2.
-        let e = plan(&["docker"], &[], cache.path()).unwrap_err();
+        let e = plan(&["aci"], &[], cache.path()).unwrap_err();
         assert_eq!(e.exit_code(), 2);
-        assert!(e.to_string().contains("'docker' is not supported"), "{e}");
+        assert!(e.to_string().contains("'aci' is not supported"), "{e}");
     }
 }

@@ -55,6 +55,8 @@ pub struct BuildRequest {
     pub root_label: Option<String>,
     /// `--install-type`.
     pub install_type: Option<String>,
+    /// `--docker-target REPO:TAG`: the name the container outputs (docker, oci) give the image.
+    pub docker_target: Option<String>,
     /// `--logfile`.
     pub logfile: Option<PathBuf>,
     /// `--no-cache`: ignore and rewrite kiln's caches.
@@ -190,6 +192,10 @@ impl BuildRequest {
                     settings::DIB_DEFAULT_INSTALLTYPE.name
                 )));
             }
+        }
+        if let Some(t) = self.docker_target.as_deref() {
+            kiln_output::container::ImageRef::parse(t)
+                .map_err(|e| crate::Error::Usage(format!("--docker-target: {e}")))?;
         }
         if let Some(v) = self.var(settings::DIB_BLOCK_SIZE.name) {
             if !matches!(v.trim(), "512" | "1024" | "2048" | "4096") {

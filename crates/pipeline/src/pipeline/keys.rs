@@ -135,7 +135,7 @@ pub fn output_key(plan: &BuildPlan, prepared: &Prepared, last: Option<&str>) -> 
             env.insert(k.to_string(), cache::variables::value_digest(k, v));
         }
     }
-    let v = serde_json::json!({
+    let mut v = serde_json::json!({
         "last": last,
         "files": prepared.files,
         "block_device": if plan.needs_disk() { Some(&plan.block_device.1) } else { None },
@@ -146,6 +146,10 @@ pub fn output_key(plan: &BuildPlan, prepared: &Prepared, last: Option<&str>) -> 
         "uncompressed": req.uncompressed,
         "qcow2_level": req.qcow2_level().ok().flatten(),
     });
+    // The container outputs' name is inside them (added only when set: other keys unchanged).
+    if let Some(t) = &req.docker_target {
+        v["docker_target"] = t.clone().into();
+    }
     hex::encode(sha2::Sha256::digest(
         serde_json::to_vec(&v).unwrap_or_default(),
     ))
