@@ -12,13 +12,57 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use crate::harness::{
     assert_no_leftovers, capable, heavy, kiln_command, run_build, sh, tail, walk, which, work,
-    Timer, BUILD_BUDGET,
+    Heavy, Timer, BUILD_BUDGET,
 };
+
+/// `command` run with umask 077 (through `sh -c 'umask 077; exec ...'`), same environment and
+/// working directory.
+fn with_umask_077(command: &Command) -> Command {
+    let mut c = Command::new("sh");
+    c.arg("-c")
+        .arg("umask 077; exec \"$0\" \"$@\"")
+        .arg(command.get_program())
+        .args(command.get_args());
+    if let Some(d) = command.get_current_dir() {
+        c.current_dir(d);
+    }
+    for (k, v) in command.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    c
+}
+
+/// SHA-256 of a file, as `sha256sum` prints it.
+fn sha256(file: &Path) -> String {
+    sh(&format!("sha256sum < '{}'", file.display()))
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// `kiln verify ARGS`: "exit N" and what it printed on stdout and stderr.
+fn verify(args: &[&str]) -> String {
+    let out = Command::new(crate::kiln_bin())
+        .arg("verify")
+        .args(args)
+        .output()
+        .unwrap();
+    format!(
+        "exit {}\n{}{}",
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
 
 /// `(Package, Version)` of every stanza of a lock.
 fn locked_versions(lock: &Path) -> BTreeMap<String, String> {
@@ -188,63 +232,41 @@ fn locked_offline_build_without_network_matches_the_lock() {
     let root = work("locked").keep();
     let lock = root.join("kiln.lock");
     let lock_arg = lock.display().to_string();
-    let default_release = [("DIB_RELEASE", "")];
     let (locked, meta, locked_at) = make_lock(&root, &lock_arg);
 
-    // 1. A locked build fills the store (and the bootstrap and phase caches for this lock).
-    let warm = root.join("warm");
-    fs::create_dir_all(&warm).unwrap();
-    let args = [
-        "--lock",
-        &lock_arg,
-        "-t",
-        "tar,raw",
-        "-o",
-        "img",
-        "debian-minimal",
-        "vm",
-    ];
-    let o = run_build(
-        kiln_command("build", &warm, None, &args, &default_release),
-        &warm,
-        &args,
-        BUILD_BUDGET,
+    // 1. `kiln lock --fetch` fills the `.deb` store; nothing else needs the network.
+    let out = kiln_command("lock", &root, None, &["--fetch", "-o", &lock_arg], &[])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kiln lock --fetch failed: {}",
+        String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(
-        o.code,
-        0,
-        "locked build failed: {}\n{}",
-        o.stderr,
-        tail(&o.log, 40)
-    );
-    assert_no_leftovers(&warm, &h);
-    assert!(o.log.contains("lock: "), "{}", tail(&o.log, 40));
 
-    // 2. Offline, without any network: every phase runs again (DIB_OFFLINE is in the phase
-    //    keys), installing from the store; the bootstrap tarball of step 1 is reused (its key is
-    //    the lock's digest, the same offline or not).
-    let offline = root.join("offline");
-    fs::create_dir_all(&offline).unwrap();
+    // 2. Offline, without any network (not even loopback): the image is the lock.
     let args = [
         "--lock",
         &lock_arg,
         "--offline",
         "-t",
-        "tar,raw",
+        "tar,raw,qcow2",
         "-o",
         "img",
         "debian-minimal",
         "vm",
     ];
+    let dir_a = root.join("a");
+    fs::create_dir_all(&dir_a).unwrap();
     let o = run_build(
         without_network(&kiln_command(
             "build",
-            &offline,
+            &dir_a,
             None,
             &args,
-            &default_release,
+            &[("DIB_RELEASE", "")],
         )),
-        &offline,
+        &dir_a,
         &args,
         BUILD_BUDGET,
     );
@@ -255,7 +277,7 @@ fn locked_offline_build_without_network_matches_the_lock() {
         o.stderr,
         tail(&o.log, 40)
     );
-    assert_no_leftovers(&offline, &h);
+    assert_no_leftovers(&dir_a, &h);
     assert!(
         o.log
             .contains(&format!("lock: {} packages of ", locked.len()))
@@ -263,18 +285,127 @@ fn locked_offline_build_without_network_matches_the_lock() {
         "{}",
         tail(&o.log, 40)
     );
-    let tar = offline.join("img.tar");
-    assert!(tar.is_file() && offline.join("img.raw").is_file());
-
-    // The image's dpkg manifest is the lock, name for name and version for version.
-    let installed = manifest_versions(&offline.join("img.d"));
+    let tar = dir_a.join("img.tar");
+    assert!(tar.is_file() && dir_a.join("img.raw").is_file());
+    let installed = manifest_versions(&dir_a.join("img.d"));
     assert_eq!(
         installed, locked,
         "the offline image's packages are not the lock's"
     );
-
     check_sources_and_times(&tar, &meta, &locked_at);
-    check_sbom(&offline.join("img.d/sbom.spdx.json"), &lock);
-    let kept: Vec<PathBuf> = vec![lock, warm.join("img.tar"), tar];
-    eprintln!("locked outputs kept: {kept:?}");
+    check_sbom(&dir_a.join("img.d/sbom.spdx.json"), &lock);
+
+    identical_elsewhere(&root, &args, &dir_a, &h);
+    perturbed_is_named(&root, &lock_arg, &dir_a, &h);
+}
+
+/// Step 3 of the locked test: the same locked request again, elsewhere (another directory,
+/// umask 077, another time zone, a cache of its own holding only a copy of the store), so
+/// nothing of the first build is reused: every output is the same, byte for byte.
+fn identical_elsewhere(root: &Path, args: &[&str], dir_a: &Path, h: &Heavy) {
+    let dir_b = root.join("b");
+    let cache_b = root.join("cache-b");
+    fs::create_dir_all(&dir_b).unwrap();
+    fs::create_dir_all(&cache_b).unwrap();
+    sh(&format!(
+        "chmod 700 '{}' && cp -al '{}' '{}'",
+        cache_b.display(),
+        crate::harness::cache().join("debs").display(),
+        cache_b.join("debs").display()
+    ));
+    let cache_b_s = cache_b.display().to_string();
+    let env_b = [
+        ("DIB_RELEASE", ""),
+        ("DIB_IMAGE_CACHE", cache_b_s.as_str()),
+        ("TZ", "Pacific/Chatham"),
+    ];
+    let out = run_build(
+        with_umask_077(&without_network(&kiln_command(
+            "build", &dir_b, None, args, &env_b,
+        ))),
+        &dir_b,
+        args,
+        BUILD_BUDGET,
+    );
+    assert_eq!(
+        out.code,
+        0,
+        "second offline locked build failed: {}\n{}",
+        out.stderr,
+        tail(&out.log, 40)
+    );
+    assert_no_leftovers(&dir_b, h);
+    assert!(
+        !out.log.contains("cache: root hit"),
+        "{}",
+        tail(&out.log, 40)
+    );
+    for ext in ["tar", "raw", "qcow2"] {
+        let (mine, theirs) = (
+            dir_a.join(format!("img.{ext}")),
+            dir_b.join(format!("img.{ext}")),
+        );
+        if sha256(&mine) != sha256(&theirs) {
+            let v = verify(&[
+                &mine.display().to_string(),
+                "--against",
+                &theirs.display().to_string(),
+            ]);
+            panic!("img.{ext} differs between two locked builds:\n{v}");
+        }
+    }
+}
+
+/// Step 4 of the locked test: a deliberately perturbed build (one more element, whose finalise
+/// hook adds a file) and `kiln verify` names the file that differs, by path inside the
+/// filesystem.
+fn perturbed_is_named(root: &Path, lock_arg: &str, dir_a: &Path, h: &Heavy) {
+    let elements = root.join("elements");
+    let hook = elements.join("kiln-perturb/finalise.d/99-kiln-perturb");
+    fs::create_dir_all(hook.parent().unwrap()).unwrap();
+    fs::write(&hook, "#!/bin/bash\necho perturbed > /.kiln-perturbed\n").unwrap();
+    sh(&format!("chmod 755 '{}'", hook.display()));
+    let dir_c = root.join("c");
+    fs::create_dir_all(&dir_c).unwrap();
+    let args_c = [
+        "--lock",
+        lock_arg,
+        "--offline",
+        "-t",
+        "raw",
+        "-o",
+        "img",
+        "debian-minimal",
+        "vm",
+        "kiln-perturb",
+    ];
+    let out = run_build(
+        without_network(&kiln_command(
+            "build",
+            &dir_c,
+            Some(&elements),
+            &args_c,
+            &[("DIB_RELEASE", "")],
+        )),
+        &dir_c,
+        &args_c,
+        BUILD_BUDGET,
+    );
+    assert_eq!(
+        out.code,
+        0,
+        "perturbed build failed: {}\n{}",
+        out.stderr,
+        tail(&out.log, 40)
+    );
+    assert_no_leftovers(&dir_c, h);
+    let v = verify(&[
+        &dir_c.join("img.raw").display().to_string(),
+        "--against",
+        &dir_a.join("img.raw").display().to_string(),
+    ]);
+    assert!(
+        v.starts_with("exit 1\n") && v.contains("/.kiln-perturbed"),
+        "kiln verify did not name the perturbed file:\n{v}"
+    );
 }

@@ -195,11 +195,11 @@ settings! {
         "Trace hooks with `set -x` when above 0 (`-x` raises it).";
     DIB_PYTHON_EXEC = "DIB_PYTHON_EXEC", Path, Computed("the first python3 on the elements' or host's path"), PhaseKey,
         "Python interpreter for hooks run on the host.";
-    DIB_IMAGE_CACHE = "DIB_IMAGE_CACHE", Path, Computed("$XDG_CACHE_HOME/kiln, else ~/.cache/kiln"), PhaseKey,
-        "kiln's cache directory (`--image-cache` overrides it); hooks cache downloads under it too.";
+    DIB_IMAGE_CACHE = "DIB_IMAGE_CACHE", Path, Computed("$XDG_CACHE_HOME/kiln, else ~/.cache/kiln"), NotKey,
+        "kiln's cache directory (`--image-cache` overrides it); hooks cache downloads under it too (keyed by what they hold, never by where the cache is: builds with two caches get the same keys and the same default seed).";
     XDG_CACHE_HOME = "XDG_CACHE_HOME", Path, Unset, NotKey,
         "The cache is `$XDG_CACHE_HOME/kiln` when DIB_IMAGE_CACHE is unset.";
-    DIB_LOCKFILES = "DIB_LOCKFILES", Path, Computed("$DIB_IMAGE_CACHE/lockfiles"), PhaseKey,
+    DIB_LOCKFILES = "DIB_LOCKFILES", Path, Computed("$DIB_IMAGE_CACHE/lockfiles"), NotKey,
         "Directory of lock files elements share between builds.";
     DIB_MIN_TMPFS = "DIB_MIN_TMPFS", Int, Value("2"), PhaseKey,
         "Build in a tmpfs only if the host has at least twice this many GiB of RAM (`--min-tmpfs`).";

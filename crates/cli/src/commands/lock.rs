@@ -20,6 +20,7 @@ use crate::dib::RequestArgs;
 #[command(mut_arg("name", |a| a
     .value_name("FILE")
     .help("The lock file to write (default: kiln.lock); its side file is FILE.meta")))]
+#[command(mut_arg("elements", |a| a.required(false).required_unless_present("fetch")))]
 pub struct LockCmd {
     #[command(flatten)]
     request: RequestArgs,
@@ -30,6 +31,11 @@ pub struct LockCmd {
     /// With --update: print the changes as one JSON object.
     #[arg(long, requires = "update")]
     json: bool,
+    /// Resolve nothing: fetch every `.deb` of the existing lock into the cache's store (checked
+    /// by Size and SHA256), so that `kiln build --lock FILE --offline` needs no network. No
+    /// elements are needed; `-o` names the lock, `--image-cache` the cache.
+    #[arg(long, conflicts_with_all = ["update", "json"])]
+    fetch: bool,
 }
 
 impl LockCmd {
@@ -39,6 +45,38 @@ impl LockCmd {
         let mut req = self.request.request(env, typed);
         req.image_name = PathBuf::from(kiln_pipeline::settings::IMAGE_NAME.default_value());
         req
+    }
+
+    /// `--fetch`: fills the cache's `.deb` store with every file of the lock at `path`.
+    fn fetch(&self, path: &std::path::Path) -> anyhow::Result<i32> {
+        use kiln_pipeline::locked;
+        if !path.is_file() {
+            return Err(super::UsageError(format!(
+                "{}: no lock to fetch for; make one with `kiln lock ELEMENTS... -o {}`",
+                path.display(),
+                path.display()
+            ))
+            .into());
+        }
+        let lock = Lock::read(path).map_err(kiln_pipeline::Error::from)?;
+        let debs = locked::debs(&lock, path).map_err(kiln_pipeline::Error::from)?;
+        let uris = locked::uris(&lock, path).map_err(kiln_pipeline::Error::from)?;
+        let req = self.request_in(std::env::vars().collect(), Vec::new());
+        let root = kiln_pipeline::plan::checked_cache_root(&req)?;
+        let store = locked::Store::new(&root);
+        // The cache's shared lock: a trim never runs while the store is filled.
+        let guard = kiln_pipeline::cache::SharedLock::acquire(&root)?;
+        let fetched = store
+            .fill(&debs, &uris, false)
+            .map_err(kiln_pipeline::Error::from)?;
+        drop(guard);
+        eprintln!(
+            "kiln: {} packages of {} in {} ({fetched} fetched)",
+            debs.len(),
+            path.display(),
+            store.dir().display()
+        );
+        Ok(0)
     }
 
     /// Makes the lock and writes it (and with `--update`, prints the changes).
@@ -57,6 +95,9 @@ impl LockCmd {
             .name
             .clone()
             .unwrap_or_else(|| PathBuf::from(lock::LOCK_FILE));
+        if self.fetch {
+            return self.fetch(&path);
+        }
         // The old lock is read first: a damaged one stops the update before apt runs.
         let old = if self.update {
             if !path.exists() {
