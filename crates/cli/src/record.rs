@@ -89,10 +89,17 @@ impl Record {
             .filter(|(k, _)| recorded(k))
             .map(|(k, v)| (k.clone(), (!withheld(k, v)).then(|| v.clone())))
             .collect();
+        // A relative lock path would name another file when verify runs elsewhere.
+        let mut request = request.clone();
+        if let Some(lock) = request.lock.as_mut().filter(|l| l.is_relative()) {
+            if let Ok(cwd) = std::env::current_dir() {
+                *lock = cwd.join(&*lock);
+            }
+        }
         Self {
             kiln_record: FORMAT,
             kiln_version: env!("CARGO_PKG_VERSION").to_string(),
-            request: request.clone(),
+            request,
             args: args.to_vec(),
             environment,
         }

@@ -25,6 +25,10 @@ pub fn key_env(
 ) -> BTreeMap<String, String> {
     let lib = lib_dir.display().to_string();
     let user = variables::user_names(env);
+    let cache = settings::DIB_IMAGE_CACHE
+        .get(env)
+        .map(|c| c.trim_end_matches('/'))
+        .filter(|c| !c.is_empty());
     env.iter()
         .filter(|(k, _)| variables::is_keyed(k, named, &user))
         .map(|(k, v)| {
@@ -36,9 +40,39 @@ pub fn key_env(
             } else {
                 v.clone()
             };
+            let v = cache.map_or_else(|| v.clone(), |c| without_cache_root(&v, c));
             (k.clone(), variables::value_digest(k, &v))
         })
         .collect()
+}
+
+/// `value` with every path in kiln's cache written relative to `$DIB_IMAGE_CACHE`: where the
+/// cache lives (ELEMENTS_PATH holds the built-in elements' extraction in it) is not an input of
+/// the image, so two caches give the same keys and the same default build seed.
+fn without_cache_root(value: &str, cache: &str) -> String {
+    let prefix = format!("{cache}/");
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    // Only whole paths: at the start of the value or after a separator (`:`, space, `=`, `,`).
+    while let Some(i) = rest.find(&prefix) {
+        let at_start = if i == 0 {
+            out.is_empty()
+        } else {
+            rest[..i].ends_with([':', ' ', '=', ',', '\n'])
+        };
+        out.push_str(&rest[..i]);
+        if at_start {
+            out.push_str("$DIB_IMAGE_CACHE/");
+        } else {
+            out.push_str(&prefix);
+        }
+        rest = &rest[i + prefix.len()..];
+    }
+    out.push_str(rest);
+    if out == cache {
+        return "$DIB_IMAGE_CACHE".to_string();
+    }
+    out
 }
 
 /// The size limit kiln keeps its cache under after every build: `KILN_CACHE_MAX_SIZE` (units as
@@ -116,5 +150,32 @@ mod tests {
         assert_eq!(max_size(&env), None);
         env.insert("KILN_CACHE_MAX_SIZE".to_string(), "5GiB".to_string());
         assert_eq!(max_size(&env), Some(5 << 30));
+    }
+
+    #[test]
+    fn where_the_cache_lives_is_not_keyed() {
+        let named = BTreeSet::from(["ELEMENTS_PATH".to_string()]);
+        let env = |cache: &str| {
+            BTreeMap::from([
+                ("DIB_IMAGE_CACHE".to_string(), cache.to_string()),
+                (
+                    "ELEMENTS_PATH".to_string(),
+                    format!(
+                        "/mine/elements:{}/builtin-elements/abc",
+                        cache.trim_end_matches('/')
+                    ),
+                ),
+            ])
+        };
+        let a = key_env(&env("/var/cache/kiln"), Path::new("/b/lib"), &named);
+        let b = key_env(&env("/tmp/other-cache/"), Path::new("/b/lib"), &named);
+        assert_eq!(a["ELEMENTS_PATH"], b["ELEMENTS_PATH"]);
+        assert!(!a.contains_key("DIB_IMAGE_CACHE"));
+        // Only whole paths in the cache are rewritten.
+        assert_eq!(
+            without_cache_root("/c/x:/d/c/x:/c:/cc/y /c/z", "/c"),
+            "$DIB_IMAGE_CACHE/x:/d/c/x:/c:/cc/y $DIB_IMAGE_CACHE/z"
+        );
+        assert_eq!(without_cache_root("/c", "/c"), "$DIB_IMAGE_CACHE");
     }
 }

@@ -168,10 +168,16 @@ pub fn base_env(
     env
 }
 
-/// `declare -p` style text of every `DIB_*` variable of the caller (DIB_ENV).
+/// `declare -p` style text of every `DIB_*` variable of the caller (DIB_ENV), except the
+/// settings that never enter a key (per-build host paths such as `DIB_IMAGE_CACHE`): the image's
+/// `dib_environment` records what shaped it, not where this build host keeps its cache.
 pub fn dib_env(env: &BTreeMap<String, String>) -> String {
     let mut s = String::new();
-    for (k, v) in env.iter().filter(|(k, _)| k.starts_with("DIB_")) {
+    let shapes_the_image = |k: &str| S::find(k).is_none_or(|st| st.scope != S::Scope::NotKey);
+    for (k, v) in env
+        .iter()
+        .filter(|(k, _)| k.starts_with("DIB_") && shapes_the_image(k))
+    {
         let _ = writeln!(s, "declare -x {k}={}", kiln_element::shell_word(v));
     }
     s
@@ -326,6 +332,7 @@ mod tests {
         let mut e = BTreeMap::new();
         e.insert("DIB_RELEASE".to_string(), "bookworm".to_string());
         e.insert("HOME".to_string(), "/root".to_string());
+        e.insert("DIB_IMAGE_CACHE".to_string(), "/var/cache/x".to_string());
         assert_eq!(dib_env(&e), "declare -x DIB_RELEASE=bookworm\n");
     }
 
