@@ -348,7 +348,7 @@ fn phase_keys_ignore_output_name_and_type() {
 /// Every request flag of `kiln build` with a value that changes the request. `--checksum` and
 /// `--no-cache` are absent: they change no key (DIB_CHECKSUM and KILN_NO_CACHE are not cache
 /// inputs); the CLI's unit test `plan_and_build_make_the_same_request` covers them.
-fn key_flags(other_cache: &str) -> Vec<Vec<String>> {
+fn key_flags() -> Vec<Vec<String>> {
     let v: &[&[&str]] = &[
         &["-a", "arm64"],
         &["-o", "other"],
@@ -363,7 +363,6 @@ fn key_flags(other_cache: &str) -> Vec<Vec<String>> {
         &["--image-size", "3"],
         &["--image-extra-size", "100"],
         &["--mkfs-journal-size", "32"],
-        &["--image-cache", other_cache],
         &["--max-online-resize", "1000"],
         &["--mkfs-options", "-m 1"],
         &["--qemu-img-options", "compat=1.1"],
@@ -409,12 +408,17 @@ fn plan_keys_equal_build_keys_for_every_flag() {
     let base = keys(&t, cache.path(), &plan, &[]);
     assert_eq!(base, keys(&t, cache.path(), &build, &[]));
     let other = other.path().display().to_string();
-    for flags in key_flags(&other) {
+    for flags in key_flags() {
         let p = keys(&t, cache.path(), &plan, &flags);
         let b = keys(&t, cache.path(), &build, &flags);
         assert_eq!(p, b, "plan and build disagree on the keys with {flags:?}");
         assert_ne!(p, base, "{flags:?} does not change the keys");
     }
+    // Where the cache lives is not an input: another cache gives the same keys (and so the
+    // same default build seed).
+    let elsewhere = ["--image-cache".to_string(), other];
+    assert_eq!(keys(&t, cache.path(), &plan, &elsewhere), base);
+    assert_eq!(keys(&t, cache.path(), &build, &elsewhere), base);
 }
 
 /// The build seed enters the output key only (the phase layers stay shared), and `--seed` and
