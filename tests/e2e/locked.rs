@@ -20,12 +20,11 @@ use crate::harness::{
     Heavy, Timer, BUILD_BUDGET,
 };
 
-/// `command` run with umask 077 (through `sh -c 'umask 077; exec ...'`), same environment and
-/// working directory.
-fn with_umask_077(command: &Command) -> Command {
-    let mut c = Command::new("sh");
-    c.arg("-c")
-        .arg("umask 077; exec \"$0\" \"$@\"")
+/// `program args...` running `command` (a [`kiln_command`]) with its environment and working
+/// directory: `unshare --net` (no network at all) or `sh -c 'umask 077; exec "$0" "$@"'`.
+fn wrapped(prefix: &[&str], command: &Command) -> Command {
+    let mut c = Command::new(prefix[0]);
+    c.args(&prefix[1..])
         .arg(command.get_program())
         .args(command.get_args());
     if let Some(d) = command.get_current_dir() {
@@ -38,6 +37,14 @@ fn with_umask_077(command: &Command) -> Command {
         };
     }
     c
+}
+
+fn without_network(command: &Command) -> Command {
+    wrapped(&["unshare", "--net"], command)
+}
+
+fn with_umask_077(command: &Command) -> Command {
+    wrapped(&["sh", "-c", "umask 077; exec \"$0\" \"$@\""], command)
 }
 
 /// SHA-256 of a file, as `sha256sum` prints it.
@@ -64,8 +71,8 @@ fn verify(args: &[&str]) -> String {
     )
 }
 
-/// `(Package, Version)` of every stanza of a lock.
-fn locked_versions(lock: &Path) -> BTreeMap<String, String> {
+/// `(Package, FIELD)` of every stanza of a lock.
+fn locked_field(lock: &Path, field: &str) -> BTreeMap<String, String> {
     fs::read_to_string(lock)
         .unwrap()
         .split("\n\n")
@@ -75,7 +82,7 @@ fn locked_versions(lock: &Path) -> BTreeMap<String, String> {
                     .find_map(|l| l.strip_prefix(&format!("{k}: ")))
                     .map(String::from)
             };
-            Some((get("Package")?, get("Version")?))
+            Some((get("Package")?, get(field)?))
         })
         .collect()
 }
@@ -92,25 +99,6 @@ fn manifest_versions(record: &Path) -> BTreeMap<String, String> {
         .filter_map(|l| l.split_once(' '))
         .map(|(p, v)| (p.to_string(), v.to_string()))
         .collect()
-}
-
-/// `command` (a [`kiln_command`]) run as `unshare --net kiln ...`, with the same environment and
-/// working directory.
-fn without_network(command: &Command) -> Command {
-    let mut c = Command::new("unshare");
-    c.arg("--net")
-        .arg(command.get_program())
-        .args(command.get_args());
-    if let Some(d) = command.get_current_dir() {
-        c.current_dir(d);
-    }
-    for (k, v) in command.get_envs() {
-        match v {
-            Some(v) => c.env(k, v),
-            None => c.env_remove(k),
-        };
-    }
-    c
 }
 
 /// The offline image's final apt sources are the elements' own (the lock's URIs, no trace of
@@ -178,23 +166,12 @@ fn make_lock(root: &Path, lock: &str) -> (BTreeMap<String, String>, String, Stri
         .find_map(|l| l.strip_prefix("Locked: "))
         .unwrap()
         .to_string();
-    (locked_versions(Path::new(lock)), meta, locked_at)
+    (locked_field(Path::new(lock), "Version"), meta, locked_at)
 }
 
 /// The SBOM of a locked build gives every package's `.deb` SHA256 as the lock has it.
 fn check_sbom(sbom: &Path, lock: &Path) {
-    let sha: BTreeMap<String, String> = fs::read_to_string(lock)
-        .unwrap()
-        .split("\n\n")
-        .filter_map(|s| {
-            let get = |k: &str| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix(&format!("{k}: ")))
-                    .map(String::from)
-            };
-            Some((get("Package")?, get("SHA256")?))
-        })
-        .collect();
+    let sha = locked_field(lock, "SHA256");
     let doc: serde_json::Value = serde_json::from_str(&fs::read_to_string(sbom).unwrap()).unwrap();
     let mut checked = 0;
     for p in doc["packages"].as_array().unwrap() {
