@@ -544,18 +544,7 @@ impl PhaseCache {
     /// Removes the layer `key` (a corrupted one, so that it can be stored again): renamed aside
     /// first, so no build ever sees half of it.
     pub fn discard(&self, key: &str) -> Result<(), Error> {
-        let dir = self.layer_dir(key);
-        let aside = self
-            .dir
-            .join(format!(".tmp-discard-{key}-{}", std::process::id()));
-        match fs::rename(&dir, &aside) {
-            Ok(()) => fs::remove_dir_all(&aside).map_err(io(&aside)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::Io {
-                path: dir,
-                source: e,
-            }),
-        }
+        discard_entry(&self.dir, key)
     }
 
     /// Restores the chain `keys` (oldest first): each layer's tree change into the empty
@@ -720,6 +709,22 @@ impl FromBytesCompat for std::ffi::OsStr {
     }
 }
 
+/// Removes the entry `key` of the cache directory `dir` (a layer or a request's outputs):
+/// renamed aside to a `.tmp-` name first, so no build ever sees half of it; an entry already
+/// gone is no error.
+fn discard_entry(dir: &Path, key: &str) -> Result<(), Error> {
+    let entry = dir.join(key);
+    let aside = dir.join(format!(".tmp-discard-{key}-{}", std::process::id()));
+    match fs::rename(&entry, &aside) {
+        Ok(()) => fs::remove_dir_all(&aside).map_err(io(&aside)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::Io {
+            path: entry,
+            source: e,
+        }),
+    }
+}
+
 /// The file of an output-cache entry that records the SHA-256 of every file in it.
 const OUTPUT_DIGESTS: &str = "digests.json";
 
@@ -817,18 +822,7 @@ impl OutputCache {
 
     /// Removes the entry `key` (a damaged one): renamed aside first, so no build copies half of it.
     pub fn discard(&self, key: &str) -> Result<(), Error> {
-        let dir = self.dir.join(key);
-        let aside = self
-            .dir
-            .join(format!(".tmp-discard-{key}-{}", std::process::id()));
-        match fs::rename(&dir, &aside) {
-            Ok(()) => fs::remove_dir_all(&aside).map_err(io(&aside)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::Io {
-                path: dir,
-                source: e,
-            }),
-        }
+        discard_entry(&self.dir, key)
     }
 
     /// Stores `files` (outputs) and the `NAME.d` directory under `key`.
