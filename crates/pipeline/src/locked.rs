@@ -370,11 +370,7 @@ impl Store {
 /// Downloads `url` to `dest`: a `file:` URI is copied, anything else fetched with curl (which
 /// reads `http_proxy`, `https_proxy` and `no_proxy` itself).
 fn fetch_to(url: &str, dest: &Path) -> Result<(), String> {
-    if let Some(path) = url.strip_prefix("file:") {
-        let path = path
-            .strip_prefix("//localhost")
-            .or_else(|| path.strip_prefix("//"))
-            .unwrap_or(path);
+    if let Some(path) = crate::cache::mirror::file_uri_path(url) {
         if !fs::metadata(path).is_ok_and(|m| m.is_file()) {
             return Err(format!("{path}: no such file"));
         }

@@ -203,15 +203,21 @@ pub fn suite_digest(suite: &Suite, timeout: Duration) -> String {
     UNAVAILABLE.to_string()
 }
 
+/// The local path of a `file:` URI (`file:/path`, `file:///path`, `file://localhost/path`);
+/// None for any other scheme.
+pub(crate) fn file_uri_path(url: &str) -> Option<&str> {
+    let path = url.strip_prefix("file:")?;
+    Some(
+        path.strip_prefix("//localhost")
+            .or_else(|| path.strip_prefix("//"))
+            .unwrap_or(path),
+    )
+}
+
 /// The bytes at `url`: a `file:` URI is read directly (a FIFO or directory is not), anything
 /// else with curl. None when it cannot be read or is empty.
 fn fetch(url: &str, timeout: Duration) -> Option<Vec<u8>> {
-    if let Some(path) = url.strip_prefix("file:") {
-        // file:/path, file:///path and file://localhost/path
-        let path = path
-            .strip_prefix("//localhost")
-            .or_else(|| path.strip_prefix("//"))
-            .unwrap_or(path);
+    if let Some(path) = file_uri_path(url) {
         if !fs::metadata(path).is_ok_and(|m| m.is_file()) {
             return None;
         }
