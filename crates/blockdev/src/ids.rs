@@ -53,22 +53,7 @@ impl Ids {
     /// A UUID (lower-case, hyphenated), with the RFC 9562 version 8 ("custom") and variant
     /// bits set.
     pub fn uuid(&self, purpose: &str, node: &str) -> String {
-        let mut b = [0u8; 16];
-        b.copy_from_slice(&self.digest(purpose, node)[..16]);
-        b[6] = (b[6] & 0x0f) | 0x80;
-        b[8] = (b[8] & 0x3f) | 0x80;
-        let hex: String = b.iter().fold(String::with_capacity(32), |mut acc, x| {
-            let _ = write!(acc, "{x:02x}");
-            acc
-        });
-        format!(
-            "{}-{}-{}-{}-{}",
-            &hex[0..8],
-            &hex[8..12],
-            &hex[12..16],
-            &hex[16..20],
-            &hex[20..32]
-        )
+        v8_uuid(&self.digest(purpose, node))
     }
 
     /// A non-zero 32-bit value (MBR disk id, vfat volume serial).
@@ -81,6 +66,27 @@ impl Ids {
             v
         }
     }
+}
+
+/// The UUID (lower-case, hyphenated) made of the first 16 bytes of `digest`, with the RFC 9562
+/// version 8 ("custom") and variant bits set.
+pub(crate) fn v8_uuid(digest: &[u8]) -> String {
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&digest[..16]);
+    b[6] = (b[6] & 0x0f) | 0x80;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let hex: String = b.iter().fold(String::with_capacity(32), |mut acc, x| {
+        let _ = write!(acc, "{x:02x}");
+        acc
+    });
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
 }
 
 #[cfg(test)]

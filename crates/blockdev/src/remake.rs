@@ -25,7 +25,6 @@
 //! it keeps working (the boot check proves it). Other filesystems (xfs, btrfs, …) cannot be made
 //! from a tree with fixed bytes here: [`can_remake`] says which can.
 
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -104,22 +103,7 @@ pub(crate) fn hash_seed(uuid: &str) -> String {
         .chain_update(b"kiln-blockdev/ext-hash-seed/v1\0")
         .chain_update(uuid.as_bytes())
         .finalize();
-    let mut b = [0u8; 16];
-    b.copy_from_slice(&d[..16]);
-    b[6] = (b[6] & 0x0f) | 0x80;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let hex: String = b.iter().fold(String::with_capacity(32), |mut acc, x| {
-        let _ = write!(acc, "{x:02x}");
-        acc
-    });
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
+    crate::ids::v8_uuid(&d)
 }
 
 /// The layout's options with every `-E` (mke2fs keeps only the last one) taken out, and the
