@@ -108,38 +108,7 @@ impl Fixture<'_> {
         let mut outputs = serde_json::Map::new();
         for out in self.outputs {
             match *out {
-                "lxc" => {
-                    let d = PathBuf::from(format!("{}.lxc", base.display()));
-                    std::fs::create_dir_all(&d).unwrap();
-                    let meta = work.join("meta");
-                    std::fs::create_dir_all(&meta).unwrap();
-                    let config =
-                        "lxc.include = LXC_TEMPLATE_CONFIG/common.conf\nlxc.arch = linux64\n";
-                    std::fs::write(meta.join("config"), config).unwrap();
-                    std::fs::write(
-                        meta.join("config-user"),
-                        "lxc.include = LXC_TEMPLATE_CONFIG/common.conf\nlxc.include = LXC_TEMPLATE_CONFIG/userns.conf\nlxc.arch = linux64\n",
-                    )
-                    .unwrap();
-                    std::fs::write(meta.join("templates"), "/etc/hostname\n/etc/hosts\n").unwrap();
-                    std::fs::write(meta.join("create-message"), "kiln fixture\n").unwrap();
-                    std::fs::write(meta.join("expiry"), format!("{}\n", self.expiry)).unwrap();
-                    std::fs::write(meta.join("excludes-user"), "\n").unwrap();
-                    // The hostname template: LXC substitutes LXC_NAME.
-                    std::fs::write(root.join("etc/hostname"), "LXC_NAME\n").unwrap();
-                    sh(Command::new("tar")
-                        .arg("-C")
-                        .arg(&root)
-                        .args(["--numeric-owner", "--sort=name", "-cJf"])
-                        .arg(d.join("rootfs.tar.xz"))
-                        .arg("."));
-                    sh(Command::new("tar")
-                        .arg("-C")
-                        .arg(&meta)
-                        .args(["--sort=name", "-cJf"])
-                        .arg(d.join("meta.tar.xz"))
-                        .arg("."));
-                }
+                "lxc" => self.lxc_output(&root, &work, &base),
                 "incus" | "incus-vm" => {
                     let d = PathBuf::from(format!("{}.{out}", base.display()));
                     std::fs::create_dir_all(&d).unwrap();
@@ -156,12 +125,34 @@ impl Fixture<'_> {
                             .arg("16M"));
                     }
                 }
+                "incus-unified" => {
+                    let meta = work.join("unified");
+                    std::fs::create_dir_all(&meta).unwrap();
+                    self.incus_meta(&work, &work.join("unused.tar.xz"));
+                    std::fs::copy(
+                        work.join("incus-meta/metadata.yaml"),
+                        meta.join("metadata.yaml"),
+                    )
+                    .unwrap();
+                    sh(Command::new("cp")
+                        .arg("-a")
+                        .arg(&root)
+                        .arg(meta.join("rootfs")));
+                    sh(Command::new("tar")
+                        .arg("-C")
+                        .arg(&meta)
+                        .args(["--sort=name", "-czf"])
+                        .arg(format!("{}.incus.tar.gz", base.display()))
+                        .args(["metadata.yaml", "rootfs"]));
+                }
                 other => panic!("no fixture for {other}"),
             }
-            outputs.insert(
-                (*out).to_string(),
-                Value::String(format!("{}.{out}", self.name)),
-            );
+            let file = if *out == "incus-unified" {
+                format!("{}.incus.tar.gz", self.name)
+            } else {
+                format!("{}.{out}", self.name)
+            };
+            outputs.insert((*out).to_string(), Value::String(file));
         }
         let record = serde_json::json!({
             "os": "debian",
@@ -184,6 +175,39 @@ impl Fixture<'_> {
         )
         .unwrap();
         base
+    }
+
+    /// `NAME.lxc/`: rootfs.tar.xz and meta.tar.xz as LXC templates read them.
+    fn lxc_output(&self, root: &Path, work: &Path, base: &Path) {
+        let d = PathBuf::from(format!("{}.lxc", base.display()));
+        std::fs::create_dir_all(&d).unwrap();
+        let meta = work.join("meta");
+        std::fs::create_dir_all(&meta).unwrap();
+        let config = "lxc.include = LXC_TEMPLATE_CONFIG/common.conf\nlxc.arch = linux64\n";
+        std::fs::write(meta.join("config"), config).unwrap();
+        std::fs::write(
+                meta.join("config-user"),
+                "lxc.include = LXC_TEMPLATE_CONFIG/common.conf\nlxc.include = LXC_TEMPLATE_CONFIG/userns.conf\nlxc.arch = linux64\n",
+            )
+            .unwrap();
+        std::fs::write(meta.join("templates"), "/etc/hostname\n/etc/hosts\n").unwrap();
+        std::fs::write(meta.join("create-message"), "kiln fixture\n").unwrap();
+        std::fs::write(meta.join("expiry"), format!("{}\n", self.expiry)).unwrap();
+        std::fs::write(meta.join("excludes-user"), "\n").unwrap();
+        // The hostname template: LXC substitutes LXC_NAME.
+        std::fs::write(root.join("etc/hostname"), "LXC_NAME\n").unwrap();
+        sh(Command::new("tar")
+            .arg("-C")
+            .arg(root)
+            .args(["--numeric-owner", "--sort=name", "-cJf"])
+            .arg(d.join("rootfs.tar.xz"))
+            .arg("."));
+        sh(Command::new("tar")
+            .arg("-C")
+            .arg(&meta)
+            .args(["--sort=name", "-cJf"])
+            .arg(d.join("meta.tar.xz"))
+            .arg("."));
     }
 
     fn incus_meta(&self, work: &Path, dest: &Path) {
@@ -287,22 +311,28 @@ fn assert_consistent(srv: &Path) {
     }
 }
 
-#[test]
-fn publish_tree_matches_incus_simplestreams_and_the_lxc_layout() {
-    if !tools_present("publish_tree_matches_incus_simplestreams_and_the_lxc_layout") {
-        return;
-    }
-    let t = tempfile::tempdir().unwrap();
-    let created = now() - 3600;
-    Fixture::new(t.path(), "deb", "20231114_2213", created).write();
-    let srv = t.path().join("srv");
-    let (code, out, err) = run(publish_cmd(t.path(), &["deb"], Path::new("srv")));
+/// Publishes a build with only the unified tarball (release forky) with kiln, and adds the
+/// same file to `other` with incus-simplestreams.
+fn add_unified(t: &Path, srv: &Path, other: &Path, created: u64) {
+    // A build with only the unified tarball, under another release.
+    let mut f = Fixture::new(t, "uni", "20231114_2213", created);
+    f.release = "forky";
+    f.outputs = &["incus-unified"];
+    f.write();
+    let (code, out, err) = run(publish_cmd(t, &["uni"], srv));
     assert_eq!(code, 0, "{out}{err}");
-    assert!(
-        out.contains("added      images/debian/trixie/amd64/default/20231114_2213"),
-        "{out}"
-    );
+    assert!(srv
+        .join("images/debian/forky/amd64/default/20231114_2213/incus-unified.tar.gz")
+        .is_file());
+    sh(Command::new("incus-simplestreams")
+        .current_dir(other)
+        .env("TZ", "UTC")
+        .arg("add")
+        .arg(t.join("uni.incus.tar.gz")));
+}
 
+/// The build directory of fixture `deb` (serial 20231114_2213) in `srv`, and the LXC index.
+fn assert_build_dir(t: &Path, srv: &Path) {
     let build = srv.join("images/debian/trixie/amd64/default/20231114_2213");
     let mut names: Vec<String> = std::fs::read_dir(&build)
         .unwrap()
@@ -324,7 +354,7 @@ fn publish_tree_matches_incus_simplestreams_and_the_lxc_layout() {
     // The copies are the build's bytes, and SHA256SUMS checks them.
     assert_eq!(
         std::fs::read(build.join("rootfs.tar.xz")).unwrap(),
-        std::fs::read(t.path().join("deb.lxc/rootfs.tar.xz")).unwrap()
+        std::fs::read(t.join("deb.lxc/rootfs.tar.xz")).unwrap()
     );
     sh(Command::new("sha256sum")
         .current_dir(&build)
@@ -340,6 +370,25 @@ fn publish_tree_matches_incus_simplestreams_and_the_lxc_layout() {
         std::fs::read_to_string(srv.join("meta/1.0/index-system")).unwrap(),
         "debian;trixie;amd64;default;20231114_2213;/images/debian/trixie/amd64/default/20231114_2213/\n"
     );
+}
+
+#[test]
+fn publish_tree_matches_incus_simplestreams_and_the_lxc_layout() {
+    if !tools_present("publish_tree_matches_incus_simplestreams_and_the_lxc_layout") {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let created = now() - 3600;
+    Fixture::new(t.path(), "deb", "20231114_2213", created).write();
+    let srv = t.path().join("srv");
+    let (code, out, err) = run(publish_cmd(t.path(), &["deb"], Path::new("srv")));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("added      images/debian/trixie/amd64/default/20231114_2213"),
+        "{out}"
+    );
+
+    assert_build_dir(t.path(), &srv);
     assert_consistent(&srv);
 
     // incus-simplestreams on the same files, in a tree of its own.
@@ -357,6 +406,15 @@ fn publish_tree_matches_incus_simplestreams_and_the_lxc_layout() {
         .arg("add")
         .arg(t.path().join("deb.incus-vm/incus.tar.xz"))
         .arg(t.path().join("deb.incus-vm/disk.qcow2")));
+    add_unified(t.path(), &srv, &other, created);
+    // Only LXC builds are in LXC's index.
+    assert_eq!(
+        std::fs::read_to_string(srv.join("meta/1.0/index-system"))
+            .unwrap()
+            .lines()
+            .count(),
+        1
+    );
     let ours = read_json(&srv.join("streams/v1/images.json"));
     let theirs = read_json(&other.join("streams/v1/images.json"));
     assert_eq!(
@@ -364,9 +422,21 @@ fn publish_tree_matches_incus_simplestreams_and_the_lxc_layout() {
         without_paths(theirs),
         "images.json"
     );
+    // The index's product list is a set (incus-simplestreams keeps its own order; kiln sorts).
+    let sorted = |mut v: Value| {
+        let list = v["index"]["images"]["products"].as_array_mut().unwrap();
+        list.sort_by(|a, b| a.as_str().cmp(&b.as_str()));
+        v
+    };
+    let ours_index = read_json(&srv.join("streams/v1/index.json"));
     assert_eq!(
-        read_json(&srv.join("streams/v1/index.json")),
-        read_json(&other.join("streams/v1/index.json")),
+        ours_index,
+        sorted(ours_index.clone()),
+        "kiln's products are sorted"
+    );
+    assert_eq!(
+        ours_index,
+        sorted(read_json(&other.join("streams/v1/index.json"))),
         "index.json"
     );
     let meta = &ours["products"]["debian:trixie:default:amd64"]["versions"];
@@ -384,7 +454,7 @@ fn publish_tree_matches_incus_simplestreams_and_the_lxc_layout() {
     let list = sh(Command::new("incus-simplestreams")
         .current_dir(&srv)
         .args(["list", "-f", "csv"]));
-    assert_eq!(list.lines().count(), 2, "{list}");
+    assert_eq!(list.lines().count(), 3, "{list}");
     let fp = items["incus.tar.xz"]["combined_squashfs_sha256"]
         .as_str()
         .unwrap();

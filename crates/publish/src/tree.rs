@@ -634,3 +634,113 @@ fn remove_build(root: &Path, rel: &Path) -> Result<(), Error> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A build of plain files (the tree never looks inside them): NAME.lxc/, NAME.incus/.
+    fn build(dir: &Path, name: &str, serial: &str, created: u64) -> BuildInput {
+        for (out, files) in [
+            ("lxc", ["rootfs.tar.xz", "meta.tar.xz"]),
+            ("incus", ["incus.tar.xz", "rootfs.squashfs"]),
+        ] {
+            let d = dir.join(format!("{name}.{out}"));
+            std::fs::create_dir_all(&d).unwrap();
+            for f in files {
+                std::fs::write(d.join(f), format!("{serial} {f}")).unwrap();
+            }
+        }
+        let d = dir.join(format!("{name}.d"));
+        std::fs::create_dir_all(&d).unwrap();
+        let record = serde_json::json!({
+            "os": "debian", "release": "trixie", "variant": "default", "architecture": "amd64",
+            "serial": serial, "creation_date": created, "expiry_date": created + 1000,
+            "outputs": {"lxc": format!("{name}.lxc"), "incus": format!("{name}.incus")},
+        });
+        std::fs::write(d.join("image.json"), record.to_string()).unwrap();
+        BuildInput::load(dir.join(name).to_str().unwrap()).unwrap()
+    }
+
+    fn opts(to: &Path, keep: usize, now: u64) -> Options {
+        Options {
+            to: to.to_path_buf(),
+            sign_key: None,
+            keep,
+            now,
+            fail_after: None,
+        }
+    }
+
+    #[test]
+    fn the_newest_builds_stay_and_the_fingerprint_covers_metadata_then_data() {
+        let t = tempfile::tempdir().unwrap();
+        let srv = t.path().join("srv");
+        let inputs: Vec<BuildInput> = (0..3)
+            .map(|i| build(t.path(), &format!("b{i}"), &format!("s{i}"), 100 + i * 60))
+            .collect();
+        let report = publish(&inputs, &opts(&srv, 2, 150)).unwrap();
+        assert_eq!(report.added.len(), 3);
+        assert_eq!(
+            report.removed,
+            [(
+                "images/debian/trixie/amd64/default/s0".to_string(),
+                "beyond the newest 2 (--keep)".to_string()
+            )]
+        );
+        assert_eq!(
+            std::fs::read_to_string(srv.join("meta/1.0/index-user")).unwrap(),
+            "debian;trixie;amd64;default;s2;/images/debian/trixie/amd64/default/s2/\n"
+        );
+        let images: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(srv.join("streams/v1/images.json")).unwrap())
+                .unwrap();
+        let versions = &images["products"]["debian:trixie:default:amd64"]["versions"];
+        let item = &versions["197001010002"]["items"]["incus.tar.xz"];
+        let mut h = Sha256::new();
+        h.update(b"s1 incus.tar.xz");
+        h.update(b"s1 rootfs.squashfs");
+        assert_eq!(item["combined_squashfs_sha256"], hex::encode(h.finalize()));
+        assert_eq!(
+            item["path"],
+            "images/debian/trixie/amd64/default/s1/incus.tar.xz"
+        );
+        assert!(versions.get("197001010003").is_some());
+        let sums =
+            std::fs::read_to_string(srv.join("images/debian/trixie/amd64/default/s2/SHA256SUMS"))
+                .unwrap();
+        assert_eq!(
+            sums.lines().map(|l| &l[66..]).collect::<Vec<_>>(),
+            [
+                "incus.tar.xz",
+                "meta.tar.xz",
+                "rootfs.squashfs",
+                "rootfs.tar.xz"
+            ]
+        );
+        // Past s1's expiry only s2 is left; past s2's, nothing, and the empty parents go too.
+        let r = publish(&[], &opts(&srv, 2, 1160)).unwrap();
+        assert_eq!(r.index.len(), 1);
+        let r = publish(&[], &opts(&srv, 2, 1220)).unwrap();
+        assert!(r.index.is_empty());
+        assert!(!srv.join("images/debian").exists());
+        assert_eq!(
+            std::fs::read(srv.join("meta/1.0/index-system")).unwrap(),
+            b""
+        );
+    }
+
+    #[test]
+    fn a_failure_while_staging_leaves_nothing_behind() {
+        let t = tempfile::tempdir().unwrap();
+        let srv = t.path().join("srv");
+        let input = build(t.path(), "b", "s1", 100);
+        // The source vanishes between loading and copying.
+        std::fs::remove_file(t.path().join("b.incus/rootfs.squashfs")).unwrap();
+        let err = publish(&[input], &opts(&srv, 2, 150)).unwrap_err();
+        assert!(matches!(err, Error::Io { .. }), "{err}");
+        let parent = srv.join("images/debian/trixie/amd64/default");
+        assert_eq!(std::fs::read_dir(&parent).unwrap().count(), 0);
+        assert!(!srv.join("meta").exists());
+    }
+}
