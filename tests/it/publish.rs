@@ -2,7 +2,8 @@
 //! build): the layout and SHA256SUMS, simplestreams compared with what `incus-simplestreams add`
 //! writes for the same files and checked by `incus-simplestreams verify`, `gpg --verify` of
 //! every signature, retention, expiry, idempotence and conflicts, an update interrupted at each
-//! step, concurrent publishes, and `lxc-create -t download` against `kiln publish --serve` over
+//! step (injected) or killed with SIGKILL at each stage, concurrent publishes, and `lxc-create -t
+//! download` against `kiln publish --serve` over
 //! HTTPS (root; over plain HTTP it must fail).
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -774,6 +775,80 @@ fn an_interrupted_publish_leaves_valid_indexes() {
         .collect();
     assert_eq!(left, ["n4"]);
     assert_consistent(&srv);
+}
+
+#[test]
+fn a_killed_publish_leaves_valid_indexes() {
+    if !tools_present("a_killed_publish_leaves_valid_indexes") {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let srv = t.path().join("srv");
+    let base = now() - 86_400;
+    let big = |name: &str, serial: &str, created: u64| {
+        Fixture::new(t.path(), name, serial, created).write();
+        sh(Command::new("dd")
+            .args(["if=/dev/urandom", "bs=1M", "count=64", "status=none"])
+            .arg(format!(
+                "of={}/{name}.incus/rootfs.squashfs",
+                t.path().display()
+            )));
+    };
+    big("a", "s0", base);
+    let (code, out, err) = run(publish_cmd(t.path(), &["a"], Path::new("srv")));
+    assert_eq!(code, 0, "{out}{err}");
+    // SIGKILL a publish of 64 MiB (keeping one build, so each publish also removes one) as
+    // soon as it reaches a point: its staged copy appears, the build is renamed into place,
+    // images.json names it, index-system names it. Wherever the kill lands, the indexes name
+    // files that are there, and the next publish completes.
+    let dir = srv.join("images/debian/trixie/amd64/default");
+    let points = ["staging", "in place", "images.json", "index-system"];
+    let mut killed = 0;
+    for (i, point) in points.into_iter().enumerate() {
+        let name = format!("k{i}");
+        let serial = format!("s{}", i + 1);
+        big(&name, &serial, base + 60 * (i as u64 + 1));
+        let reached = || match point {
+            "staging" => dir.join(format!(".{serial}.kiln-new")).exists(),
+            "in place" => dir.join(&serial).exists(),
+            "images.json" => std::fs::read_to_string(srv.join("streams/v1/images.json"))
+                .is_ok_and(|t| t.contains(&format!("/{serial}/"))),
+            _ => std::fs::read_to_string(srv.join("meta/1.0/index-system"))
+                .is_ok_and(|t| t.contains(&serial)),
+        };
+        let mut c = publish_cmd(t.path(), &[&name], Path::new("srv"));
+        c.args(["--keep", "1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let mut child = c.spawn().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !reached() && child.try_wait().unwrap().is_none() {
+            assert!(std::time::Instant::now() < deadline, "publish hangs");
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+        let _ = child.kill();
+        let status = child.wait().unwrap();
+        if !status.success() {
+            killed += 1;
+        }
+        assert_consistent(&srv);
+        let index = std::fs::read_to_string(srv.join("meta/1.0/index-system")).unwrap();
+        eprintln!(
+            "killed after {point}: {status}; build in place {}, indexed {}",
+            dir.join(&serial).exists(),
+            index.contains(&serial)
+        );
+    }
+    eprintln!(
+        "{killed} of {} publishes killed before they finished",
+        points.len()
+    );
+    assert!(killed > 0, "no publish was killed before it finished");
+    let (code, out, err) = run(publish_cmd(t.path(), &[], Path::new("srv")));
+    assert_eq!(code, 0, "{out}{err}");
+    assert_consistent(&srv);
+    let hidden = sh(Command::new("find").arg(&srv).args(["-name", ".*.kiln-*"]));
+    assert!(hidden.is_empty(), "left behind: {hidden}");
 }
 
 #[test]
