@@ -964,25 +964,10 @@ fn lxc_create(t: &Path, port: u16, name: &str) -> (bool, String) {
     )
 }
 
-#[test]
-fn lxc_download_creates_the_published_rootfs_over_https_only() {
-    let test = "lxc_download_creates_the_published_rootfs_over_https_only";
-    if !tools_present(test) {
-        return;
-    }
-    if !nix::unistd::geteuid().is_root() {
-        kiln_testkit::skip(test, "lxc-create -t download needs root");
-        return;
-    }
-    let t = tempfile::tempdir().unwrap();
-    let p = t.path();
-    Fixture::new(p, "deb", "20231114_2213", now() - 60).write();
-    let (code, out, err) = run(publish_cmd(p, &["deb"], Path::new("srv")));
-    assert_eq!(code, 0, "{out}{err}");
-    std::fs::create_dir(p.join("lxc")).unwrap();
-    std::fs::create_dir(p.join("cache")).unwrap();
+/// A self-signed certificate for 127.0.0.1 and a wgetrc trusting it, in `dir`.
+fn test_certificate(dir: &Path) {
     sh(Command::new("openssl")
-        .current_dir(p)
+        .current_dir(dir)
         .args([
             "req",
             "-x509",
@@ -1004,10 +989,91 @@ fn lxc_download_creates_the_published_rootfs_over_https_only() {
         ])
         .stderr(Stdio::null()));
     std::fs::write(
-        p.join("wgetrc"),
-        format!("ca_certificate = {}\n", p.join("cert.pem").display()),
+        dir.join("wgetrc"),
+        format!("ca_certificate = {}\n", dir.join("cert.pem").display()),
     )
     .unwrap();
+}
+
+#[test]
+fn serve_speaks_https_to_wget_without_root() {
+    if !tools_present("serve_speaks_https_to_wget_without_root") {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let p = t.path();
+    Fixture::new(p, "deb", "s1", now() - 60).write();
+    let (code, out, err) = run(publish_cmd(p, &["deb"], Path::new("srv")));
+    assert_eq!(code, 0, "{out}{err}");
+    test_certificate(p);
+    let served = Served::start(
+        p,
+        Path::new("srv"),
+        Some((&p.join("cert.pem"), &p.join("key.pem"))),
+    );
+    let wget = |target: &str, out: &Path| {
+        Command::new("wget")
+            .env("WGETRC", p.join("wgetrc"))
+            .args(["-q", "-T", "10", "-t", "1", "-O"])
+            .arg(out)
+            .arg(format!("https://127.0.0.1:{}{target}", served.port))
+            .status()
+            .unwrap()
+            .success()
+    };
+    // The doubled slash lxc-download sends, over TLS, with the certificate trusted.
+    assert!(wget("//meta/1.0/index-system", &p.join("got-index")));
+    assert_eq!(
+        std::fs::read(p.join("got-index")).unwrap(),
+        std::fs::read(p.join("srv/meta/1.0/index-system")).unwrap()
+    );
+    assert!(wget(
+        "/images/debian/trixie/amd64/default/s1/rootfs.squashfs",
+        &p.join("got-squashfs")
+    ));
+    assert_eq!(
+        std::fs::read(p.join("got-squashfs")).unwrap(),
+        std::fs::read(p.join("deb.incus/rootfs.squashfs")).unwrap()
+    );
+    assert!(!wget("/nothing", &p.join("got-nothing")));
+    // Without the certificate wget refuses the server: the TLS check is real.
+    std::fs::write(p.join("empty-wgetrc"), "").unwrap();
+    let untrusted = Command::new("wget")
+        .env("WGETRC", p.join("empty-wgetrc"))
+        .args(["-nv", "-T", "10", "-t", "1", "-O", "/dev/null"])
+        .arg(format!(
+            "https://127.0.0.1:{}/meta/1.0/index-system",
+            served.port
+        ))
+        .output()
+        .unwrap();
+    assert!(!untrusted.status.success());
+    let why = String::from_utf8_lossy(&untrusted.stderr);
+    assert!(why.contains("certificate"), "{why}");
+    assert!(
+        served.stop().success(),
+        "SIGINT must stop the server cleanly"
+    );
+}
+
+#[test]
+fn lxc_download_creates_the_published_rootfs_over_https_only() {
+    let test = "lxc_download_creates_the_published_rootfs_over_https_only";
+    if !tools_present(test) {
+        return;
+    }
+    if !nix::unistd::geteuid().is_root() {
+        kiln_testkit::skip(test, "lxc-create -t download needs root");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let p = t.path();
+    Fixture::new(p, "deb", "20231114_2213", now() - 60).write();
+    let (code, out, err) = run(publish_cmd(p, &["deb"], Path::new("srv")));
+    assert_eq!(code, 0, "{out}{err}");
+    std::fs::create_dir(p.join("lxc")).unwrap();
+    std::fs::create_dir(p.join("cache")).unwrap();
+    test_certificate(p);
 
     // Plain HTTP: the template speaks HTTPS only, so it must fail; the server itself answers
     // the doubled slash the template sends and refuses paths out of the tree.
