@@ -12,6 +12,7 @@ fn help_tree_snapshots() {
         vec!["plan", "--help"],
         vec!["lock", "--help"],
         vec!["verify", "--help"],
+        vec!["publish", "--help"],
         vec!["element-info", "--help"],
         vec!["block-device", "--help"],
         vec!["block-device", "plan", "--help"],

@@ -36,6 +36,20 @@ enum Command {
     /// mtime); then, when diffoscope is installed, its report on that pair. Exit status: 0
     /// identical, 1 different, 2 bad input.
     Verify(Box<commands::verify::VerifyCmd>),
+    /// Add container builds to an image server tree for LXC and Incus clients, and serve it.
+    ///
+    /// `kiln publish NAME... --to DIR` copies the lxc, incus, incus-vm and incus-unified
+    /// outputs of each build (read from NAME.d/image.json) into
+    /// DIR/images/DIST/RELEASE/ARCH/VARIANT/BUILD/ with SHA256SUMS, then rewrites
+    /// DIR/meta/1.0/index-system and index-user (LXC's download template) and
+    /// DIR/streams/v1/index.json and images.json (Incus and LXD simplestreams). Builds that
+    /// expired or are beyond --keep leave the indexes and the tree. Indexes are replaced by
+    /// rename after the files they name are in place, so a client never sees a dangling entry;
+    /// concurrent publishes into DIR wait for each other. See docs/publishing.md.
+    ///
+    /// Exit status: 0 published, 1 failed, 2 bad input (an expired build, a serial already
+    /// published with other files, a missing output).
+    Publish(Box<commands::publish::PublishCmd>),
     /// Print the expanded element set, as DIB's element-info does.
     ElementInfo(commands::element_info::ElementInfoCmd),
     /// Inspect block-device layouts.
@@ -77,6 +91,7 @@ pub fn run(argv: Vec<OsString>) -> anyhow::Result<i32> {
             }
             Command::Lock(c) => c.run(),
             Command::Verify(c) => c.run(),
+            Command::Publish(c) => c.run(),
             Command::ElementInfo(c) => {
                 kiln_sandbox::die_quietly_on_closed_pipe();
                 c.run()
@@ -106,6 +121,9 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
             return e.exit_code();
         }
         if let Some(e) = cause.downcast_ref::<kiln_verify::Error>() {
+            return if e.is_input_error() { 2 } else { 1 };
+        }
+        if let Some(e) = cause.downcast_ref::<kiln_publish::Error>() {
             return if e.is_input_error() { 2 } else { 1 };
         }
         if cause.downcast_ref::<commands::UsageError>().is_some() {

@@ -7,6 +7,7 @@ pub mod element_info;
 pub mod elements;
 pub mod lock;
 pub mod plan;
+pub mod publish;
 pub mod test;
 pub mod verify;
 
