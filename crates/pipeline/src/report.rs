@@ -34,6 +34,9 @@ pub struct PlanReport {
     pub block_device_source: String,
     /// The outputs and their paths.
     pub outputs: Vec<PlanOutput>,
+    /// The plan's warnings (container outputs with a VM disk or element); absent when none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// The hooks of every phase, keyed by phase name (a JSON object, in phase order).
