@@ -126,6 +126,18 @@ fn check_sources_and_times(tar: &Path, meta: &str, locked_at: &str) {
         );
     }
     assert!(!sources.contains("file:"), "{sources}");
+    // The lock recorded the codename `stable` meant when it was made, and the offline build
+    // (which asks no mirror) wrote that codename into the image's sources.
+    for suite in meta.lines().filter_map(|l| l.strip_prefix("Suite: ")) {
+        assert!(
+            !suite.starts_with("stable"),
+            "the lock recorded the alias {suite}:\n{meta}"
+        );
+        assert!(
+            sources.contains(&format!(" {suite} ")),
+            "{suite} missing from the image's sources:\n{sources}"
+        );
+    }
     let epoch = sh(&format!("date -u -d '{locked_at}' +%s"));
     let first = sh(&format!(
         "TZ=UTC tar --full-time -tvf '{}' ./etc/hostname",

@@ -16,5 +16,6 @@ mod locked;
 mod pipeline;
 mod plan;
 mod preflight;
+mod release;
 mod support;
 mod verify;

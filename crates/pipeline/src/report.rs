@@ -97,6 +97,13 @@ pub struct PlanOutput {
 /// `kiln plan --explain-cache`: which cached steps a build would reuse, and why not.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CacheExplanation {
+    /// The release alias the request asked for and the codename the build uses; absent when
+    /// `DIB_RELEASE` is a codename.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub release: Option<crate::release::Resolved>,
+    /// The apt suites of the image's sources whose state is keyed (`SUITE URI`); empty offline
+    /// and for a locked build.
+    pub suites: Vec<String>,
     /// The cached steps, in build order.
     pub steps: Vec<CacheStep>,
     /// The output cache.
