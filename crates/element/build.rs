@@ -39,9 +39,18 @@ fn run() -> io::Result<()> {
     }
     let bytes = builder.into_inner()?;
     let digest = hex::encode(Sha256::digest(&bytes));
-    fs::write(out_dir.join("builtin-elements.tar"), &bytes)?;
-    fs::write(out_dir.join("builtin-elements.sha256"), digest)?;
+    replace(&out_dir.join("builtin-elements.tar"), &bytes)?;
+    replace(&out_dir.join("builtin-elements.sha256"), digest.as_bytes())?;
     Ok(())
+}
+
+/// Writes `path` as a new file (a temp file renamed over it), never into the old file: a target
+/// directory copied with hard links shares its inode with other copies, which an in-place write
+/// would change too.
+fn replace(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, bytes)?;
+    fs::rename(&tmp, path)
 }
 
 /// Collects every entry under `dir` (depth first, sorted by file name, symlinks not followed).

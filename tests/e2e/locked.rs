@@ -126,6 +126,18 @@ fn check_sources_and_times(tar: &Path, meta: &str, locked_at: &str) {
         );
     }
     assert!(!sources.contains("file:"), "{sources}");
+    // The lock recorded the codename `stable` meant when it was made, and the offline build
+    // (which asks no mirror) wrote that codename into the image's sources.
+    for suite in meta.lines().filter_map(|l| l.strip_prefix("Suite: ")) {
+        assert!(
+            !suite.starts_with("stable"),
+            "the lock recorded the alias {suite}:\n{meta}"
+        );
+        assert!(
+            sources.contains(&format!(" {suite} ")),
+            "{suite} missing from the image's sources:\n{sources}"
+        );
+    }
     let epoch = sh(&format!("date -u -d '{locked_at}' +%s"));
     let first = sh(&format!(
         "TZ=UTC tar --full-time -tvf '{}' ./etc/hostname",
@@ -227,7 +239,7 @@ fn locked_offline_build_without_network_matches_the_lock() {
         &lock_arg,
         "--offline",
         "-t",
-        "tar,raw,qcow2",
+        "tar,raw,qcow2,oci",
         "-o",
         "img",
         "debian-minimal",
@@ -331,6 +343,43 @@ fn identical_elsewhere(root: &Path, args: &[&str], dir_a: &Path, h: &Heavy) {
             panic!("img.{ext} differs between two locked builds:\n{v}");
         }
     }
+    let (a, b) = (
+        oci_digests(&dir_a.join("img.oci")),
+        oci_digests(&dir_b.join("img.oci")),
+    );
+    assert_eq!(a, b, "the OCI layouts of two locked builds differ");
+}
+
+/// The digests of an OCI layout: `index.json`'s own SHA-256, then the manifest's, the config's
+/// and each layer's as the manifest names them, each checked against its blob's content.
+fn oci_digests(layout: &Path) -> Vec<(String, String)> {
+    let blob = |digest: &str| {
+        let hex = digest.strip_prefix("sha256:").expect("a sha256 digest");
+        let path = layout.join("blobs/sha256").join(hex);
+        assert_eq!(sha256(&path), hex, "{} is not its digest", path.display());
+        fs::read(&path).unwrap()
+    };
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let manifest_digest = index["manifests"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let manifest: serde_json::Value = serde_json::from_slice(&blob(&manifest_digest)).unwrap();
+    let config = manifest["config"]["digest"].as_str().unwrap().to_string();
+    blob(&config);
+    let mut digests = vec![
+        ("index.json".to_string(), sha256(&layout.join("index.json"))),
+        ("manifest".to_string(), manifest_digest),
+        ("config".to_string(), config),
+    ];
+    for layer in manifest["layers"].as_array().unwrap() {
+        let d = layer["digest"].as_str().unwrap().to_string();
+        blob(&d);
+        digests.push(("layer".to_string(), d));
+    }
+    assert!(digests.len() >= 4, "{digests:?}");
+    digests
 }
 
 /// Step 4 of the locked test: a deliberately perturbed build (one more element, whose finalise

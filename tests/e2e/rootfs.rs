@@ -3,7 +3,7 @@
 //! OS of the failure and cache tests), and a foreign-architecture build.
 
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
@@ -83,6 +83,47 @@ const STATIC_DEV: &[&str] = &[
     "./dev/zero",
 ];
 
+/// No release named: the image follows Debian's `stable`, as DIB's default does, resolved once
+/// to the codename the mirror's dists/stable/Release names: the image's sources (the release
+/// and its -updates and -security suites) say the codename, never the alias, and the manifest
+/// records both.
+fn check_release_codename(tar: &Path, dir: &Path) {
+    let codename = sh(&format!(
+        "tar -xOf '{}' ./usr/lib/os-release | sed -n 's/^VERSION_CODENAME=//p'",
+        tar.display()
+    ));
+    let codename = codename.trim();
+    assert!(!codename.is_empty(), "no VERSION_CODENAME in the image");
+    for (list, suite) in [
+        ("default", codename.to_string()),
+        ("updates", format!("{codename}-updates")),
+        ("security", format!("{codename}-security")),
+    ] {
+        let sources = sh(&format!(
+            "tar -xOf '{}' ./etc/apt/sources.list.d/{list}.list",
+            tar.display()
+        ));
+        assert!(
+            sources
+                .lines()
+                .any(|l| l.split_whitespace().nth(2) == Some(suite.as_str())),
+            "{list}.list does not name {suite}: {sources}"
+        );
+        assert!(!sources.contains(" stable"), "{list}.list: {sources}");
+    }
+    // The manifest records what was asked and what it meant.
+    let environment = sh(&format!(
+        "cat '{}'",
+        dir.join("debian-rootfs.d/dib-manifests/dib_environment")
+            .display()
+    ));
+    assert!(
+        environment.contains(&format!("DIB_RELEASE={codename}"))
+            && environment.contains("DIB_RELEASE_ASKED=stable"),
+        "{environment}"
+    );
+}
+
 #[test]
 fn rootfs_outputs_checksums_and_manifests() {
     if !capable("rootfs_outputs_checksums_and_manifests") {
@@ -91,17 +132,7 @@ fn rootfs_outputs_checksums_and_manifests() {
     let r = debian_rootfs().unwrap();
     let _t = Timer::start("rootfs_outputs_checksums_and_manifests");
     let dir = r.tar.parent().unwrap().to_path_buf();
-    // No release named: the image follows Debian's `stable`, as DIB's default does.
-    let sources = sh(&format!(
-        "tar -xOf '{}' ./etc/apt/sources.list.d/default.list",
-        r.tar.display()
-    ));
-    assert!(
-        sources
-            .lines()
-            .any(|l| l.split_whitespace().nth(2) == Some("stable")),
-        "the default release is not stable: {sources}"
-    );
+    check_release_codename(&r.tar, &dir);
     // Every output with both checksums, each verifiable.
     for f in [
         "debian-rootfs.tar",

@@ -17,5 +17,6 @@ mod pipeline;
 mod plan;
 mod preflight;
 mod publish;
+mod release;
 mod support;
 mod verify;

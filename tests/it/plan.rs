@@ -474,3 +474,118 @@ fn no_colour_codes_on_a_pipe() {
     assert!(err.contains("overrides"), "override not logged: {err}");
     assert!(!err.contains("\x1b["), "colour codes on a pipe: {err:?}");
 }
+
+/// The container element follows the outputs: `-t docker` adds it (and its environment.d, which
+/// turns the kernel off, enters the keys); `-t qcow2,docker` does not and says, in the text and
+/// the JSON, that the container image carries the disk's kernel and boot loader.
+#[test]
+fn container_outputs_choose_the_container_element() {
+    let cache = tempfile::tempdir().unwrap();
+    let plan = |args: &[&str]| {
+        let mut c = kiln(&[], cache.path());
+        c.env_remove("ELEMENTS_PATH")
+            .env("DIB_OFFLINE", "1")
+            .env("DIB_RELEASE", "bookworm")
+            .env("DIB_DISTRIBUTION_MIRROR", "http://mirror.invalid/debian")
+            .arg("plan")
+            .args(args);
+        run(c)
+    };
+    let json = |args: &[&str]| -> serde_json::Value {
+        let (code, out, err) = plan(args);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        serde_json::from_str(&out).unwrap()
+    };
+    let names = |v: &serde_json::Value| -> Vec<String> {
+        v["elements"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let docker = json(&["debian-minimal", "-t", "docker", "--json"]);
+    let container = docker["elements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "container")
+        .expect("container added for -t docker");
+    assert!(
+        container["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("auto-added: container is added because every output (-t docker)"),
+        "{container}"
+    );
+    assert!(docker.get("notes").is_none(), "{docker}");
+    let env: Vec<&str> = docker["environment"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["name"].as_str().unwrap())
+        .collect();
+    assert!(env.contains(&"05-container.bash"), "{env:?}");
+
+    let mixed = json(&["debian-minimal", "vm", "-t", "qcow2,docker", "--json"]);
+    assert!(!names(&mixed).contains(&"container".to_string()));
+    assert_eq!(mixed["notes"].as_array().unwrap().len(), 1, "{mixed}");
+    let (code, text, err) = plan(&["debian-minimal", "vm", "-t", "qcow2,docker"]);
+    assert_eq!(code, 0, "{err}");
+    let warnings: Vec<&str> = text.lines().filter(|l| l.starts_with("warning:")).collect();
+    assert_eq!(
+        warnings,
+        ["warning: -t docker is made from the same tree as the disk output (qcow2) and carries its kernel and boot loader; for a lean container image build it separately with only container outputs (-t docker), which adds the container element"]
+    );
+    // A tree output that is no container image keeps the tree as it is, without a word.
+    let tar_docker = json(&["debian-minimal", "-t", "tar,docker", "--json"]);
+    assert!(!names(&tar_docker).contains(&"container".to_string()));
+    assert!(tar_docker.get("notes").is_none());
+
+    // The element set is in the keys: -t docker builds another tree than -t tar,docker.
+    let keys = |t: &str| -> Vec<String> {
+        let v = json(&["debian-minimal", "-t", t, "--explain-cache", "--json"]);
+        v["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["key"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (lean, full) = (keys("docker"), keys("tar,docker"));
+    assert!(lean.len() >= 6, "{lean:?}");
+    assert!(
+        lean.iter().zip(&full).all(|(a, b)| a != b),
+        "{lean:?}\n{full:?}"
+    );
+    assert_eq!(full, keys("tar"));
+}
+
+/// `container` with an element of a bootable disk: exit 2, one line naming both.
+#[test]
+fn container_with_vm_is_an_input_error() {
+    let cache = tempfile::tempdir().unwrap();
+    for (args, other) in [
+        (
+            &["debian-minimal", "container", "vm", "-t", "tar"][..],
+            "vm",
+        ),
+        (&["debian-minimal", "growroot", "-t", "oci"], "growroot"),
+    ] {
+        let mut c = kiln(&[], cache.path());
+        c.env_remove("ELEMENTS_PATH").arg("plan").args(args);
+        let (code, out, err) = run(c);
+        assert_eq!(code, 2, "{args:?}: {out}{err}");
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 1, "{err}");
+        assert!(
+            lines[0].contains("elements container (")
+                && lines[0].contains(&format!(" and {other} (")),
+            "{err}"
+        );
+        assert!(
+            !err.contains("panicked") && !err.contains("backtrace"),
+            "{err}"
+        );
+    }
+}

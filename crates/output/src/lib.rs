@@ -135,6 +135,9 @@ pub struct Format {
     pub default: bool,
     /// Whether the `-t` help and the unknown-type error list it.
     pub listed: bool,
+    /// Whether it is a container image (run by a container engine or manager, which brings the
+    /// kernel): when every output of a build is one, the pipeline adds the `container` element.
+    pub container: bool,
     /// Its producer, or why kiln cannot make it.
     pub support: Support,
 }
@@ -160,6 +163,7 @@ pub static FORMATS: &[Format] = &[
         tools: QEMU_IMG,
         default: true,
         listed: true,
+        container: false,
         support: Support::Yes(&qcow2::Qcow2),
     },
     Format {
@@ -171,6 +175,7 @@ pub static FORMATS: &[Format] = &[
         tools: &["cp"],
         default: false,
         listed: true,
+        container: false,
         support: Support::Yes(&raw::Raw),
     },
     Format {
@@ -182,6 +187,7 @@ pub static FORMATS: &[Format] = &[
         tools: QEMU_IMG,
         default: false,
         listed: true,
+        container: false,
         support: Support::Yes(&qemu_img::QemuImg { driver: "vmdk" }),
     },
     Format {
@@ -193,6 +199,7 @@ pub static FORMATS: &[Format] = &[
         tools: QEMU_IMG,
         default: false,
         listed: true,
+        container: false,
         support: Support::Yes(&qemu_img::QemuImg { driver: "vpc" }),
     },
     Format {
@@ -204,6 +211,7 @@ pub static FORMATS: &[Format] = &[
         tools: QEMU_IMG,
         default: false,
         listed: true,
+        container: false,
         support: Support::Yes(&qemu_img::QemuImg { driver: "vdi" }),
     },
     Format {
@@ -215,6 +223,7 @@ pub static FORMATS: &[Format] = &[
         tools: &["tar"],
         default: false,
         listed: true,
+        container: false,
         support: Support::Yes(&tar::Tar),
     },
     Format {
@@ -226,6 +235,7 @@ pub static FORMATS: &[Format] = &[
         tools: &["tar", "gzip"],
         default: false,
         listed: true,
+        container: false,
         support: Support::Yes(&tgz::Tgz),
     },
     Format {
@@ -237,6 +247,7 @@ pub static FORMATS: &[Format] = &[
         tools: &["mksquashfs"],
         default: false,
         listed: true,
+        container: false,
         support: Support::Yes(&squashfs::Squashfs),
     },
     Format {
@@ -248,6 +259,7 @@ pub static FORMATS: &[Format] = &[
         tools: &[],
         default: false,
         listed: true,
+        container: true,
         support: Support::Yes(&docker::Docker),
     },
     Format {
@@ -259,6 +271,7 @@ pub static FORMATS: &[Format] = &[
         tools: &[],
         default: false,
         listed: true,
+        container: true,
         support: Support::Yes(&oci::Oci),
     },
     Format {
@@ -270,6 +283,7 @@ pub static FORMATS: &[Format] = &[
         tools: &[],
         default: false,
         listed: true,
+        container: true,
         support: Support::Yes(&oci::OciArchive),
     },
     Format {
@@ -281,6 +295,7 @@ pub static FORMATS: &[Format] = &[
         tools: QEMU_IMG,
         default: false,
         listed: false,
+        container: false,
         support: Support::Yes(&qemu_img::QemuImg { driver: "vpc" }),
     },
     Format {
@@ -292,6 +307,7 @@ pub static FORMATS: &[Format] = &[
         tools: QEMU_IMG,
         default: false,
         listed: false,
+        container: false,
         support: Support::Yes(&qemu_img::QemuImg { driver: "qed" }),
     },
     Format {
@@ -303,6 +319,7 @@ pub static FORMATS: &[Format] = &[
         tools: QEMU_IMG,
         default: false,
         listed: false,
+        container: false,
         support: Support::Yes(&qemu_img::QemuImg { driver: "vhdx" }),
     },
     Format {
@@ -314,6 +331,7 @@ pub static FORMATS: &[Format] = &[
         tools: &[],
         default: false,
         listed: false,
+        container: false,
         support: Support::No("use tar (an ACI is a tar of the tree with a manifest)"),
     },
 ];
@@ -389,6 +407,11 @@ impl OutputType {
     /// What it is made from.
     pub fn source(self) -> Source {
         self.format().source
+    }
+
+    /// Whether it is a container image ([`Format::container`]).
+    pub fn is_container(self) -> bool {
+        self.format().container
     }
 
     /// Whether this output needs a disk image (and so the block-device stage).
@@ -722,6 +745,18 @@ mod tests {
             .map(|f| f.name)
             .collect();
         assert_eq!(movers, ["raw"]);
+        // The container images are tree outputs; the pipeline adds the container element when
+        // every output is one.
+        let containers: Vec<_> = FORMATS
+            .iter()
+            .filter(|f| f.container)
+            .map(|f| f.name)
+            .collect();
+        assert_eq!(containers, ["docker", "oci", "oci-archive"]);
+        for f in FORMATS.iter().filter(|f| f.container) {
+            assert_eq!(f.source, Source::Tree, "{}", f.name);
+        }
+        assert!(parse("oci").is_container() && !parse("tar").is_container());
     }
 
     #[test]

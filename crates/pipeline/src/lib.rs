@@ -18,6 +18,7 @@ pub mod locked;
 pub mod packages;
 pub mod pipeline;
 pub mod plan;
+pub mod release;
 pub mod report;
 pub mod request;
 pub mod runner;
@@ -70,6 +71,9 @@ pub enum Error {
     /// A locked build could not fetch, lay out or keep to its lock (`kiln build --lock`).
     #[error(transparent)]
     Locked(#[from] locked::Error),
+    /// A release alias (`DIB_RELEASE=stable`) the mirror cannot resolve to a codename.
+    #[error(transparent)]
+    Release(#[from] release::Error),
     /// A bad line in an element's `cache-inputs` file.
     #[error(transparent)]
     CacheInputs(#[from] cache::host_files::DeclError),
@@ -152,6 +156,7 @@ impl Error {
             Self::Element(_)
             | Self::Usage(_)
             | Self::CacheInputs(_)
+            | Self::Release(_)
             | Self::Sandbox(kiln_sandbox::Error::Binfmt(_)) => 2,
             Self::BlockDevice(e) if e.is_input_error() => 2,
             Self::Output(e) if e.is_input_error() => 2,

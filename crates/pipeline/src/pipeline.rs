@@ -211,6 +211,12 @@ impl Ctx<'_> {
             ctx.env = prepared.env.clone();
             Ok(prepared)
         })?;
+        if let Some(r) = &prepared.release {
+            self.console.say(&format!(
+                "release: DIB_RELEASE={} is {} (read from {}); the build uses {}",
+                r.asked, r.codename, r.from, r.codename
+            ));
+        }
         if let Some(input) = &prepared.locked {
             self.lock_repo(input, &prepared.evaluated)?;
         }

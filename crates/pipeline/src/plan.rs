@@ -67,6 +67,9 @@ pub struct BuildPlan {
     pub cache_root: PathBuf,
     /// The ELEMENTS_PATH exported to hooks (see [`exported_elements_path`]).
     pub exported_elements_path: String,
+    /// What the plan warns about, one line each (the container outputs of a build with a VM
+    /// disk or the `vm` element); `kiln plan` prints them and `kiln build` logs each once.
+    pub notes: Vec<String>,
 }
 
 /// kiln's cache root: `--image-cache`, else `DIB_IMAGE_CACHE`, else `$XDG_CACHE_HOME/kiln`,
@@ -152,14 +155,20 @@ impl BuildPlan {
         let builtin = element::builtin::extract(&cache_root)?;
         let elements_path = elements_path(req, &builtin);
         let library = Library::discover(&elements_path)?;
-        let set = element::resolve(
+        let containers = ContainerRule::new(&req.elements, &outputs);
+        let mut elements = req.elements.clone();
+        if containers.add {
+            elements.push(CONTAINER_ELEMENT.into());
+        }
+        let mut set = element::resolve(
             &library,
             &element::ResolveRequest {
-                elements: req.elements.clone(),
+                elements,
                 arch: arch.clone(),
                 skip_base: req.skip_base,
             },
         )?;
+        containers.apply(&mut set)?;
         let hooks = element::merge_hooks(&set)?;
         req.qcow2_level()?;
         validate_packages(req, &library, &set, &hooks, &arch)?;
@@ -178,6 +187,7 @@ impl BuildPlan {
             block_device,
             cache_root,
             exported_elements_path,
+            notes: containers.notes,
         })
     }
 
@@ -261,6 +271,7 @@ impl BuildPlan {
                     path: kiln_output::output_path(&self.image_name, *t),
                 })
                 .collect(),
+            notes: self.notes.clone(),
         }
     }
 
@@ -273,6 +284,9 @@ impl BuildPlan {
             self.image_name.display(),
             self.arch
         );
+        for n in &self.notes {
+            let _ = writeln!(s, "warning: {n}");
+        }
         let _ = writeln!(s, "\nelements ({}):", self.set.elements.len());
         let width = self
             .set
@@ -403,6 +417,104 @@ fn exported_elements_path(
     Ok(all.join(":"))
 }
 
+/// The element that makes a container's root filesystem (no kernel, initramfs, boot loader or
+/// growroot), added when every output is a container output.
+pub const CONTAINER_ELEMENT: &str = "container";
+
+/// Whether an element only makes sense on a disk that boots, and so not with `container`.
+fn boots_a_disk(name: &str) -> bool {
+    matches!(name, "vm" | "bootloader" | "growroot") || name.starts_with("block-device-")
+}
+
+/// The container rule of a request: kiln adds the `container` element when every output is a
+/// container output ([`kiln_output::Format::container`]) and the user named neither `container`
+/// nor `vm`; with `vm` it warns instead, and a build making a disk and a container image from
+/// one tree says that the container image carries the disk's kernel and boot loader.
+struct ContainerRule {
+    /// Whether `container` is added to the requested elements.
+    add: bool,
+    /// The `-t` names of the container outputs, comma separated.
+    outputs: String,
+    /// The warnings of the plan.
+    notes: Vec<String>,
+}
+
+impl ContainerRule {
+    fn new(elements: &[String], outputs: &[kiln_output::OutputType]) -> Self {
+        let names = |container: bool| {
+            outputs
+                .iter()
+                .filter(|t| t.is_container() == container)
+                .map(|t| t.name())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let (containers, others) = (names(true), names(false));
+        let asked = |e: &str| elements.iter().any(|x| x == e);
+        let mut rule = Self {
+            add: false,
+            outputs: containers.clone(),
+            notes: Vec::new(),
+        };
+        if containers.is_empty() || asked(CONTAINER_ELEMENT) {
+            return rule;
+        }
+        let disks: Vec<&str> = outputs
+            .iter()
+            .filter(|t| t.needs_disk())
+            .map(|t| t.name())
+            .collect();
+        if others.is_empty() && asked("vm") {
+            rule.notes.push(format!(
+                "-t {containers} with element vm: the container image will carry the VM's kernel and boot loader; leave out vm (kiln then adds the container element) for a lean one"
+            ));
+        } else if others.is_empty() {
+            rule.add = true;
+        } else if !disks.is_empty() {
+            rule.notes.push(format!(
+                "-t {containers} is made from the same tree as the disk output{s} ({disks}) and carries its kernel and boot loader; for a lean container image build it separately with only container outputs (-t {containers}), which adds the container element",
+                s = if disks.len() == 1 { "" } else { "s" },
+                disks = disks.join(",")
+            ));
+        }
+        rule
+    }
+
+    /// Marks an added `container` as auto-added, and refuses (exit 2) a set holding
+    /// `container` and an element of a bootable disk, naming both.
+    fn apply(&self, set: &mut ElementSet) -> Result<(), Error> {
+        if self.add {
+            for e in &mut set.elements {
+                if e.name == CONTAINER_ELEMENT {
+                    e.reason = Reason::AutoAdded(format!(
+                        "container is added because every output (-t {}) is a container image",
+                        self.outputs
+                    ));
+                }
+            }
+        }
+        let Some(container) = set.get(CONTAINER_ELEMENT) else {
+            return Ok(());
+        };
+        // The one the user named, if any, else the first one pulled in.
+        let mut disk: Vec<_> = set
+            .elements
+            .iter()
+            .filter(|e| boots_a_disk(&e.name))
+            .collect();
+        disk.sort_by_key(|e| e.reason != Reason::Requested);
+        let Some(disk) = disk.first() else {
+            return Ok(());
+        };
+        Err(Error::Usage(format!(
+            "elements {CONTAINER_ELEMENT} ({}) and {} ({}) cannot be combined: a container image has no kernel, boot loader or disk layout; build the VM disk and the container image separately",
+            reason_text(&container.reason),
+            disk.name,
+            reason_text(&disk.reason)
+        )))
+    }
+}
+
 /// The human text of why an element is in the build.
 pub fn reason_text(r: &Reason) -> String {
     match r {
@@ -506,8 +618,17 @@ mod tests {
     use super::*;
 
     fn plan(types: &[&str], env: &[(&str, &str)], cache: &Path) -> Result<BuildPlan, Error> {
+        plan_of(&["debian-minimal"], types, env, cache)
+    }
+
+    fn plan_of(
+        elements: &[&str],
+        types: &[&str],
+        env: &[(&str, &str)],
+        cache: &Path,
+    ) -> Result<BuildPlan, Error> {
         BuildPlan::new(&BuildRequest {
-            elements: vec!["debian-minimal".into()],
+            elements: elements.iter().map(|e| (*e).to_string()).collect(),
             arch: Some("amd64".into()),
             image_name: PathBuf::from("out/img"),
             types: types.iter().map(|t| (*t).to_string()).collect(),
@@ -563,5 +684,119 @@ mod tests {
         let e = plan(&["aci"], &[], cache.path()).unwrap_err();
         assert_eq!(e.exit_code(), 2);
         assert!(e.to_string().contains("'aci' is not supported"), "{e}");
+    }
+
+    fn names(p: &BuildPlan) -> Vec<&str> {
+        p.set.elements.iter().map(|e| e.name.as_str()).collect()
+    }
+
+    #[test]
+    fn container_element_follows_the_outputs() {
+        let cache = tempfile::tempdir().unwrap();
+        // Every output a container image: added, and said why.
+        for types in [&["docker"][..], &["oci,oci-archive"], &["docker", "oci"]] {
+            let p = plan(types, &[], cache.path()).unwrap();
+            let c = p.set.get(CONTAINER_ELEMENT).expect("container added");
+            assert!(
+                matches!(&c.reason, Reason::AutoAdded(why) if why.contains("container image")),
+                "{:?}",
+                c.reason
+            );
+            assert!(p.notes.is_empty(), "{:?}", p.notes);
+            assert!(p.to_text().contains("auto-added: container is added"));
+        }
+        // A tree output that is not a container image, or no container output: not added, and
+        // nothing to say without a disk.
+        for types in [&["tar,docker"][..], &["tar"], &["squashfs", "oci"]] {
+            let p = plan(types, &[], cache.path()).unwrap();
+            assert!(!names(&p).contains(&CONTAINER_ELEMENT), "{types:?}");
+            assert!(p.notes.is_empty(), "{types:?}: {:?}", p.notes);
+        }
+        // Asked for by name: kept as asked, with any output.
+        let p = plan_of(
+            &["debian-minimal", "container"],
+            &["tar"],
+            &[],
+            cache.path(),
+        )
+        .unwrap();
+        assert_eq!(
+            p.set.get(CONTAINER_ELEMENT).unwrap().reason,
+            Reason::Requested
+        );
+        let p = plan_of(
+            &["debian-minimal", "container"],
+            &["docker"],
+            &[],
+            cache.path(),
+        )
+        .unwrap();
+        assert_eq!(
+            p.set.get(CONTAINER_ELEMENT).unwrap().reason,
+            Reason::Requested
+        );
+    }
+
+    #[test]
+    fn a_vm_disk_and_a_container_image_from_one_tree_say_so() {
+        let cache = tempfile::tempdir().unwrap();
+        let p = plan_of(
+            &["debian-minimal", "vm"],
+            &["qcow2,docker"],
+            &[],
+            cache.path(),
+        )
+        .unwrap();
+        assert!(!names(&p).contains(&CONTAINER_ELEMENT));
+        assert_eq!(
+            p.notes,
+            ["-t docker is made from the same tree as the disk output (qcow2) and carries its kernel and boot loader; for a lean container image build it separately with only container outputs (-t docker), which adds the container element"]
+        );
+        assert!(p.to_text().contains(&format!("warning: {}", p.notes[0])));
+        let json = serde_json::to_value(p.report()).unwrap();
+        assert_eq!(json["notes"][0], p.notes[0].as_str());
+        // Only container outputs but vm asked for: not added, one warning.
+        let p = plan_of(&["debian-minimal", "vm"], &["oci"], &[], cache.path()).unwrap();
+        assert!(!names(&p).contains(&CONTAINER_ELEMENT));
+        assert_eq!(p.notes.len(), 1, "{:?}", p.notes);
+        assert!(
+            p.notes[0].starts_with("-t oci with element vm: the container image will carry the VM's kernel and boot loader"),
+            "{}",
+            p.notes[0]
+        );
+        // No notes, and no notes key in the JSON, without container outputs.
+        let p = plan_of(&["debian-minimal", "vm"], &["qcow2"], &[], cache.path()).unwrap();
+        assert!(p.notes.is_empty());
+        assert!(serde_json::to_value(p.report())
+            .unwrap()
+            .get("notes")
+            .is_none());
+    }
+
+    #[test]
+    fn container_with_an_element_of_a_bootable_disk_is_refused() {
+        let cache = tempfile::tempdir().unwrap();
+        for (elements, types, other) in [
+            (&["debian-minimal", "container", "vm"][..], "tar", "vm"),
+            (&["debian-minimal", "growroot"], "docker", "growroot"),
+            (&["debian-minimal", "bootloader"], "oci", "bootloader"),
+            (
+                &["debian-minimal", "container", "block-device-gpt"],
+                "raw",
+                "block-device-gpt",
+            ),
+        ] {
+            let e = plan_of(elements, &[types], &[], cache.path()).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{elements:?}");
+            let m = e.to_string();
+            assert!(
+                m.starts_with("elements container (") && m.contains(&format!(" and {other} (")),
+                "{m}"
+            );
+            assert!(
+                m.contains("build the VM disk and the container image separately"),
+                "{m}"
+            );
+        }
     }
 }

@@ -34,6 +34,9 @@ pub struct PlanReport {
     pub block_device_source: String,
     /// The outputs and their paths.
     pub outputs: Vec<PlanOutput>,
+    /// The plan's warnings (container outputs with a VM disk or element); absent when none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// The hooks of every phase, keyed by phase name (a JSON object, in phase order).
@@ -94,6 +97,13 @@ pub struct PlanOutput {
 /// `kiln plan --explain-cache`: which cached steps a build would reuse, and why not.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CacheExplanation {
+    /// The release alias the request asked for and the codename the build uses; absent when
+    /// `DIB_RELEASE` is a codename.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub release: Option<crate::release::Resolved>,
+    /// The apt suites of the image's sources whose state is keyed (`SUITE URI`); empty offline
+    /// and for a locked build.
+    pub suites: Vec<String>,
     /// The cached steps, in build order.
     pub steps: Vec<CacheStep>,
     /// The output cache.

@@ -165,7 +165,9 @@ settings! {
     DIB_INIT_SYSTEM = "DIB_INIT_SYSTEM", Text, Unset, PhaseKey,
         "Init system, set by the OS element's environment.d; `kiln elements check` assumes systemd.";
     DIB_RELEASE = "DIB_RELEASE", Text, Unset, PhaseKey,
-        "Distribution release (usually set by the OS element's environment.d); selects the mirror's Release file.";
+        "Distribution release (usually set by the OS element's environment.d); selects the mirror's Release file. An alias (`stable`, `oldstable`, `oldoldstable`, `testing`, `unstable`, `devel`) is resolved once to the codename its Release file names, which kiln exports instead (see DIB_RELEASE_ASKED).";
+    DIB_RELEASE_ASKED = "DIB_RELEASE_ASKED", Text, Computed("set by kiln when DIB_RELEASE is an alias"), OutputKey,
+        "The alias the build asked for (`stable`, `oldstable`, `testing`, `unstable`, Ubuntu's `devel`) when kiln exported its codename as DIB_RELEASE, read once from the mirror's `dists/<alias>/Release` (a locked build: from the lock); recorded in `dib_environment`.";
     DIB_DISTRIBUTION_MIRROR = "DIB_DISTRIBUTION_MIRROR", Text, Unset, PhaseKey,
         "Package mirror; unless offline, the digest of the InRelease of every suite of the image's sources (this mirror's DIB_RELEASE, DIB_APT_SOURCES_CONF, the DIB_APT_SOURCES file) enters the phase keys.";
     DIB_DEBIAN_SECURITY_MIRROR = "DIB_DEBIAN_SECURITY_MIRROR", Text, Computed("the host's apt security source, if any"), PhaseKey,

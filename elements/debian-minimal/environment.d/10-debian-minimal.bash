@@ -12,8 +12,9 @@ export DIB_RELEASE=${DIB_RELEASE:-stable}
 export DIB_INIT_SYSTEM=${DIB_INIT_SYSTEM:-systemd}
 export EFI_BOOT_DIR=${EFI_BOOT_DIR:-EFI/debian}
 export DIB_DEBIAN_COMPONENTS=${DIB_DEBIAN_COMPONENTS:-main}
-# kiln addition: 0 leaves out the kernel and initramfs-tools (container root filesystems).
-export DIB_DEBIAN_INSTALL_KERNEL=${DIB_DEBIAN_INSTALL_KERNEL:-1}
+# kiln addition: 0 leaves out the kernel and initramfs-tools (container root filesystems; the
+# container element sets it). DIB_DEBIAN_INSTALL_KERNEL is its older, Debian-only spelling.
+export DIB_INSTALL_KERNEL=${DIB_INSTALL_KERNEL:-${DIB_DEBIAN_INSTALL_KERNEL:-1}}
 
 if [ -z "${DIB_DISTRIBUTION_MIRROR:-}" ] && declare -F _kiln_apt_pick >/dev/null; then
     DIB_DISTRIBUTION_MIRROR=$(_kiln_apt_pick main '/debian$') || true

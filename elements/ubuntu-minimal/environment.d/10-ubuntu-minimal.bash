@@ -1,6 +1,8 @@
 # shellcheck shell=bash
 # Ubuntu built from scratch with debootstrap (sourced, not executed).
 export DIB_UBUNTU_KERNEL=${DIB_UBUNTU_KERNEL:-linux-image-generic}
+# kiln addition: 0 leaves out the kernel and initramfs-tools (the container element sets it).
+export DIB_INSTALL_KERNEL=${DIB_INSTALL_KERNEL:-1}
 # Pockets added next to the release itself, comma separated.
 export DIB_UBUNTU_MIRROR_DISTS=${DIB_UBUNTU_MIRROR_DISTS:-updates,security,backports}
 

@@ -130,6 +130,11 @@ fn guarded_build(
     let quiet = req
         .var(kiln_pipeline::settings::DIB_QUIET.name)
         .is_some_and(|v| v == "1");
+    // The plan's warnings (container outputs with a VM disk or element), once, on the terminal
+    // and in build.log.
+    for note in &plan.notes {
+        tracing::warn!("{note}");
+    }
     let console = Console::new(Some(log), args.verbose, quiet);
     console.say(&format!(
         "kiln {}: building {} from {}",

@@ -47,6 +47,12 @@ impl PlanCmd {
             if self.json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
+                if let Some(r) = &v.release {
+                    println!(
+                        "release: DIB_RELEASE={} is {} (read from {})",
+                        r.asked, r.codename, r.from
+                    );
+                }
                 for s in &v.steps {
                     println!(
                         "{:<13} {:<4} {}",

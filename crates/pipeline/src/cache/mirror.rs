@@ -216,7 +216,7 @@ pub(crate) fn file_uri_path(url: &str) -> Option<&str> {
 
 /// The bytes at `url`: a `file:` URI is read directly (a FIFO or directory is not), anything
 /// else with curl. None when it cannot be read or is empty.
-fn fetch(url: &str, timeout: Duration) -> Option<Vec<u8>> {
+pub(crate) fn fetch(url: &str, timeout: Duration) -> Option<Vec<u8>> {
     if let Some(path) = file_uri_path(url) {
         if !fs::metadata(path).is_ok_and(|m| m.is_file()) {
             return None;

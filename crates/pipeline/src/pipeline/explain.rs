@@ -63,7 +63,20 @@ pub fn explain_cache(plan: &BuildPlan) -> Result<crate::report::CacheExplanation
         cache::OutputCache::new(&plan.cache_root).verify(&out_key),
         Ok(Some(_))
     );
+    let suites = steps
+        .first()
+        .map(|s| {
+            s.inputs
+                .mirror
+                .keys()
+                .filter(|k| *k != crate::locked::MIRROR_LABEL)
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
     Ok(crate::report::CacheExplanation {
+        release: prepared.release.clone(),
+        suites,
         steps: out,
         outputs: crate::report::CacheOutputs {
             key: out_key,

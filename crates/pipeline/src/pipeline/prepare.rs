@@ -34,6 +34,8 @@ pub struct Prepared {
     pub host_inputs: Vec<cache::host_files::Declared>,
     /// The lock of a locked build (`--lock`), checked against the package lists.
     pub locked: Option<crate::locked::Input>,
+    /// The release alias the build asked for and the codename kiln exported for it.
+    pub release: Option<crate::release::Resolved>,
 }
 
 /// Lays out the hook tree under `build_dir/hooks` and kiln's helpers under `build_dir/lib`,
@@ -120,20 +122,13 @@ pub(super) fn prepare_on(
     // Learn what environment.d says, the way dib-run-parts sources it.
     let marker = hooks.join(".kiln");
     fs::create_dir_all(&marker).map_err(io(&marker))?;
-    let cmd = Cmd::new("bash")
-        .arg(hooks.join("dib-run-parts"))
-        .arg("--print-env")
-        .arg(&marker)
-        .env_clear()
-        .envs(&env);
-    let out = host.output(&cmd).map_err(|e| Error::Step {
-        step: "environment.d".into(),
-        message: e.to_string(),
-    })?;
-    if !out.status.success() {
-        return Err(env_d_failure(plan, &hooks, &marker, &out.stderr_str()));
+    let mut evaluated = evaluate(plan, &hooks, &marker, host, &env)?;
+    // A release alias (DIB_RELEASE=stable) becomes its codename, once, before anything reads
+    // the sources: environment.d is sourced again with the codename exported.
+    let release = export_release(plan, &mut env, &evaluated)?;
+    if release.is_some() {
+        evaluated = evaluate(plan, &hooks, &marker, host, &env)?;
     }
-    let evaluated = env::parse_env0(&out.stdout);
     // environment.d may have set them: checked again before any hook sees them, naming the
     // files that assign them.
     if let Err(e) = crate::request::check_path_words(&|name| evaluated.get(name).cloned()) {
@@ -152,7 +147,58 @@ pub(super) fn prepare_on(
         named,
         host_inputs,
         locked,
+        release,
     })
+}
+
+/// The environment as environment.d leaves it, sourced the way dib-run-parts sources it.
+fn evaluate(
+    plan: &BuildPlan,
+    hooks: &Path,
+    marker: &Path,
+    host: &mut dyn Host,
+    env: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, String>, Error> {
+    let cmd = Cmd::new("bash")
+        .arg(hooks.join("dib-run-parts"))
+        .arg("--print-env")
+        .arg(marker)
+        .env_clear()
+        .envs(env);
+    let out = host.output(&cmd).map_err(|e| Error::Step {
+        step: "environment.d".into(),
+        message: e.to_string(),
+    })?;
+    if !out.status.success() {
+        return Err(env_d_failure(plan, hooks, marker, &out.stderr_str()));
+    }
+    Ok(env::parse_env0(&out.stdout))
+}
+
+/// Resolves a release alias environment.d left in `evaluated` ([`crate::release::resolve`]) and
+/// exports the codename as `DIB_RELEASE` and the alias as `DIB_RELEASE_ASKED` in `env`, both
+/// recorded in `DIB_ENV` (the manifests' `dib_environment`).
+fn export_release(
+    plan: &BuildPlan,
+    env: &mut BTreeMap<String, String>,
+    evaluated: &BTreeMap<String, String>,
+) -> Result<Option<crate::release::Resolved>, Error> {
+    let offline = env
+        .get(settings::DIB_OFFLINE.name)
+        .is_some_and(|v| !v.is_empty());
+    let release = crate::release::resolve(evaluated, plan.request.lock.as_deref(), offline)?;
+    if let Some(r) = &release {
+        let mut caller = plan.request.env.clone();
+        for (name, value) in [
+            (settings::DIB_RELEASE.name, &r.codename),
+            (settings::DIB_RELEASE_ASKED.name, &r.asked),
+        ] {
+            env.insert(name.into(), value.clone());
+            caller.insert(name.into(), value.clone());
+        }
+        env.insert(settings::DIB_ENV.name.into(), env::dib_env(&caller));
+    }
+    Ok(release)
 }
 
 /// A locked build's lock (`--lock`), read and checked against the package lists written under
