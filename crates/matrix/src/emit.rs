@@ -6,8 +6,10 @@
 //! same steps as `kiln matrix run` does for one cell:
 //!
 //! 1. install the host tools (`scripts/install-host-deps`) and build kiln;
-//! 2. print the cell's cache key inputs (`kiln plan --explain-cache`: every phase key, with
-//!    the digest of each apt suite's InRelease, or of the lock) into `.kiln-key-ID.json`;
+//! 2. print the cell's cache key inputs (`kiln plan --explain-cache --json`: every phase key,
+//!    which covers the digest of each apt suite's InRelease, or of the lock, and the output
+//!    key) into `.kiln-key-ID.json`, before the cache is restored, so every status in it is
+//!    a miss and the file changes only with the keys;
 //! 3. restore kiln's cache (`DIB_IMAGE_CACHE`, `.kiln-cache` in the checkout);
 //! 4. `kiln build` in `out/ID/`; 5. `kiln test --check` when the output boots;
 //! 6. save the cache; keep `out/ID/` (outputs and `ID.d/` with build.log, timings) as the
@@ -50,36 +52,37 @@ fn quote_args(args: &[String]) -> String {
     kiln_host::quote_argv(args)
 }
 
-/// The shell lines of one cell's steps, shared by the engines. `kiln` is the binary's path.
+/// The shell lines of one cell's steps, shared by the engines: `root` is the checkout (a
+/// shell expression), `kiln` the binary's path.
 struct Steps {
     key: String,
     build: String,
     boot: Option<String>,
 }
 
-fn steps(cell: &Cell, matrix_file: &str, kiln: &str) -> Steps {
+fn steps(cell: &Cell, root: &str, kiln: &str) -> Steps {
     // `kiln plan` takes `kiln build`'s request flags; `-o` only names the outputs.
-    let mut plan_args = vec!["plan".to_string(), "--explain-cache".into()];
+    let mut plan_args = vec![
+        "plan".to_string(),
+        "--explain-cache".into(),
+        "--json".into(),
+    ];
     plan_args.extend(cell.args.iter().skip(1).cloned());
-    let _ = matrix_file;
+    let dir = format!("\"{root}/out/{}\"", cell.id);
     Steps {
         key: format!(
-            "{kiln} {} > .kiln-key-{}.json",
+            "{kiln} {} > \"{root}/.kiln-key-{}.json\"",
             quote_args(&plan_args),
             cell.id
         ),
         build: format!(
-            "mkdir -p out/{id} && cd out/{id} && sudo -E {kiln} {}",
-            quote_args(&cell.args),
-            id = cell.id
+            "mkdir -p {dir} && cd {dir} && sudo -E {kiln} {}",
+            quote_args(&cell.args)
         ),
-        boot: cell.boot.as_ref().map(|b: &BootCheck| {
-            format!(
-                "cd out/{} && sudo -E {kiln} {}",
-                cell.id,
-                quote_args(&b.args())
-            )
-        }),
+        boot: cell
+            .boot
+            .as_ref()
+            .map(|b: &BootCheck| format!("cd {dir} && sudo -E {kiln} {}", quote_args(&b.args()))),
     }
 }
 
@@ -100,7 +103,7 @@ pub fn github(cells: &[Cell], matrix_file: &str) -> Value {
     let kiln = "\"$GITHUB_WORKSPACE/target/release/kiln\"";
     let mut jobs = Map::new();
     for c in cells {
-        let s = steps(c, matrix_file, kiln);
+        let s = steps(c, "$GITHUB_WORKSPACE", kiln);
         let key_file = format!(".kiln-key-{}.json", c.id);
         let mut st = vec![
             json!({"uses": "actions/checkout@v4"}),
@@ -174,7 +177,7 @@ pub fn github(cells: &[Cell], matrix_file: &str) -> Value {
 
 /// A GitLab CI file (`.gitlab-ci.yml`): a hidden template job and one job per cell, on a
 /// privileged Docker runner (loop devices) with the Rust image.
-pub fn gitlab(cells: &[Cell], matrix_file: &str) -> Value {
+pub fn gitlab(cells: &[Cell]) -> Value {
     let kiln = "\"$CI_PROJECT_DIR/target/release/kiln\"";
     let mut top = Map::new();
     top.insert("stages".into(), json!(["matrix"]));
@@ -193,7 +196,7 @@ pub fn gitlab(cells: &[Cell], matrix_file: &str) -> Value {
         }),
     );
     for c in cells {
-        let s = steps(c, matrix_file, kiln);
+        let s = steps(c, "$CI_PROJECT_DIR", kiln);
         let mut script = vec![json!(s.key), json!(s.build)];
         if let Some(b) = &s.boot {
             script.push(json!(b));
@@ -235,7 +238,11 @@ pub fn zuul(cells: &[Cell], matrix_file: &str) -> Value {
     let mut names = Vec::new();
     for c in cells {
         let name = format!("kiln-matrix-{}", job_id(c));
-        let mut plan_args = vec!["plan".to_string(), "--explain-cache".into()];
+        let mut plan_args = vec![
+            "plan".to_string(),
+            "--explain-cache".into(),
+            "--json".into(),
+        ];
         plan_args.extend(c.args.iter().skip(1).cloned());
         items.push(json!({"job": {
             "name": name,
@@ -261,7 +268,11 @@ pub fn zuul(cells: &[Cell], matrix_file: &str) -> Value {
 pub fn zuul_playbook() -> Value {
     let dir = "{{ zuul.project.src_dir }}";
     let kiln = format!("{dir}/target/release/kiln");
-    let env = format!("{{{{ kiln_env | combine({{'DIB_IMAGE_CACHE': '{dir}/{CACHE_DIR}'}}) }}}}");
+    let env = format!(
+        "{{{{ kiln_env | combine({{'DIB_IMAGE_CACHE': zuul.project.src_dir ~ '/{CACHE_DIR}'}}) }}}}"
+    );
+    let argv =
+        |list: &str| format!("{{{{ [zuul.project.src_dir ~ '/target/release/kiln'] + {list} }}}}");
     json!([{
         "hosts": "builder",
         "become": true,
@@ -270,8 +281,8 @@ pub fn zuul_playbook() -> Value {
             {"name": "Build kiln", "command": "cargo build --release --locked -p kiln-cli", "args": {"chdir": dir}},
             {"name": "Cache key inputs", "shell": format!("{kiln} {{{{ kiln_plan_args | map('quote') | join(' ') }}}} > .kiln-key-{{{{ kiln_cell }}}}.json"), "args": {"chdir": dir}, "environment": env},
             {"name": "Cell directory", "file": {"path": format!("{dir}/out/{{{{ kiln_cell }}}}"), "state": "directory"}},
-            {"name": "Build", "command": {"argv": format!("{{{{ ['{kiln}'] + kiln_build_args }}}}")}, "args": {"chdir": format!("{dir}/out/{{{{ kiln_cell }}}}")}, "environment": env},
-            {"name": "Boot check", "when": "kiln_test_args", "command": {"argv": format!("{{{{ ['{kiln}'] + kiln_test_args }}}}")}, "args": {"chdir": format!("{dir}/out/{{{{ kiln_cell }}}}")}},
+            {"name": "Build", "command": {"argv": argv("kiln_build_args")}, "args": {"chdir": format!("{dir}/out/{{{{ kiln_cell }}}}")}, "environment": env},
+            {"name": "Boot check", "when": "kiln_test_args", "command": {"argv": argv("kiln_test_args")}, "args": {"chdir": format!("{dir}/out/{{{{ kiln_cell }}}}")}},
             {"name": "Keep the outputs", "synchronize": {"mode": "pull", "src": format!("{dir}/out/{{{{ kiln_cell }}}}/"), "dest": "{{ zuul.executor.log_root }}/{{ kiln_cell }}/"}, "become": false},
         ],
     }])
@@ -279,6 +290,167 @@ pub fn zuul_playbook() -> Value {
 
 /// Renders a definition as YAML text, with a header naming its source.
 pub fn to_yaml(v: &Value, matrix_file: &str) -> String {
-    let body = serde_saphyr::to_string(v).unwrap_or_default();
+    // Long command lines stay on one line (folding them would split `${{ … }}` expressions);
+    // multi-line scripts are literal blocks.
+    let options = serde_saphyr::ser_options! { folded_wrap_chars: 100_000 };
+    let body = serde_saphyr::to_string_with_options(v, options).unwrap_or_default();
     format!("# Written by `kiln matrix emit` from {matrix_file}; edit the matrix file and emit again.\n{body}")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    /// The worked example of docs/matrix.md: two releases × amd64 and arm64 × VM and tar.
+    pub(crate) const EXAMPLE: &str = include_str!("../../../docs/matrix-example.yaml");
+
+    /// The example's cells, with the boot checks `kiln matrix` gives them (the vm variant's
+    /// resolved set holds `bootloader`).
+    fn cells() -> Vec<Cell> {
+        let p = Path::new("docs/matrix-example.yaml");
+        let mut cells = crate::expand(p, &crate::spec::parse(p, EXAMPLE).unwrap()).unwrap();
+        for c in &mut cells {
+            let set: &[&str] = if c.elements.iter().any(|e| e == "vm") {
+                &["debian-minimal", "vm", "bootloader"]
+            } else {
+                &["debian-minimal"]
+            };
+            c.boot = crate::boot_check(c, set, "amd64");
+        }
+        cells
+    }
+
+    fn schema(name: &str) -> jsonschema::Validator {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/schemas")
+            .join(name);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let v: Value = serde_json::from_str(&text).unwrap();
+        jsonschema::validator_for(&v).unwrap()
+    }
+
+    /// The emitted text read back as YAML (what the engine will read), checked against the
+    /// engine's schema.
+    fn assert_valid(text: &str, schema_file: &str) -> Value {
+        let v: Value = serde_saphyr::from_str(text).unwrap();
+        let validator = schema(schema_file);
+        let errors: Vec<String> = validator
+            .iter_errors(&v)
+            .map(|e| format!("{} at {}", e, e.instance_path))
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "{schema_file}:\n{}\n{text}",
+            errors.join("\n")
+        );
+        v
+    }
+
+    #[test]
+    fn the_example_has_six_cells_and_four_boot() {
+        let c = cells();
+        assert!(c.len() >= 6);
+        assert_eq!(c.iter().filter(|c| c.boot.is_some()).count(), 4);
+        insta::assert_snapshot!("plan", crate::plan_text(&c));
+    }
+
+    #[test]
+    fn github_workflow_is_valid_and_one_job_per_cell() {
+        let c = cells();
+        let text = to_yaml(
+            &github(&c, "docs/matrix-example.yaml"),
+            "docs/matrix-example.yaml",
+        );
+        let v = assert_valid(&text, "github-workflows.json");
+        let jobs = v["jobs"].as_object().unwrap();
+        assert_eq!(jobs.len(), c.len());
+        for cell in &c {
+            let job = &jobs[&job_id(cell)];
+            let runs: Vec<&str> = job["steps"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|s| s["run"].as_str())
+                .collect();
+            assert!(runs
+                .iter()
+                .any(|r| r.contains(&kiln_host::quote_argv(&cell.args))));
+            assert_eq!(
+                runs.iter().any(|r| r.contains(" test --check ")),
+                cell.boot.is_some(),
+                "{}",
+                cell.id
+            );
+            assert_eq!(job["env"]["DIB_RELEASE"], cell.env["DIB_RELEASE"].as_str());
+        }
+        insta::assert_snapshot!("github", text);
+    }
+
+    #[test]
+    fn a_broken_workflow_fails_the_schema() {
+        // The check can fail: a job without runs-on, and a step with an unknown key.
+        let mut v = github(&cells(), "m.yaml");
+        let job = v["jobs"]
+            .as_object_mut()
+            .unwrap()
+            .values_mut()
+            .next()
+            .unwrap();
+        job.as_object_mut().unwrap().remove("runs-on");
+        let validator = schema("github-workflows.json");
+        assert!(!validator.is_valid(&v));
+        let c = cells();
+        let mut v = gitlab(&c);
+        v[job_id(&c[0])]["when"] = json!("sometimes");
+        assert!(!schema("gitlab-ci.json").is_valid(&v));
+    }
+
+    #[test]
+    fn gitlab_file_is_valid_and_one_job_per_cell() {
+        let c = cells();
+        let text = to_yaml(&gitlab(&c), "docs/matrix-example.yaml");
+        let v = assert_valid(&text, "gitlab-ci.json");
+        for cell in &c {
+            let job = &v[job_id(cell)];
+            assert_eq!(job["extends"], ".kiln-matrix");
+            assert_eq!(job["cache"]["key"], format!("kiln-{}", cell.id));
+            let script = job["script"].as_array().unwrap();
+            assert_eq!(script.len(), if cell.boot.is_some() { 3 } else { 2 });
+        }
+        insta::assert_snapshot!("gitlab", text);
+    }
+
+    #[test]
+    fn zuul_jobs_and_playbook() {
+        let c = cells();
+        let text = to_yaml(
+            &zuul(&c, "docs/matrix-example.yaml"),
+            "docs/matrix-example.yaml",
+        );
+        let v: Value = serde_saphyr::from_str(&text).unwrap();
+        let items = v.as_array().unwrap();
+        // The base job, one per cell, the project.
+        assert_eq!(items.len(), c.len() + 2);
+        assert_eq!(
+            items[c.len() + 1]["project"]["check"]["jobs"]
+                .as_array()
+                .unwrap()
+                .len(),
+            c.len()
+        );
+        insta::assert_snapshot!("zuul", text);
+        let pb = to_yaml(&zuul_playbook(), "docs/matrix-example.yaml");
+        let pv: Value = serde_saphyr::from_str(&pb).unwrap();
+        assert_eq!(pv[0]["hosts"], "builder");
+        insta::assert_snapshot!("zuul_playbook", pb);
+    }
+
+    #[test]
+    fn job_ids_are_what_the_engines_accept() {
+        let mut c = cells().remove(0);
+        c.id = "9debian.x+y".into();
+        assert_eq!(job_id(&c), "_9debian_x_y");
+    }
 }

@@ -114,6 +114,7 @@ pub fn expand(path: &Path, file: &MatrixFile) -> Result<Vec<Cell>, Error> {
         line,
         message,
     };
+    check_env(file, &file.env).map_err(|m| invalid(None, format!("env: {m}")))?;
     let axes = axis_table(path, file)?;
     let variants: BTreeMap<&str, &Variant> = file
         .axes
@@ -385,8 +386,8 @@ fn check_name(axis: &str, v: &str) -> Result<(), String> {
     }
 }
 
-/// Checks an `env` map: names a shell can export, and no `DIB_RELEASE` when there is a release
-/// axis (the axis sets it).
+/// Checks an `env` map: names a shell can export, and no `DIB_RELEASE` (the release axis, or
+/// an include's `release`, sets it).
 fn check_env(file: &MatrixFile, env: &BTreeMap<String, String>) -> Result<(), String> {
     for k in env.keys() {
         let ok = k
@@ -595,4 +596,281 @@ pub fn plan_text(cells: &[Cell]) -> String {
         let _ = writeln!(s, "  boot: {boot}");
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cells(text: &str) -> Result<Vec<Cell>, Error> {
+        let p = Path::new("m.yaml");
+        expand(p, &crate::spec::parse(p, text)?)
+    }
+
+    fn ids(text: &str) -> Vec<String> {
+        cells(text).unwrap().into_iter().map(|c| c.id).collect()
+    }
+
+    fn err(text: &str) -> String {
+        cells(text).unwrap_err().to_string()
+    }
+
+    const BASE: &str = "axes:\n  distribution: [debian-minimal]\n  release: [trixie, bookworm]\n  arch: [amd64, arm64]\n";
+
+    #[test]
+    fn product_in_axis_order() {
+        assert_eq!(
+            ids(BASE),
+            [
+                "debian-minimal-trixie-amd64",
+                "debian-minimal-trixie-arm64",
+                "debian-minimal-bookworm-amd64",
+                "debian-minimal-bookworm-arm64",
+            ]
+        );
+    }
+
+    #[test]
+    fn exclude_removes_every_combination_matching_all_its_keys() {
+        let t = format!("{BASE}exclude:\n  - {{release: bookworm, arch: arm64}}\n");
+        assert_eq!(
+            ids(&t),
+            [
+                "debian-minimal-trixie-amd64",
+                "debian-minimal-trixie-arm64",
+                "debian-minimal-bookworm-amd64"
+            ]
+        );
+        let t = format!("{BASE}exclude:\n  - {{arch: arm64}}\n");
+        assert_eq!(
+            ids(&t),
+            [
+                "debian-minimal-trixie-amd64",
+                "debian-minimal-bookworm-amd64"
+            ]
+        );
+    }
+
+    #[test]
+    fn include_adds_to_matches_and_never_overwrites_an_axis_value() {
+        let t = format!(
+            "{BASE}include:\n  - {{arch: arm64, outputs: tar, env: {{A: '1'}}}}\n  \
+             - {{release: trixie, arch: amd64, elements: [vm]}}\n"
+        );
+        let c = cells(&t).unwrap();
+        // outputs is not an axis: the include sets it on the arm64 cells, whose id grows.
+        assert_eq!(c[1].id, "debian-minimal-trixie-arm64-tar");
+        assert_eq!(c[1].outputs, ["tar"]);
+        assert_eq!(c[1].env.get("A").map(String::as_str), Some("1"));
+        assert_eq!(c[0].outputs, ["qcow2"], "kiln's default type");
+        assert!(!c[0].env.contains_key("A"));
+        assert_eq!(c[0].elements, ["debian-minimal", "vm"]);
+        assert_eq!(c[2].elements, ["debian-minimal"]);
+        assert_eq!(c.len(), 4);
+    }
+
+    #[test]
+    fn an_include_matching_nothing_is_a_new_cell() {
+        let t = format!("{BASE}include:\n  - {{release: sid, arch: amd64, elements: [x]}}\n");
+        let c = cells(&t).unwrap();
+        assert_eq!(c.len(), 5);
+        assert_eq!(c[4].id, "sid-amd64");
+        assert_eq!(c[4].elements, ["x"]);
+        // A new cell has only the include's keys: no distribution, so no element.
+        assert!(err(&format!("{BASE}include:\n  - {{release: sid}}\n"))
+            .contains("m.yaml:6: this cell has no elements"));
+        let t = format!(
+            "{BASE}include:\n  - {{distribution: ubuntu-minimal, release: noble, arch: amd64}}\n"
+        );
+        assert_eq!(cells(&t).unwrap()[4].id, "ubuntu-minimal-noble-amd64");
+    }
+
+    #[test]
+    fn added_keys_are_overwritten_by_later_includes() {
+        let t = format!(
+            "{BASE}include:\n  - {{arch: amd64, outputs: tar}}\n  - {{release: trixie, outputs: raw}}\n"
+        );
+        let c = cells(&t).unwrap();
+        assert_eq!(c[0].outputs, ["raw"]);
+        assert_eq!(c[2].outputs, ["tar"]);
+        assert_eq!(c[1].outputs, ["raw"]);
+    }
+
+    #[test]
+    fn environment_precedence() {
+        let t = "env: {A: file, B: file, C: file, D: file}\naxes:\n  distribution: [debian-minimal]\n  \
+                 release: [{value: trixie, env: {A: release, B: release, C: release}}]\n  \
+                 variant:\n    - {name: vm, elements: [vm], env: {B: variant, C: variant}}\n\
+                 include:\n  - {variant: vm, env: {C: include}}\n";
+        let c = &cells(t).unwrap()[0];
+        let env: Vec<(&str, &str)> = c
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            env,
+            [
+                ("A", "release"),
+                ("B", "variant"),
+                ("C", "include"),
+                ("D", "file"),
+                ("DIB_RELEASE", "trixie")
+            ]
+        );
+        assert_eq!(
+            c.args,
+            [
+                "build",
+                "-o",
+                "debian-minimal-trixie-vm",
+                "-t",
+                "qcow2",
+                "debian-minimal",
+                "vm"
+            ]
+        );
+        assert_eq!(
+            c.command_line(),
+            "A=release B=variant C=include D=file DIB_RELEASE=trixie kiln build -o \
+             debian-minimal-trixie-vm -t qcow2 debian-minimal vm"
+        );
+    }
+
+    #[test]
+    fn variants_and_outputs() {
+        let t = "axes:\n  distribution: [debian-minimal]\n  variant:\n    \
+                 - {name: vm, elements: [vm, cloud-init], outputs: 'qcow2,raw'}\n    \
+                 - {name: rootfs}\n";
+        let c = cells(t).unwrap();
+        assert_eq!(c[0].id, "debian-minimal-vm");
+        assert_eq!(c[0].outputs, ["qcow2", "raw"]);
+        assert_eq!(c[0].elements, ["debian-minimal", "vm", "cloud-init"]);
+        assert_eq!(c[1].outputs, ["qcow2"]);
+        let t = "axes:\n  distribution: [debian-minimal]\n  outputs: [tar, 'qcow2,tar']\n";
+        assert_eq!(ids(t), ["debian-minimal-tar", "debian-minimal-qcow2+tar"]);
+    }
+
+    #[test]
+    fn errors_name_the_file_and_line() {
+        let cases: &[(&str, &str)] = &[
+            ("axes:\n  relase: [trixie]\n", "m.yaml:2: "),
+            ("axes:\n  release: [trixie]\nexclude:\n  - {release: bullseye}\n", "m.yaml:4: exclude names release `bullseye`"),
+            (&format!("{BASE}exclude:\n  - {{variant: vm}}\n"), "m.yaml:6: exclude names the axis `variant`"),
+            (&format!("{BASE}exclude:\n  - {{arch: amd64, env: {{A: b}}}}\n"), "m.yaml:6: an exclude entry matches axis values only"),
+            (&format!("{BASE}include:\n  - {{variant: vm}}\n"), "m.yaml:6: include names the variant `vm`"),
+            ("axes:\n  distribution: [debian-minimal]\n  outputs: [qcow2, tra]\n", "m.yaml:3: outputs `tra`"),
+            ("axes:\n  distribution: [debian-minimal]\n  arch: [amd64, 'a b']\n", "m.yaml:3: arch `a b` is not a usable name"),
+            ("axes:\n  distribution: [debian-minimal]\n  arch: [amd64, amd64]\n", "axes.arch lists `amd64` twice"),
+            ("env: {DIB_RELEASE: x}\naxes:\n  distribution: [debian-minimal]\n", "DIB_RELEASE is set by the release axis"),
+            (&format!("{BASE}include:\n  - {{distribution: debian-minimal, release: trixie, arch: amd64, elements: [x]}}\n  - {{release: trixie, arch: amd64}}\n"), ""),
+            ("axes:\n  release: [trixie]\n", "m.yaml: this cell has no elements"),
+            ("axes:\n  distribution: [debian-minimal]\nexclude:\n  - {distribution: debian-minimal}\n", "the matrix has no cells"),
+            ("include:\n  - {release: trixie, elements: [a]}\n  - {release: trixie, elements: [b]}\n", ""),
+            ("axes: [\n", "m.yaml:"),
+            ("axes:\n  distribution: []\n", "axes.distribution is empty"),
+        ];
+        for (text, want) in cases {
+            match cells(text) {
+                Err(e) => {
+                    assert!(e.is_input_error());
+                    assert!(e.to_string().contains(want), "{text:?}: {e}");
+                }
+                Ok(c) => assert!(
+                    want.is_empty(),
+                    "{text:?} expanded to {:?}",
+                    c.iter().map(|c| &c.id).collect::<Vec<_>>()
+                ),
+            }
+        }
+    }
+
+    #[test]
+    fn a_cell_made_twice_names_both_places() {
+        let t = "axes:\n  distribution: [debian-minimal]\n  outputs: [tar]\ninclude:\n  \
+                 - {distribution: d2, elements: [x]}\n  - {distribution: d2, outputs: tar}\n";
+        // The second include matches the cell the first made (distribution d2) and adds
+        // outputs to it: one new cell, no duplicate.
+        assert_eq!(ids(t), ["debian-minimal-tar", "d2-tar"]);
+        let t = "axes:\n  distribution: [debian-minimal]\n  variant:\n    - {name: a, outputs: tar}\n    \
+                 - {name: b, outputs: tar}\ninclude:\n  - {variant: a, outputs: raw}\n";
+        assert_eq!(ids(t), ["debian-minimal-a-raw", "debian-minimal-b"]);
+        let t = "include:\n  - {distribution: x, release: r}\n  - {distribution: x, arch: a}\n  \
+                 - {distribution: x, arch: b}\n";
+        // Include 2 matches the first cell (arch is no axis of it) and sets arch a; include 3
+        // overwrites it with b: one cell.
+        assert_eq!(ids(t), ["x-r-b"]);
+    }
+
+    #[test]
+    fn duplicate_ids_are_an_error_with_the_line() {
+        let t = "axes:\n  distribution: [a-b]\n  release: [c]\ninclude:\n  - {distribution: a, release: b-c}\n";
+        let e = err(t);
+        assert!(
+            e.contains("m.yaml:5: the cell `a-b-c` is made twice (also by the axes)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn only_patterns() {
+        assert!(id_matches("trixie", "debian-minimal-trixie-amd64"));
+        assert!(id_matches("*-arm64", "debian-minimal-trixie-arm64"));
+        assert!(!id_matches("*-arm64", "debian-minimal-trixie-amd64"));
+        assert!(id_matches(
+            "debian-*-amd64*",
+            "debian-minimal-trixie-amd64-vm"
+        ));
+        assert!(!id_matches(
+            "debian*bookworm*",
+            "debian-minimal-trixie-amd64"
+        ));
+        let c = cells(BASE).unwrap();
+        let e = select(Path::new("m.yaml"), c.clone(), Some("sid")).unwrap_err();
+        assert!(e.is_input_error() && e.to_string().contains("no cell matches --only \"sid\""));
+        assert_eq!(
+            select(Path::new("m.yaml"), c, Some("*arm64"))
+                .unwrap()
+                .len(),
+            2
+        );
+    }
+
+    #[test]
+    fn boot_rule() {
+        let t = "axes:\n  distribution: [debian-minimal]\n  arch: [amd64, arm64, riscv64]\n  \
+                 outputs: ['tar,raw', tar, 'vmdk,qcow2']\n";
+        let c = cells(t).unwrap();
+        let with = ["debian-minimal", "vm", "bootloader"];
+        let b = |i: usize, set: &[&str]| boot_check(&c[i], set, "amd64");
+        assert_eq!(
+            b(0, &with),
+            Some(BootCheck {
+                image: "debian-minimal-amd64-tar+raw.raw".into(),
+                arch: "x86_64".into(),
+                uefi: false
+            })
+        );
+        assert_eq!(b(1, &with), None, "no disk output");
+        assert_eq!(
+            b(2, &with).unwrap().image,
+            "debian-minimal-amd64-vmdk+qcow2.qcow2"
+        );
+        assert_eq!(b(0, &["debian-minimal"]), None, "no boot loader");
+        assert!(b(0, &["bootloader", "block-device-efi"]).unwrap().uefi);
+        let arm = b(3, &with).unwrap();
+        assert_eq!((arm.arch.as_str(), arm.uefi), ("aarch64", true));
+        assert_eq!(b(6, &with), None, "riscv64: kiln test does not boot it");
+        assert_eq!(
+            arm.args(),
+            [
+                "test",
+                "--check",
+                "--uefi",
+                "--arch",
+                "aarch64",
+                "debian-minimal-arm64-tar+raw.raw"
+            ]
+        );
+    }
 }

@@ -153,7 +153,11 @@ fn human_size(b: u64) -> String {
         return "-".into();
     }
     let mib = b as f64 / 1_048_576.0;
-    if mib >= 1024.0 {
+    if b < 1024 {
+        format!("{b} B")
+    } else if mib < 1.0 {
+        format!("{:.1} KiB", b as f64 / 1024.0)
+    } else if mib >= 1024.0 {
         format!("{:.2} GiB", mib / 1024.0)
     } else {
         format!("{mib:.1} MiB")

@@ -252,7 +252,7 @@ impl EmitArgs {
             let v = if self.github {
                 kiln_matrix::emit::github(&cells, &file)
             } else if self.gitlab {
-                kiln_matrix::emit::gitlab(&cells, &file)
+                kiln_matrix::emit::gitlab(&cells)
             } else {
                 kiln_matrix::emit::zuul(&cells, &file)
             };
