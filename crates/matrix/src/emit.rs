@@ -133,7 +133,7 @@ pub fn github(cells: &[Cell], matrix_file: &str) -> Value {
         st.push(json!({
             "name": "Save kiln's cache",
             "if": "always()",
-            "run": format!("sudo chown -R \"$(id -u):$(id -g)\" {CACHE_DIR} out"),
+            "run": format!("sudo chown -R \"$(id -u):$(id -g)\" {CACHE_DIR} out || true"),
         }));
         st.push(json!({
             "if": "always()",

@@ -173,10 +173,11 @@ impl RunArgs {
             cells.len(),
             self.out.display()
         );
-        let mut drawn = 0usize;
+        // The status lines drawn last, erased before anything else is printed.
+        let drawn = std::cell::Cell::new(0usize);
         let mut on_event = |e: Event| {
             if tty {
-                clear(&mut drawn);
+                clear(&drawn);
             }
             match e {
                 Event::Started(id) => eprintln!("[{id}] started"),
@@ -194,16 +195,15 @@ impl RunArgs {
                 ),
             }
         };
-        let mut drawn2 = 0usize;
         let mut status = |view: &[Status]| {
             if !tty {
                 return;
             }
-            clear(&mut drawn2);
+            clear(&drawn);
             for s in view {
                 eprintln!("  {:<40} {:<14} {:>7.0} s", s.id, s.phase, s.seconds);
             }
-            drawn2 = view.len();
+            drawn.set(view.len());
         };
         let summary = kiln_matrix::run::run(
             &cells,
@@ -213,7 +213,7 @@ impl RunArgs {
             &mut status,
         )?;
         if tty {
-            clear(&mut drawn2);
+            clear(&drawn);
         }
         print!("{}", summary.table());
         write_summary(&self.out.join("summary.json"), &summary)?;
@@ -229,12 +229,12 @@ impl RunArgs {
 }
 
 /// Erases the `n` status lines drawn last (terminal only).
-fn clear(n: &mut usize) {
+fn clear(n: &std::cell::Cell<usize>) {
     let mut err = std::io::stderr();
-    for _ in 0..*n {
+    for _ in 0..n.get() {
         let _ = write!(err, "\x1b[1A\x1b[2K");
     }
-    *n = 0;
+    n.set(0);
 }
 
 fn write_summary(path: &Path, s: &Summary) -> anyhow::Result<()> {
