@@ -11,6 +11,7 @@ use crate::harness::{assert_no_leftovers, capable, heavy, kiln_command, work, Ti
 use crate::rootfs::rootfs_tar;
 
 const MATRIX: &str = "\
+args: [-n]
 axes:
   distribution: [test-rootfs]
   variant:

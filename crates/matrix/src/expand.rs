@@ -115,6 +115,7 @@ pub fn expand(path: &Path, file: &MatrixFile) -> Result<Vec<Cell>, Error> {
         message,
     };
     check_env(file, &file.env).map_err(|m| invalid(None, format!("env: {m}")))?;
+    check_args(&file.args).map_err(|m| invalid(None, format!("args: {m}")))?;
     let axes = axis_table(path, file)?;
     let variants: BTreeMap<&str, &Variant> = file
         .axes
@@ -317,6 +318,11 @@ fn axis_table(path: &Path, file: &MatrixFile) -> Result<AxisTable, Error> {
     }
     if let Some(v) = &a.variant {
         for s in v {
+            check_args(&s.value.args).map_err(|message| Error::Invalid {
+                path: path.to_path_buf(),
+                line: line_of(s),
+                message,
+            })?;
             if let Some(o) = &s.value.outputs {
                 check_name("outputs", o).map_err(|message| Error::Invalid {
                     path: path.to_path_buf(),
@@ -384,6 +390,23 @@ fn check_name(axis: &str, v: &str) -> Result<(), String> {
              starting with `-` or `.` (it becomes part of the cell's id and directory)"
         ))
     }
+}
+
+/// Checks extra `kiln build` flags: they may not set what the matrix sets (`-o`, `-a`, `-t`,
+/// alone or in a cluster such as `-nt`). The CLI then parses each cell's whole argv as
+/// `kiln build` would.
+fn check_args(args: &[String]) -> Result<(), String> {
+    for a in args {
+        if let Some(cluster) = a.strip_prefix('-').filter(|c| !c.starts_with('-')) {
+            if let Some(f) = cluster.chars().find(|c| matches!(c, 'o' | 'a' | 't')) {
+                return Err(format!(
+                    "`{a}`: -{f} is set by the matrix (the cell id, the arch axis, the outputs); \
+                     remove it from args"
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Checks an `env` map: names a shell can export, and no `DIB_RELEASE` (the release axis, or
@@ -492,6 +515,10 @@ fn make_cell(
         args.extend(["-a".into(), a.clone()]);
     }
     args.extend(["-t".into(), outputs.join(",")]);
+    args.extend(file.args.iter().cloned());
+    if let Some(v) = variant {
+        args.extend(v.args.iter().cloned());
+    }
     args.extend(elements.iter().cloned());
     Ok(Cell {
         id,
@@ -734,6 +761,35 @@ mod tests {
             c.command_line(),
             "A=release B=variant C=include D=file DIB_RELEASE=trixie kiln build -o \
              debian-minimal-trixie-vm -t qcow2 debian-minimal vm"
+        );
+    }
+
+    #[test]
+    fn extra_build_flags() {
+        let t = "args: [-n, --checksum]\naxes:\n  distribution: [test-os]\n  variant:\n    \
+                 - {name: big, args: [--image-size, '3']}\n    - {name: small}\n";
+        let c = cells(t).unwrap();
+        assert_eq!(
+            c[0].args,
+            [
+                "build",
+                "-o",
+                "test-os-big",
+                "-t",
+                "qcow2",
+                "-n",
+                "--checksum",
+                "--image-size",
+                "3",
+                "test-os"
+            ]
+        );
+        assert_eq!(c[1].args[5..], ["-n", "--checksum", "test-os"]);
+        assert!(err("args: [-nt, tar]\naxes:\n  distribution: [x]\n")
+            .contains("m.yaml: args: `-nt`: -t is set by the matrix"));
+        assert!(
+            err("axes:\n  distribution: [x]\n  variant:\n    - {name: v, args: [-o, y]}\n")
+                .contains("m.yaml:4: `-o`: -o is set by the matrix")
         );
     }
 

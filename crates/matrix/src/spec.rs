@@ -4,7 +4,8 @@
 //! ([`Spanned`]) so those errors name the line too.
 //!
 //! ```yaml
-//! env: {DIB_DEBIAN_COMPONENTS: main}        # every cell
+//! env: {SOURCE_DATE_EPOCH: "1700000000"}   # every cell
+//! args: [--checksum]                        # more kiln build flags, every cell
 //! axes:
 //!   distribution: [debian-minimal]          # the operating-system element
 //!   release: [trixie, {value: bookworm, env: {DIB_APT_MINIMAL_CREATE_INTERFACES: "0"}}]
@@ -32,6 +33,10 @@ pub struct MatrixFile {
     /// Environment every cell gets (lowest precedence).
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// More `kiln build` flags every cell gets (`-n`, `--checksum`, `--image-size 3`); `-o`,
+    /// `-a` and `-t` belong to the matrix.
+    #[serde(default)]
+    pub args: Vec<String>,
     /// The axes whose product makes the cells.
     #[serde(default)]
     pub axes: Axes,
@@ -109,6 +114,9 @@ pub struct Variant {
     pub elements: Vec<String>,
     /// Output types of this variant's cells when there is no `outputs` axis (comma list).
     pub outputs: Option<String>,
+    /// More `kiln build` flags for this variant's cells, after the file's `args`.
+    #[serde(default)]
+    pub args: Vec<String>,
     /// Environment of this variant's cells.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
