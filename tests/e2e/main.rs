@@ -14,6 +14,7 @@ mod failures;
 mod harness;
 mod keys;
 mod locked;
+mod matrix;
 mod paths;
 mod rootfs;
 #[path = "../it/support.rs"]

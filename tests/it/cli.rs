@@ -17,6 +17,10 @@ fn help_tree_snapshots() {
         vec!["block-device", "--help"],
         vec!["block-device", "plan", "--help"],
         vec!["test", "--help"],
+        vec!["matrix", "--help"],
+        vec!["matrix", "plan", "--help"],
+        vec!["matrix", "run", "--help"],
+        vec!["matrix", "emit", "--help"],
     ] {
         let out = Command::new(kiln_bin())
             .args(&args)

@@ -13,6 +13,7 @@ mod keys;
 mod lint;
 mod lock;
 mod locked;
+mod matrix;
 mod pipeline;
 mod plan;
 mod preflight;

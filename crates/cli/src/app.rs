@@ -63,6 +63,9 @@ enum Command {
     /// List and trim kiln's cache.
     #[command(subcommand)]
     Cache(commands::cache::CacheCmd),
+    /// Build matrices: list, run or emit as CI jobs the cells of a matrix file.
+    #[command(subcommand)]
+    Matrix(commands::matrix::MatrixCmd),
     /// Internal: the helper `kiln build` starts to clean up if it is killed.
     #[command(name = "__watchdog", hide = true)]
     Watchdog,
@@ -100,6 +103,7 @@ pub fn run(argv: Vec<OsString>) -> anyhow::Result<i32> {
             Command::Test(c) => c.run(),
             Command::Cache(c) => c.run(),
             Command::Elements(c) => c.run(),
+            Command::Matrix(c) => c.run(),
             Command::Watchdog => Ok(kiln_sandbox::watchdog::serve()),
         },
     }
@@ -124,6 +128,9 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
             return if e.is_input_error() { 2 } else { 1 };
         }
         if let Some(e) = cause.downcast_ref::<kiln_publish::Error>() {
+            return if e.is_input_error() { 2 } else { 1 };
+        }
+        if let Some(e) = cause.downcast_ref::<kiln_matrix::Error>() {
             return if e.is_input_error() { 2 } else { 1 };
         }
         if cause.downcast_ref::<commands::UsageError>().is_some() {

@@ -6,6 +6,7 @@ pub mod cache;
 pub mod element_info;
 pub mod elements;
 pub mod lock;
+pub mod matrix;
 pub mod plan;
 pub mod publish;
 pub mod test;
