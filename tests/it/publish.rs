@@ -6,12 +6,14 @@
 //! download` against `kiln publish --serve` over
 //! HTTPS (root; over plain HTTP it must fail).
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use kiln_publish::{BuildInput, Options};
 use serde_json::Value;
+
+use kiln_testkit::clients::{gpg_home, sh, test_certificate, Download, GpgAgent, Served};
 
 use crate::support::{assert_input_error, kiln_bin, run};
 
@@ -53,16 +55,6 @@ fn which(tool: &str) -> Option<PathBuf> {
             .map(|d| d.join(tool))
             .find(|c| c.is_file())
     })
-}
-
-fn sh(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// A fixture of what a container build leaves: `DIR/NAME.d/image.json` and the outputs it lists.
@@ -462,42 +454,6 @@ fn publish_tree_matches_incus_simplestreams_and_the_lxc_layout() {
     assert!(list.contains(fp), "{list}");
 }
 
-/// A throwaway GNUPGHOME with one signing key; returns its fingerprint.
-fn gpg_home(dir: &Path) -> String {
-    std::fs::create_dir(dir).unwrap();
-    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
-    sh(Command::new("gpg").env("GNUPGHOME", dir).args([
-        "--batch",
-        "--passphrase",
-        "",
-        "--quick-gen-key",
-        "kiln test <kiln@example.invalid>",
-        "ed25519",
-        "sign",
-        "never",
-    ]));
-    let out = sh(Command::new("gpg").env("GNUPGHOME", dir).args([
-        "--batch",
-        "--with-colons",
-        "--list-secret-keys",
-    ]));
-    out.lines()
-        .find(|l| l.starts_with("fpr:"))
-        .and_then(|l| l.split(':').nth(9))
-        .unwrap()
-        .to_string()
-}
-
-struct Agent<'a>(&'a Path);
-impl Drop for Agent<'_> {
-    fn drop(&mut self) {
-        let _ = Command::new("gpgconf")
-            .env("GNUPGHOME", self.0)
-            .args(["--kill", "all"])
-            .status();
-    }
-}
-
 #[test]
 fn publish_signs_every_index_and_checksum_file() {
     if !tools_present("publish_signs_every_index_and_checksum_file") {
@@ -506,7 +462,7 @@ fn publish_signs_every_index_and_checksum_file() {
     let t = tempfile::tempdir().unwrap();
     let home = t.path().join("gnupg");
     let fpr = gpg_home(&home);
-    let _agent = Agent(&home);
+    let _agent = GpgAgent(&home);
     Fixture::new(t.path(), "deb", "s1", now() - 60).write();
     let mut c = publish_cmd(t.path(), &["deb"], Path::new("srv"));
     c.env("GNUPGHOME", &home).args(["--sign-key", &fpr]);
@@ -883,116 +839,12 @@ fn concurrent_publishes_into_one_tree_are_serialised() {
     assert_consistent(&srv);
 }
 
-/// `kiln publish --serve` in the background; stopped with SIGINT on drop.
-struct Served {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl Served {
-    fn start(cwd: &Path, srv: &Path, tls: Option<(&Path, &Path)>) -> Self {
-        let mut c = Command::new(kiln_bin());
-        c.current_dir(cwd)
-            .args(["publish", "--to"])
-            .arg(srv)
-            .args(["--serve", "127.0.0.1:0"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        if let Some((cert, key)) = tls {
-            c.arg("--tls-cert").arg(cert).arg("--tls-key").arg(key);
-        }
-        let mut child = c.spawn().unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stderr.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line
-            .trim()
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.split('/').next())
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("no port in {line:?}"));
-        Served { child, port }
-    }
-
-    fn stop(mut self) -> std::process::ExitStatus {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap()),
-            nix::sys::signal::Signal::SIGINT,
-        )
-        .unwrap();
-        let status = self.child.wait().unwrap();
-        std::mem::forget(self);
-        status
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn raw_get(port: u16, target: &str) -> String {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     write!(s, "GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     out
-}
-
-fn lxc_create(t: &Path, port: u16, name: &str) -> (bool, String) {
-    let out = Command::new("lxc-create")
-        .arg("-P")
-        .arg(t.join("lxc"))
-        .args(["-t", "download", "-n", name, "--", "--server"])
-        .arg(format!("127.0.0.1:{port}"))
-        .args(["-d", "debian", "-r", "trixie", "-a", "amd64"])
-        .env("WGETRC", t.join("wgetrc"))
-        .env("LXC_CACHE_PATH", t.join("cache"))
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
-/// A self-signed certificate for 127.0.0.1 and a wgetrc trusting it, in `dir`.
-fn test_certificate(dir: &Path) {
-    sh(Command::new("openssl")
-        .current_dir(dir)
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=127.0.0.1",
-        ])
-        .args([
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-            "-keyout",
-            "key.pem",
-            "-out",
-            "cert.pem",
-        ])
-        .stderr(Stdio::null()));
-    std::fs::write(
-        dir.join("wgetrc"),
-        format!("ca_certificate = {}\n", dir.join("cert.pem").display()),
-    )
-    .unwrap();
 }
 
 #[test]
@@ -1007,6 +859,7 @@ fn serve_speaks_https_to_wget_without_root() {
     assert_eq!(code, 0, "{out}{err}");
     test_certificate(p);
     let served = Served::start(
+        &kiln_bin(),
         p,
         Path::new("srv"),
         Some((&p.join("cert.pem"), &p.join("key.pem"))),
@@ -1071,13 +924,11 @@ fn lxc_download_creates_the_published_rootfs_over_https_only() {
     Fixture::new(p, "deb", "20231114_2213", now() - 60).write();
     let (code, out, err) = run(publish_cmd(p, &["deb"], Path::new("srv")));
     assert_eq!(code, 0, "{out}{err}");
-    std::fs::create_dir(p.join("lxc")).unwrap();
-    std::fs::create_dir(p.join("cache")).unwrap();
     test_certificate(p);
 
     // Plain HTTP: the template speaks HTTPS only, so it must fail; the server itself answers
     // the doubled slash the template sends and refuses paths out of the tree.
-    let plain = Served::start(p, Path::new("srv"), None);
+    let plain = Served::start(&kiln_bin(), p, Path::new("srv"), None);
     let got = raw_get(plain.port, "//meta/1.0/index-system");
     assert!(got.starts_with("HTTP/1.1 200 OK"), "{got}");
     assert!(
@@ -1089,18 +940,27 @@ fn lxc_download_creates_the_published_rootfs_over_https_only() {
     std::os::unix::fs::symlink(p.join("deb.d"), p.join("srv/escape")).unwrap();
     assert!(raw_get(plain.port, "/escape/image.json").starts_with("HTTP/1.1 404"));
     std::fs::remove_file(p.join("srv/escape")).unwrap();
-    let (ok, log) = lxc_create(p, plain.port, "c0");
+    let download = |port, name| Download {
+        dir: p,
+        port,
+        name,
+        dist: "debian",
+        release: "trixie",
+        arch: "amd64",
+    };
+    let (ok, log) = download(plain.port, "c0").run();
     assert!(!ok, "lxc-create over plain HTTP succeeded:\n{log}");
     assert!(!p.join("lxc/c0/rootfs/etc/kiln-marker").exists());
     assert!(plain.stop().success());
 
     // HTTPS with the test certificate trusted through WGETRC.
     let tls = Served::start(
+        &kiln_bin(),
         p,
         Path::new("srv"),
         Some((&p.join("cert.pem"), &p.join("key.pem"))),
     );
-    let (ok, log) = lxc_create(p, tls.port, "c1");
+    let (ok, log) = download(tls.port, "c1").run();
     assert!(ok, "lxc-create failed:\n{log}");
     let rootfs = p.join("lxc/c1/rootfs");
     assert_eq!(

@@ -7,6 +7,8 @@
 //! [`Timer`] records how long each end-to-end test took (`KILN_TEST_TIMES`), for the same table.
 
 use std::io::Write as _;
+
+pub mod clients;
 use std::time::Instant;
 
 /// Whether this run is a CI run: `CI` set to anything but empty, `0` or `false`.
