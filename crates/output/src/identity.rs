@@ -124,9 +124,13 @@ impl ImageInfo {
     }
 }
 
-/// A build serial, `YYYYMMDD_HHMM` in UTC, of `epoch`.
+/// The last second RFC 3339 (four-digit years) can write: 9999-12-31T23:59:59Z.
+const LAST_RFC3339_SECOND: u64 = 253_402_300_799;
+
+/// A build serial, `YYYYMMDD_HHMM` in UTC, of `epoch` (a time past the year 9999 is written
+/// as its last minute).
 pub fn serial(epoch: u64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(epoch);
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(epoch.min(LAST_RFC3339_SECOND));
     // "2023-11-14T22:13:20Z"
     let s = humantime::format_rfc3339_seconds(t).to_string();
     format!(
@@ -301,5 +305,6 @@ mod tests {
     fn serials_are_utc() {
         assert_eq!(serial(0), "19700101_0000");
         assert_eq!(serial(1_700_000_000), "20231114_2213");
+        assert_eq!(serial(u64::MAX), "99991231_2359");
     }
 }
