@@ -25,7 +25,7 @@ static ROOTFS: OnceLock<Result<Rootfs, String>> = OnceLock::new();
 
 /// The root filesystem of Debian's default release (no `DIB_RELEASE`, as a user who names none
 /// builds), without a kernel, built once per run with the tree outputs tar, tgz, squashfs,
-/// docker and oci, checksums, an extra package (`-p`) and `SOURCE_DATE_EPOCH`.
+/// docker, oci, lxc and incus, checksums, an extra package (`-p`) and `SOURCE_DATE_EPOCH`.
 pub fn debian_rootfs() -> Result<Rootfs, String> {
     ROOTFS
         .get_or_init(|| {
@@ -38,7 +38,7 @@ pub fn debian_rootfs() -> Result<Rootfs, String> {
                 &[
                     "debian-minimal",
                     "-t",
-                    "tar,tgz,squashfs,oci,docker",
+                    "tar,tgz,squashfs,oci,docker,lxc,incus",
                     "--checksum",
                     "-p",
                     "less",
@@ -51,6 +51,8 @@ pub fn debian_rootfs() -> Result<Rootfs, String> {
                     ("DIB_RELEASE", ""),
                     ("SOURCE_DATE_EPOCH", &epoch),
                     ("DIB_DEBIAN_INSTALL_KERNEL", "0"),
+                    // The LXC and Incus images must not be expired today (creation is 2023).
+                    ("KILN_IMAGE_EXPIRY", "36500"),
                 ],
             );
             if o.code != 0 {
@@ -314,6 +316,177 @@ fn rootfs_container_images() {
             .filter(|p| unpacked.binary_search(p).is_err())
             .collect::<Vec<_>>()
     );
+}
+
+/// Runs `program args` in `cwd` and returns its standard output; fails with its output.
+fn run_in(cwd: &std::path::Path, program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Checks `dir/streams/v1/images.json` (written by incus-simplestreams) names an item whose
+/// `key` is `fingerprint`, and `incus-simplestreams verify` accepts the tree.
+pub fn assert_simplestreams_item(dir: &std::path::Path, key: &str, fingerprint: &str) {
+    run_in(dir, "incus-simplestreams", &["verify"]);
+    let images: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(dir.join("streams/v1/images.json")).unwrap())
+            .unwrap();
+    let mut seen = Vec::new();
+    for product in images["products"].as_object().unwrap().values() {
+        for version in product["versions"].as_object().unwrap().values() {
+            for item in version["items"].as_object().unwrap().values() {
+                if let Some(v) = item.get(key) {
+                    seen.push(v.as_str().unwrap_or_default().to_string());
+                }
+            }
+        }
+    }
+    assert!(
+        seen.iter().any(|s| s == fingerprint),
+        "incus-simplestreams computed {key} {seen:?}, kiln {fingerprint}"
+    );
+}
+
+/// `lxc-create -t local` makes container `c1` under `x` from the pair in `lxc`: its root
+/// filesystem holds what the tarball lists, named by the template, and its config the
+/// architecture; the tar output `tar` (the same tree) keeps its own hostname.
+fn assert_lxc_container(x: &std::path::Path, lxc: &std::path::Path, tar: &std::path::Path) {
+    // lxc-create -t local: a container from the two files.
+    let lxcpath = x.join("lxc");
+    fs::create_dir_all(&lxcpath).unwrap();
+    let meta = lxc.join("meta.tar.xz");
+    let rootfs = lxc.join("rootfs.tar.xz");
+    let out = Command::new("lxc-create")
+        .arg("-P")
+        .arg(&lxcpath)
+        .args(["-t", "local", "-n", "c1", "--", "--metadata"])
+        .arg(&meta)
+        .arg("--fstree")
+        .arg(&rootfs)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "lxc-create failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let c1 = lxcpath.join("c1");
+    let made = tree_paths(&c1.join("rootfs"));
+    let mut from_tar: Vec<String> = sh(&format!("tar -tJf '{}'", rootfs.display()))
+        .lines()
+        .map(|l| l.trim_start_matches("./").trim_end_matches('/').to_string())
+        .filter(|p| !p.is_empty())
+        .collect();
+    from_tar.sort();
+    assert!(
+        made == from_tar,
+        "the container and the tarball differ: only in the container {:?}, only in the tarball {:?}",
+        made.iter()
+            .filter(|p| from_tar.binary_search(p).is_err())
+            .collect::<Vec<_>>(),
+        from_tar
+            .iter()
+            .filter(|p| made.binary_search(p).is_err())
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        fs::read_to_string(c1.join("rootfs/etc/hostname")).unwrap(),
+        "c1\n"
+    );
+    let hosts = fs::read_to_string(c1.join("rootfs/etc/hosts")).unwrap();
+    assert!(hosts.contains("127.0.1.1\tc1\n"), "{hosts}");
+    let config = fs::read_to_string(c1.join("config")).unwrap();
+    let personality = "lxc.arch = linux64";
+    assert!(config.contains(personality), "{config}");
+    assert!(config.contains("lxc.uts.name = c1"), "{config}");
+    // The tree of the tar output is unchanged: its own hostname.
+    assert_ne!(
+        sh(&format!("tar -xOf '{}' ./etc/hostname", tar.display())),
+        "LXC_NAME\n"
+    );
+}
+
+/// The LXC and Incus images of the root filesystem, read by their real clients:
+/// `lxc-create -t local` makes a container whose root filesystem is the tarball's (named by
+/// the template), and `incus-simplestreams add`/`verify` accepts the split image with kiln's
+/// fingerprint; `NAME.d/image.json` records both.
+#[test]
+fn rootfs_lxc_and_incus_images() {
+    if !capable("rootfs_lxc_and_incus_images") {
+        return;
+    }
+    for tool in ["lxc-create", "incus-simplestreams"] {
+        if crate::harness::which(tool).is_none() {
+            kiln_testkit::skip(
+                "rootfs_lxc_and_incus_images",
+                &format!("{tool} is not installed (scripts/install-host-deps installs it)"),
+            );
+            return;
+        }
+    }
+    let r = debian_rootfs().unwrap();
+    let _t = Timer::start("rootfs_lxc_and_incus_images");
+    let dir = r.tar.parent().unwrap().to_path_buf();
+    let lxc = dir.join("debian-rootfs.lxc");
+    let incus = dir.join("debian-rootfs.incus");
+    // The record kiln publish reads.
+    let record: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(dir.join("debian-rootfs.d/image.json")).unwrap())
+            .unwrap();
+    assert_eq!(record["os"], "debian", "{record:#}");
+    assert_eq!(record["variant"], "default");
+    assert_eq!(record["creation_date"], EPOCH);
+    assert_eq!(record["expiry_date"], EPOCH + 36_500 * 86_400);
+    assert_eq!(record["serial"], "20231114_2213");
+    assert_eq!(
+        record["outputs"],
+        serde_json::json!({"lxc": "debian-rootfs.lxc", "incus": "debian-rootfs.incus"})
+    );
+    let release = record["release"].as_str().unwrap().to_string();
+    let os_release = sh(&format!(
+        "tar -xOf '{}' ./usr/lib/os-release",
+        r.tar.display()
+    ));
+    assert!(
+        os_release.contains(&format!("VERSION_CODENAME={release}")),
+        "{release} is not the image's codename: {os_release}"
+    );
+
+    let x = tempfile::tempdir_in(&dir).unwrap();
+    assert_lxc_container(x.path(), &lxc, &r.tar);
+
+    // incus-simplestreams add + verify of the split image, with kiln's fingerprint.
+    let ss = x.path().join("simplestreams");
+    fs::create_dir_all(&ss).unwrap();
+    let meta = incus.join("incus.tar.xz");
+    let data = incus.join("rootfs.squashfs");
+    let add = Command::new("incus-simplestreams")
+        .arg("add")
+        .arg(&meta)
+        .arg(&data)
+        .current_dir(&ss)
+        .output()
+        .unwrap();
+    assert!(
+        add.status.success(),
+        "incus-simplestreams add failed: {}{}",
+        String::from_utf8_lossy(&add.stdout),
+        String::from_utf8_lossy(&add.stderr)
+    );
+    let fp = record["fingerprints"]["incus"].as_str().unwrap();
+    assert_eq!(fp.len(), 64);
+    assert_simplestreams_item(&ss, "combined_squashfs_sha256", fp);
 }
 
 /// The spdx-tools release (PyPI) whose validator checks the SBOM.

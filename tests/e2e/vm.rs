@@ -86,6 +86,54 @@ fn assert_commands_logged(log: &str, tools: &[&str]) {
     }
 }
 
+/// The Incus VM image beside the qcow2: `incus-simplestreams add` accepts it with kiln's
+/// fingerprint (recorded in `NAME.d/image.json`), and its metadata says Secure Boot is off.
+fn assert_incus_vm(dir: &Path) {
+    if crate::harness::which("incus-simplestreams").is_none() {
+        kiln_testkit::skip(
+            "hybrid_vm_boots_uefi_and_bios_with_every_check (incus-vm)",
+            "incus-simplestreams is not installed (scripts/install-host-deps installs it)",
+        );
+        return;
+    }
+    let vm = dir.join("hybrid.incus-vm");
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("hybrid.d/image.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        record["outputs"],
+        serde_json::json!({"incus-vm": "hybrid.incus-vm"}),
+        "{record:#}"
+    );
+    let meta = Command::new("tar")
+        .arg("-xOJf")
+        .arg(vm.join("incus.tar.xz"))
+        .arg("metadata.yaml")
+        .output()
+        .unwrap();
+    let meta = String::from_utf8_lossy(&meta.stdout);
+    assert!(meta.contains("requirements.secureboot"), "{meta}");
+    let ss = tempfile::tempdir_in(dir).unwrap();
+    let add = Command::new("incus-simplestreams")
+        .arg("add")
+        .arg(vm.join("incus.tar.xz"))
+        .arg(vm.join("disk.qcow2"))
+        .current_dir(ss.path())
+        .output()
+        .unwrap();
+    assert!(
+        add.status.success(),
+        "incus-simplestreams add failed: {}{}",
+        String::from_utf8_lossy(&add.stdout),
+        String::from_utf8_lossy(&add.stderr)
+    );
+    crate::rootfs::assert_simplestreams_item(
+        ss.path(),
+        "combined_disk-kvm-img_sha256",
+        record["fingerprints"]["incus-vm"].as_str().unwrap(),
+    );
+}
+
 /// Every fact of a first boot, as `kiln test --check` names them.
 const FACTS: &[&str] = &[
     "report",
@@ -129,6 +177,8 @@ fn hybrid_vm_boots_uefi_and_bios_with_every_check() {
         "block-device-efi",
         "growroot",
         "openssh-server",
+        "-t",
+        "qcow2,incus-vm",
         "-o",
         "hybrid",
     ];
@@ -157,6 +207,7 @@ fn hybrid_vm_boots_uefi_and_bios_with_every_check() {
         .unwrap();
     let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
     assert_eq!(info["format"], "qcow2");
+    assert_incus_vm(&dir);
     assert_no_leftovers(&dir, &h);
     for (uefi, budget) in [(true, UEFI_BOOT_BUDGET), (false, BIOS_BOOT_BUDGET)] {
         let r = boot_check(&img, uefi, budget);

@@ -172,3 +172,34 @@ fn a_bad_cache_inputs_line_is_an_input_error() {
     let (code, _, err) = run(c);
     assert_input_error(code, &err, &["app/cache-inputs:2:", "relative/path"]);
 }
+
+/// The image identity's settings shape only the LXC and Incus outputs: they change the output
+/// key (a changed expiry never hands back an old `meta.tar.xz`) and no phase key; a bad value
+/// is an input error naming the variable.
+#[test]
+fn image_identity_settings_enter_the_output_key_only() {
+    let m = mirror();
+    let t = fixture(m.path());
+    let cache = tempfile::tempdir().unwrap();
+    let base = keys(&t, cache.path(), &[]);
+    for env in [
+        [("KILN_IMAGE_EXPIRY", "7")],
+        [("KILN_IMAGE_VARIANT", "cloud")],
+    ] {
+        let k = keys(&t, cache.path(), &env);
+        let n = k.len();
+        assert_eq!(base[..n - 1], k[..n - 1], "{env:?} changed a phase key");
+        assert_ne!(
+            base[n - 1],
+            k[n - 1],
+            "{env:?} left the output key as it was"
+        );
+    }
+    for (var, value) in [("KILN_IMAGE_EXPIRY", "soon"), ("KILN_IMAGE_VARIANT", "a/b")] {
+        let mut c = kiln(&[t.path()], cache.path());
+        c.args(["plan", "test-os", "app", "-n", "-t", "lxc"])
+            .env(var, value);
+        let (code, _, err) = run(c);
+        crate::support::assert_input_error(code, &err, &[var]);
+    }
+}

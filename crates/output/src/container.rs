@@ -116,14 +116,60 @@ pub fn write_layer<W: Write>(
     what: &Path,
 ) -> Result<(W, Digest)> {
     let mut b = tar::Builder::new(HashWriter::new(out));
+    write_tree(&mut b, root, opts, what, &TreeStyle::layer())?;
+    let hw = b.into_inner().map_err(io_at(what))?;
+    Ok(hw.finish())
+}
+
+/// How [`write_tree`] names the tree's entries and what it keeps: the container layer's way
+/// ([`TreeStyle::layer`]), or with a prefix and substituted files (the LXC root filesystem,
+/// Incus's unified tarball).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct TreeStyle {
+    /// Put before every name (`./`, `rootfs/`); when set, the root directory gets an entry
+    /// of its own named by it. Empty: names as the container layers have them.
+    pub prefix: &'static str,
+    /// Directories kept without their contents.
+    pub emptied: &'static [&'static str],
+    /// Regular files (paths relative to the tree) written with these contents instead of
+    /// theirs; the tree itself is not changed.
+    pub replace: std::collections::BTreeMap<PathBuf, Vec<u8>>,
+}
+
+impl TreeStyle {
+    /// The container layer: no prefix, `/proc`, `/sys` and `/dev` without contents.
+    pub(crate) fn layer() -> Self {
+        Self {
+            prefix: "",
+            emptied: EMPTIED,
+            replace: std::collections::BTreeMap::new(),
+        }
+    }
+}
+
+/// Appends the entries of the tree `root` to `b` in `style`, sorted by name, and returns the
+/// device nodes it wrote (paths relative to the tree). `what` names the file being written,
+/// for errors.
+pub(crate) fn write_tree<W: Write>(
+    b: &mut tar::Builder<W>,
+    root: &Path,
+    opts: &Options,
+    what: &Path,
+    style: &TreeStyle,
+) -> Result<Vec<PathBuf>> {
     let mut walk = Walk {
         epoch: opts.source_date_epoch,
         links: HashMap::new(),
         what,
+        style,
+        devices: Vec::new(),
     };
-    walk.dir(&mut b, root, Path::new(""))?;
-    let hw = b.into_inner().map_err(io_at(what))?;
-    Ok(hw.finish())
+    if !style.prefix.is_empty() {
+        let meta = fs::symlink_metadata(root).map_err(io_at(root))?;
+        walk.entry(b, root, Path::new(""), &meta)?;
+    }
+    walk.dir(b, root, Path::new(""))?;
+    Ok(walk.devices)
 }
 
 struct Walk<'a> {
@@ -131,6 +177,9 @@ struct Walk<'a> {
     /// (device, inode) of files with more than one link → the first path written.
     links: HashMap<(u64, u64), PathBuf>,
     what: &'a Path,
+    style: &'a TreeStyle,
+    /// Device nodes written, relative to the tree.
+    devices: Vec<PathBuf>,
 }
 
 impl Walk<'_> {
@@ -157,11 +206,56 @@ impl Walk<'_> {
                 continue;
             }
             self.entry(b, &path, &rel, &meta)?;
-            if ft.is_dir() && !EMPTIED.iter().any(|p| rel == Path::new(p)) {
+            if ft.is_dir() && !self.style.emptied.iter().any(|p| rel == Path::new(p)) {
                 self.dir(b, &path, &rel)?;
             }
         }
         Ok(())
+    }
+
+    /// The name of `rel` in the archive with the style's prefix (the root is the prefix).
+    fn prefixed(&self, rel: &Path) -> Vec<u8> {
+        let mut n = self.style.prefix.as_bytes().to_vec();
+        n.extend_from_slice(rel.as_os_str().as_encoded_bytes());
+        n
+    }
+
+    /// Appends one entry named `rel` (with `link` as its link target): through the `tar`
+    /// crate's own naming without a prefix (which drops a leading `./`), else with the names
+    /// written as they are.
+    fn put<W: Write>(
+        &self,
+        b: &mut tar::Builder<W>,
+        h: &mut tar::Header,
+        rel: &Path,
+        dir: bool,
+        link: Option<&Path>,
+        data: impl io::Read,
+    ) -> io::Result<()> {
+        if self.style.prefix.is_empty() {
+            return match (dir, link) {
+                (true, _) => {
+                    // Directories end in '/', as GNU tar writes them.
+                    let mut name = rel.as_os_str().to_owned();
+                    name.push("/");
+                    b.append_data(h, name, data)
+                }
+                (false, Some(target)) => b.append_link(h, rel, target),
+                (false, None) => b.append_data(h, rel, data),
+            };
+        }
+        let mut name = self.prefixed(rel);
+        if dir && !name.ends_with(b"/") {
+            name.push(b'/');
+        }
+        let link = link.map(|t| {
+            if h.entry_type() == tar::EntryType::Link {
+                self.prefixed(t)
+            } else {
+                t.as_os_str().as_encoded_bytes().to_vec()
+            }
+        });
+        append_named(b, h, &name, link.as_deref(), data)
     }
 
     /// Writes one entry (and its PAX xattr records first, if it has any).
@@ -187,27 +281,34 @@ impl Walk<'_> {
             if let Some(first) = self.links.get(&key) {
                 let first = first.clone();
                 h.set_entry_type(tar::EntryType::Link);
-                return b.append_link(&mut h, rel, first).map_err(err);
+                return self
+                    .put(b, &mut h, rel, false, Some(&first), io::empty())
+                    .map_err(err);
             }
             self.links.insert(key, rel.to_path_buf());
         }
         self.xattrs(b, path)?;
         if ft.is_dir() {
-            // Directories end in '/', as GNU tar writes them.
-            let mut name = rel.as_os_str().to_owned();
-            name.push("/");
             h.set_entry_type(tar::EntryType::Directory);
-            b.append_data(&mut h, name, io::empty()).map_err(err)
+            self.put(b, &mut h, rel, true, None, io::empty())
+                .map_err(err)
         } else if ft.is_symlink() {
             let target = fs::read_link(path).map_err(io_at(path))?;
             h.set_entry_type(tar::EntryType::Symlink);
-            b.append_link(&mut h, rel, target).map_err(err)
+            self.put(b, &mut h, rel, false, Some(&target), io::empty())
+                .map_err(err)
         } else if ft.is_file() {
-            let f = fs::File::open(path).map_err(io_at(path))?;
             h.set_entry_type(tar::EntryType::Regular);
+            if let Some(bytes) = self.style.replace.get(rel) {
+                h.set_size(bytes.len() as u64);
+                return self
+                    .put(b, &mut h, rel, false, None, bytes.as_slice())
+                    .map_err(io_at(path));
+            }
+            let f = fs::File::open(path).map_err(io_at(path))?;
             h.set_size(meta.len());
             let mut counted = CountingReader { inner: f, len: 0 };
-            b.append_data(&mut h, rel, &mut counted)
+            self.put(b, &mut h, rel, false, None, &mut counted)
                 .map_err(io_at(path))?;
             if counted.len != meta.len() {
                 return Err(Error::Io {
@@ -231,8 +332,10 @@ impl Walk<'_> {
                     .map_err(io_at(path))?;
                 h.set_device_minor(nix::sys::stat::minor(rdev) as u32)
                     .map_err(io_at(path))?;
+                self.devices.push(rel.to_path_buf());
             }
-            b.append_data(&mut h, rel, io::empty()).map_err(err)
+            self.put(b, &mut h, rel, false, None, io::empty())
+                .map_err(err)
         }
     }
 
@@ -268,6 +371,54 @@ impl Walk<'_> {
             .map_err(io_at(self.what))?;
         Ok(())
     }
+}
+
+/// Appends an entry whose name (and link target) are written byte for byte, as the `tar`
+/// crate's path handling would drop a leading `./`: names and targets over 100 bytes get a
+/// GNU long-name (long-link) record first, as GNU tar and the `tar` crate write them.
+fn append_named<W: Write>(
+    b: &mut tar::Builder<W>,
+    h: &mut tar::Header,
+    name: &[u8],
+    link: Option<&[u8]>,
+    data: impl io::Read,
+) -> io::Result<()> {
+    if name.len() > 100 {
+        long_record(b, tar::EntryType::GNULongName, name)?;
+    }
+    if let Some(l) = link.filter(|l| l.len() > 100) {
+        long_record(b, tar::EntryType::GNULongLink, l)?;
+    }
+    let old = h.as_old_mut();
+    old.name = [0; 100];
+    let n = name.len().min(100);
+    old.name[..n].copy_from_slice(&name[..n]);
+    if let Some(l) = link {
+        old.linkname = [0; 100];
+        let n = l.len().min(100);
+        old.linkname[..n].copy_from_slice(&l[..n]);
+    }
+    h.set_cksum();
+    b.append(h, data)
+}
+
+/// A GNU `././@LongLink` record holding `bytes` (NUL-terminated).
+fn long_record<W: Write>(
+    b: &mut tar::Builder<W>,
+    kind: tar::EntryType,
+    bytes: &[u8],
+) -> io::Result<()> {
+    let mut h = tar::Header::new_gnu();
+    let tag = b"././@LongLink";
+    h.as_old_mut().name[..tag.len()].copy_from_slice(tag);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h.set_size(bytes.len() as u64 + 1);
+    h.set_entry_type(kind);
+    h.set_cksum();
+    b.append(&h, io::Read::chain(bytes, &[0u8][..]))
 }
 
 /// One PAX record: `LEN KEY=VALUE\n`, where LEN counts the whole record, its own digits too.
@@ -557,6 +708,11 @@ impl<W: Write> Archive<W> {
         let len = f.metadata().map_err(io_at(src))?.len();
         let mut h = self.header(tar::EntryType::Regular, 0o644, len);
         self.b.append_data(&mut h, name, f).map_err(io_at(src))
+    }
+
+    /// The tar builder, to append a tree after kiln's own files ([`write_tree`]).
+    pub(crate) fn builder(&mut self) -> &mut tar::Builder<W> {
+        &mut self.b
     }
 
     /// Ends the archive and returns the writer.

@@ -27,6 +27,9 @@ use kiln_host::Cmd;
 
 pub mod container;
 pub mod docker;
+pub mod identity;
+pub mod incus;
+pub mod lxc;
 pub mod oci;
 pub mod qcow2;
 pub mod qemu_img;
@@ -34,6 +37,7 @@ pub mod raw;
 pub mod squashfs;
 pub mod tar;
 pub mod tgz;
+pub mod xz;
 
 #[cfg(test)]
 mod testutil;
@@ -55,6 +59,9 @@ pub enum Error {
     /// A file name in the tree that container layers read as a deletion.
     #[error("{0}: a file name starting with '.wh.' is an OCI whiteout (a deletion in layered images); rename or remove it before making a container image")]
     Whiteout(PathBuf),
+    /// The image's identity (for the LXC and Incus outputs) cannot be made.
+    #[error("{0}")]
+    Identity(String),
     /// A bad `--docker-target`.
     #[error("--docker-target: {0}")]
     BadImageName(String),
@@ -287,6 +294,54 @@ pub static FORMATS: &[Format] = &[
         support: Support::Yes(&oci::OciArchive),
     },
     Format {
+        name: "lxc",
+        aliases: &[],
+        extension: "lxc",
+        source: Source::Tree,
+        moves_source: false,
+        tools: &[],
+        default: false,
+        listed: true,
+        container: true,
+        support: Support::Yes(&lxc::Lxc),
+    },
+    Format {
+        name: "incus",
+        aliases: &[],
+        extension: "incus",
+        source: Source::Tree,
+        moves_source: false,
+        tools: &["mksquashfs"],
+        default: false,
+        listed: true,
+        container: true,
+        support: Support::Yes(&incus::Incus),
+    },
+    Format {
+        name: "incus-unified",
+        aliases: &[],
+        extension: "incus.tar.gz",
+        source: Source::Tree,
+        moves_source: false,
+        tools: &[],
+        default: false,
+        listed: true,
+        container: true,
+        support: Support::Yes(&incus::IncusUnified),
+    },
+    Format {
+        name: "incus-vm",
+        aliases: &[],
+        extension: "incus-vm",
+        source: Source::Disk,
+        moves_source: false,
+        tools: QEMU_IMG,
+        default: false,
+        listed: true,
+        container: false,
+        support: Support::Yes(&incus::IncusVm),
+    },
+    Format {
         name: "vpc",
         aliases: &[],
         extension: "vpc",
@@ -445,6 +500,9 @@ pub struct Options {
     pub arch: Option<String>,
     /// `--docker-target REPO:TAG`: the container outputs' image name.
     pub docker_target: Option<String>,
+    /// The image's identity, computed once per build from the final tree
+    /// ([`identity::ImageInfo::new`]); the LXC and Incus outputs need it.
+    pub image: Option<identity::ImageInfo>,
 }
 
 /// The host tools writing output `ty` runs (for the pipeline's preflight).
@@ -715,8 +773,9 @@ mod tests {
             assert!(extensions.insert(f.extension), "{} twice", f.extension);
             match f.support {
                 Support::Yes(p) => {
-                    // Only the container outputs, written by kiln itself, run no tool.
-                    let own = ["docker", "oci", "oci-archive"].contains(&f.name);
+                    // Only the outputs kiln writes itself run no tool.
+                    let own =
+                        ["docker", "oci", "oci-archive", "lxc", "incus-unified"].contains(&f.name);
                     assert_eq!(f.tools.is_empty(), own, "{}: tools", f.name);
                     if own {
                         assert!(!p.runs_tools(&Options::default()), "{}", f.name);
@@ -752,7 +811,7 @@ mod tests {
             .filter(|f| f.container)
             .map(|f| f.name)
             .collect();
-        assert_eq!(containers, ["docker", "oci", "oci-archive"]);
+        assert_eq!(containers, ["docker", "oci", "oci-archive", "lxc", "incus", "incus-unified"]);
         for f in FORMATS.iter().filter(|f| f.container) {
             assert_eq!(f.source, Source::Tree, "{}", f.name);
         }
@@ -778,6 +837,10 @@ mod tests {
             ("docker", "docker.tar", Source::Tree),
             ("oci", "oci", Source::Tree),
             ("oci-archive", "oci.tar", Source::Tree),
+            ("lxc", "lxc", Source::Tree),
+            ("incus", "incus", Source::Tree),
+            ("incus-unified", "incus.tar.gz", Source::Tree),
+            ("incus-vm", "incus-vm", Source::Disk),
         ] {
             let ty = parse(name);
             assert_eq!((ty.extension(), ty.source()), (ext, source), "{name}");
@@ -801,7 +864,7 @@ mod tests {
             assert_eq!(
                 e.to_string(),
                 format!(
-                    "unknown output type '{bad}': use one of qcow2, raw, vmdk, vhd, vdi, tar, tgz, squashfs, docker, oci, oci-archive"
+                    "unknown output type '{bad}': use one of qcow2, raw, vmdk, vhd, vdi, tar, tgz, squashfs, docker, oci, oci-archive, lxc, incus, incus-unified, incus-vm"
                 )
             );
         }
@@ -815,7 +878,7 @@ mod tests {
     fn help_lists_the_listed_rows() {
         assert_eq!(
             types_help(),
-            "qcow2 (default), raw, vmdk, vhd, vdi, tar, tgz, squashfs, docker, oci, oci-archive"
+            "qcow2 (default), raw, vmdk, vhd, vdi, tar, tgz, squashfs, docker, oci, oci-archive, lxc, incus, incus-unified, incus-vm"
         );
     }
 
@@ -842,6 +905,10 @@ mod tests {
             ("docker", &[], &[]),
             ("oci", &[], &[]),
             ("oci-archive", &[], &[]),
+            ("lxc", &[], &[]),
+            ("incus", &["mksquashfs"], &["mksquashfs"]),
+            ("incus-unified", &[], &[]),
+            ("incus-vm", &[], &["qemu-img"]),
         ] {
             assert_eq!(tools_for(parse(name), &native), with_native, "{name}");
             assert_eq!(tools_for(parse(name), &qemu), with_qemu, "{name}");

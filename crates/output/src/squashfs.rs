@@ -19,18 +19,31 @@ pub struct Squashfs;
 
 impl Producer for Squashfs {
     fn produce(&self, root: &Path, pending: &Path, opts: &Options) -> Result<()> {
-        let cmd = Cmd::new("mksquashfs");
-        let cmd = match opts.source_date_epoch {
-            Some(e) => cmd.env("SOURCE_DATE_EPOCH", e.to_string()),
-            None => cmd.env_remove("SOURCE_DATE_EPOCH"),
-        };
-        cmd.arg(root)
-            .arg(pending)
-            .args(["-comp", "xz", "-noappend", "-no-recovery", "-quiet"])
-            .args(["-wildcards", "-e", "proc/*", "-e", "sys/*"])
-            .run()?;
-        Ok(())
+        mksquashfs(root, pending, opts.source_date_epoch, &[])
     }
+}
+
+/// Runs mksquashfs on `root`, writing `dest` (xz, no recovery file, `/proc` and `/sys`
+/// without contents), with `extra` options (Incus's root filesystem adds `-b 1M -no-exports`
+/// as distrobuilder does).
+pub(crate) fn mksquashfs(
+    root: &Path,
+    dest: &Path,
+    source_date_epoch: Option<u64>,
+    extra: &[&str],
+) -> Result<()> {
+    let cmd = Cmd::new("mksquashfs");
+    let cmd = match source_date_epoch {
+        Some(e) => cmd.env("SOURCE_DATE_EPOCH", e.to_string()),
+        None => cmd.env_remove("SOURCE_DATE_EPOCH"),
+    };
+    cmd.arg(root)
+        .arg(dest)
+        .args(["-comp", "xz", "-noappend", "-no-recovery", "-quiet"])
+        .args(extra.iter().copied())
+        .args(["-wildcards", "-e", "proc/*", "-e", "sys/*"])
+        .run()?;
+    Ok(())
 }
 
 #[cfg(test)]

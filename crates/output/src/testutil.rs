@@ -154,12 +154,15 @@ fn child_produce() {
     else {
         panic!("bad job {job:?}");
     };
-    let opts = crate::Options {
+    let mut opts = crate::Options {
         source_date_epoch: epoch.parse().ok(),
         compress: ty == "qcow2",
         qcow2_level: (ty == "qcow2").then_some(crate::qcow2::DEFAULT_LEVEL),
         ..crate::Options::default()
     };
+    if crate::incus::needs_identity(ty) {
+        opts.image = image_opts(Path::new(root), "amd64").image;
+    }
     crate::produce(
         crate::OutputType::parse(ty).unwrap(),
         Path::new(root),
@@ -261,5 +264,38 @@ pub fn tree_list(root: &Path) -> Vec<String> {
     let mut out = Vec::new();
     walk(root, root, &mut out);
     out.sort();
+    out
+}
+
+/// Options with `SOURCE_DATE_EPOCH` 1700000000 and the identity of the tree `root` for `arch`:
+/// Debian trixie (from DISTRO_NAME and DIB_RELEASE when the tree has no os-release), variant
+/// `default`, 30 days to expiry, named after the tree's directory.
+pub fn image_opts(root: &Path, arch: &str) -> crate::Options {
+    let inputs = crate::identity::Inputs {
+        name: root.file_name().unwrap().to_string_lossy().into_owned(),
+        arch: arch.into(),
+        source_date_epoch: Some(1_700_000_000),
+        build_start: 1_800_000_000,
+        expiry_days: 30,
+        variant: "default".into(),
+        distro_name: Some("debian".into()),
+        dib_release: Some("trixie".into()),
+    };
+    crate::Options {
+        source_date_epoch: Some(1_700_000_000),
+        arch: Some(arch.into()),
+        image: Some(crate::identity::ImageInfo::new(root, &inputs).unwrap()),
+        ..crate::Options::default()
+    }
+}
+
+/// The decompressed bytes of the xz file `path`.
+pub fn xz_file(path: &Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(
+        &mut liblzma::read::XzDecoder::new(fs::File::open(path).unwrap()),
+        &mut out,
+    )
+    .unwrap();
     out
 }

@@ -72,6 +72,11 @@ struct Ctx<'a> {
     lock_repo: Option<PathBuf>,
     /// A locked build's lock.
     locked: Option<crate::locked::Input>,
+    /// When the build started, in seconds since 1970 (the image's creation date without
+    /// `SOURCE_DATE_EPOCH`).
+    started: u64,
+    /// The image's identity, computed from the final tree when an output needs it.
+    image_info: Option<kiln_output::identity::ImageInfo>,
 }
 
 /// Runs the build on this machine, after the [`preflight`]. On failure everything set up is
@@ -195,6 +200,10 @@ impl<'a> Ctx<'a> {
             out_key: None,
             lock_repo: None,
             locked: None,
+            started: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            image_info: None,
         })
     }
 }
@@ -242,6 +251,7 @@ impl Ctx<'_> {
             let raw = self.release_image()?;
             self.disk_outputs(&raw, &mut outputs)?;
         }
+        self.image_record(&outputs)?;
         self.store_outputs(&outputs);
         // The snapshotter holds the cache's shared lock; the trim needs it released.
         drop(snap);

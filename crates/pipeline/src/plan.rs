@@ -171,6 +171,8 @@ impl BuildPlan {
         containers.apply(&mut set)?;
         let hooks = element::merge_hooks(&set)?;
         req.qcow2_level()?;
+        req.image_expiry_days()?;
+        req.image_variant()?;
         validate_packages(req, &library, &set, &hooks, &arch)?;
         let block_device = choose_block_device(req, &set, &arch)?;
         let exported_elements_path =
@@ -213,6 +215,8 @@ impl BuildPlan {
             source_date_epoch: req.source_date_epoch()?,
             arch: Some(self.arch.clone()),
             docker_target: req.docker_target.clone(),
+            // Computed from the final tree, once it exists (the pipeline's tree outputs).
+            image: None,
         })
     }
 

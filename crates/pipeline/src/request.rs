@@ -106,6 +106,48 @@ impl BuildRequest {
         }
     }
 
+    /// `KILN_IMAGE_EXPIRY`: days from the image's creation to its expiry (LXC's `expiry`,
+    /// Incus's `expiry_date`), 30 by default. Not a whole number is a usage error.
+    pub fn image_expiry_days(&self) -> Result<u64, crate::Error> {
+        match self
+            .var(settings::KILN_IMAGE_EXPIRY.name)
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+        {
+            None => Ok(settings::KILN_IMAGE_EXPIRY
+                .default_value()
+                .parse()
+                .unwrap_or(30)),
+            Some(v) => v.parse().map_err(|_| {
+                crate::Error::Usage(format!(
+                    "{}={v:?} is not a number of days: give a whole number, e.g. 30",
+                    settings::KILN_IMAGE_EXPIRY.name
+                ))
+            }),
+        }
+    }
+
+    /// `KILN_IMAGE_VARIANT`: the image's variant (LXC's and Incus's `variant`), `default` by
+    /// default: letters, digits, `.`, `_` and `-` only (it becomes part of image-server paths).
+    pub fn image_variant(&self) -> Result<String, crate::Error> {
+        let v = self
+            .var(settings::KILN_IMAGE_VARIANT.name)
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .unwrap_or(settings::KILN_IMAGE_VARIANT.default_value());
+        let ok = !v.starts_with('.')
+            && v.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || b"._-".contains(&c));
+        if ok {
+            Ok(v.to_string())
+        } else {
+            Err(crate::Error::Usage(format!(
+                "{}={v:?}: use letters, digits, '.', '_' and '-' only (not starting with '.')",
+                settings::KILN_IMAGE_VARIANT.name
+            )))
+        }
+    }
+
     /// `SOURCE_DATE_EPOCH`, when set (and not empty): the build is then reproducible
     /// (`docs/reproducible.md`). A value that is not a whole number of seconds is a usage
     /// error.

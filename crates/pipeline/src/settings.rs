@@ -241,6 +241,10 @@ settings! {
         "Set by kiln: the output types, space separated (`-t`).";
     KILN_QCOW2_LEVEL = "KILN_QCOW2_LEVEL", Text, Value("3"), OutputKey,
         "zlib level 1-9 of kiln's own qcow2 writer, or `qemu-img` to let `qemu-img convert -c` compress.";
+    KILN_IMAGE_EXPIRY = "KILN_IMAGE_EXPIRY", Int, Value("30"), OutputKey,
+        "Days from the image's creation to its expiry, for the LXC and Incus outputs (LXC's `expiry`, Incus's `expiry_date`) and `NAME.d/image.json`.";
+    KILN_IMAGE_VARIANT = "KILN_IMAGE_VARIANT", Text, Value("default"), OutputKey,
+        "The image's variant in the LXC and Incus outputs and `NAME.d/image.json` (letters, digits, `.`, `_`, `-`).";
     KILN_SEED = "KILN_SEED", Text, Computed("the build's output key, a digest of all its inputs"), OutputKey,
         "Build seed (`--seed` overrides it; any text): every filesystem UUID, GPT disk and partition GUID, MBR disk id and vfat serial the layout does not set derives from it, so one seed gives one set of identifiers.";
     // Never a key.

@@ -1,6 +1,11 @@
 //! Outputs: the tree outputs (tar, tgz, squashfs) made from the finished tree, the disk
 //! conversions made from the raw image, and the output cache (an identical request copies its
 //! cached outputs; a finished build stores its own).
+//!
+//! The LXC and Incus outputs share the image's identity (distribution, release, variant,
+//! serial, dates), computed once from the final tree (step `identity`) and written with the
+//! outputs' names and Incus fingerprints to `NAME.d/image.json` (step `image-record`), the
+//! record `kiln publish` reads.
 
 use std::path::{Path, PathBuf};
 
@@ -98,7 +103,8 @@ impl Ctx<'_> {
         outputs: &mut Vec<PathBuf>,
     ) -> Result<(), Error> {
         let plan = self.plan;
-        let opts = plan.output_options()?;
+        let mut opts = plan.output_options()?;
+        opts.image.clone_from(&self.image_info);
         let sums = self.checksums();
         let overwrite = self.overwrite();
         let stamp = timestamp(self.ws.host.as_mut());
@@ -118,6 +124,83 @@ impl Ctx<'_> {
             })?;
         }
         Ok(())
+    }
+
+    /// The image's identity (step `identity`), from the final tree `root` and the settings,
+    /// when an output needs it (LXC, Incus).
+    pub(super) fn identity(&mut self, root: &Path) -> Result<(), Error> {
+        let plan = self.plan;
+        if !plan
+            .outputs
+            .iter()
+            .any(|t| kiln_output::incus::needs_identity(t.name()))
+        {
+            return Ok(());
+        }
+        self.step("identity", |ctx| {
+            let req = &plan.request;
+            let name = plan.image_name.file_name().map_or_else(
+                || plan.image_name.display().to_string(),
+                |n| n.to_string_lossy().into_owned(),
+            );
+            let inputs = kiln_output::identity::Inputs {
+                name,
+                arch: plan.arch.clone(),
+                source_date_epoch: req.source_date_epoch()?,
+                build_start: ctx.started,
+                expiry_days: req.image_expiry_days()?,
+                variant: req.image_variant()?,
+                distro_name: settings::DISTRO_NAME.get(&ctx.env).map(String::from),
+                dib_release: settings::DIB_RELEASE.get(&ctx.env).map(String::from),
+            };
+            ctx.image_info = Some(kiln_output::identity::ImageInfo::new(root, &inputs)?);
+            Ok(())
+        })
+    }
+
+    /// Writes `NAME.d/image.json` (step `image-record`) when the build made an output that
+    /// needs the image's identity: the identity, the outputs made (file names beside `NAME.d`)
+    /// and Incus's fingerprint of each Incus output.
+    pub(super) fn image_record(&mut self, outputs: &[PathBuf]) -> Result<(), Error> {
+        let Some(info) = self.image_info.clone() else {
+            return Ok(());
+        };
+        let plan = self.plan;
+        self.step("image-record", |_| {
+            let mut made = serde_json::Map::new();
+            let mut fingerprints = serde_json::Map::new();
+            for ty in kiln_output::production_order(&plan.outputs) {
+                if !kiln_output::incus::needs_identity(ty.name()) {
+                    continue;
+                }
+                let dest = kiln_output::output_path(&plan.image_name, ty);
+                if !outputs.contains(&dest) {
+                    continue;
+                }
+                let file = dest
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                made.insert(ty.name().into(), file.into());
+                if let Some(fp) = kiln_output::incus::fingerprint(ty.name(), &dest)? {
+                    fingerprints.insert(ty.name().into(), fp.into());
+                }
+            }
+            let mut v = serde_json::to_value(&info).map_err(|e| Error::Io {
+                path: plan.image_name.clone(),
+                source: std::io::Error::other(e),
+            })?;
+            if let Some(m) = v.as_object_mut() {
+                m.insert("outputs".into(), made.into());
+                m.insert("fingerprints".into(), fingerprints.into());
+            }
+            let name_d = PathBuf::from(format!("{}.d", plan.image_name.display()));
+            std::fs::create_dir_all(&name_d).map_err(crate::io(&name_d))?;
+            let path = name_d.join(kiln_output::identity::RECORD_FILE);
+            let mut bytes = serde_json::to_vec_pretty(&v).unwrap_or_default();
+            bytes.push(b'\n');
+            std::fs::write(&path, bytes).map_err(crate::io(&path))
+        })
     }
 
     /// The checksum files to write beside each output (`DIB_CHECKSUM`).

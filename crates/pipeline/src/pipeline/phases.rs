@@ -81,6 +81,7 @@ impl Ctx<'_> {
         self.ws.umount_chroot()?;
         self.tidy(&mnt)?;
         self.sbom(&mnt, &index)?;
+        self.identity(&mnt)?;
         self.tree_outputs(&mnt, outputs)
     }
 
