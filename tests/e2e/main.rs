@@ -16,6 +16,7 @@ mod keys;
 mod locked;
 mod matrix;
 mod paths;
+mod publish;
 mod rootfs;
 #[path = "../it/support.rs"]
 #[allow(dead_code)]

@@ -381,8 +381,19 @@ fn assert_lxc_container(x: &std::path::Path, lxc: &std::path::Path, tar: &std::p
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let c1 = lxcpath.join("c1");
-    let made = tree_paths(&c1.join("rootfs"));
+    assert_container_is(&lxcpath.join("c1"), "c1", &rootfs, tar);
+}
+
+/// The LXC container at `c` (named `name`) holds exactly the entries of the image's
+/// `rootfs.tar.xz`, named by the template (`/etc/hostname`, `/etc/hosts`, `lxc.uts.name`), with
+/// the architecture's personality; the build's own tar (`tar`) keeps its hostname.
+pub fn assert_container_is(
+    c: &std::path::Path,
+    name: &str,
+    rootfs: &std::path::Path,
+    tar: &std::path::Path,
+) {
+    let made = tree_paths(&c.join("rootfs"));
     let mut from_tar: Vec<String> = sh(&format!("tar -tJf '{}'", rootfs.display()))
         .lines()
         .map(|l| l.trim_start_matches("./").trim_end_matches('/').to_string())
@@ -401,15 +412,18 @@ fn assert_lxc_container(x: &std::path::Path, lxc: &std::path::Path, tar: &std::p
             .collect::<Vec<_>>()
     );
     assert_eq!(
-        fs::read_to_string(c1.join("rootfs/etc/hostname")).unwrap(),
-        "c1\n"
+        fs::read_to_string(c.join("rootfs/etc/hostname")).unwrap(),
+        format!("{name}\n")
     );
-    let hosts = fs::read_to_string(c1.join("rootfs/etc/hosts")).unwrap();
-    assert!(hosts.contains("127.0.1.1\tc1\n"), "{hosts}");
-    let config = fs::read_to_string(c1.join("config")).unwrap();
+    let hosts = fs::read_to_string(c.join("rootfs/etc/hosts")).unwrap();
+    assert!(hosts.contains(&format!("127.0.1.1\t{name}\n")), "{hosts}");
+    let config = fs::read_to_string(c.join("config")).unwrap();
     let personality = "lxc.arch = linux64";
     assert!(config.contains(personality), "{config}");
-    assert!(config.contains("lxc.uts.name = c1"), "{config}");
+    assert!(
+        config.contains(&format!("lxc.uts.name = {name}")),
+        "{config}"
+    );
     // The tree of the tar output is unchanged: its own hostname.
     assert_ne!(
         sh(&format!("tar -xOf '{}' ./etc/hostname", tar.display())),

@@ -811,7 +811,17 @@ mod tests {
             .filter(|f| f.container)
             .map(|f| f.name)
             .collect();
-        assert_eq!(containers, ["docker", "oci", "oci-archive", "lxc", "incus", "incus-unified"]);
+        assert_eq!(
+            containers,
+            [
+                "docker",
+                "oci",
+                "oci-archive",
+                "lxc",
+                "incus",
+                "incus-unified"
+            ]
+        );
         for f in FORMATS.iter().filter(|f| f.container) {
             assert_eq!(f.source, Source::Tree, "{}", f.name);
         }
