@@ -24,7 +24,7 @@ pub struct Rootfs {
 static ROOTFS: OnceLock<Result<Rootfs, String>> = OnceLock::new();
 
 /// The root filesystem of Debian's default release (no `DIB_RELEASE`, as a user who names none
-/// builds), without a kernel, built once per run with the tree outputs tar, tgz, squashfs,
+/// builds) with the `container` element, built once per run with the tree outputs tar, tgz, squashfs,
 /// docker, oci, lxc and incus, checksums, an extra package (`-p`) and `SOURCE_DATE_EPOCH`.
 pub fn debian_rootfs() -> Result<Rootfs, String> {
     ROOTFS
@@ -37,6 +37,7 @@ pub fn debian_rootfs() -> Result<Rootfs, String> {
                 None,
                 &[
                     "debian-minimal",
+                    "container",
                     "-t",
                     "tar,tgz,squashfs,oci,docker,lxc,incus",
                     "--checksum",
@@ -45,12 +46,12 @@ pub fn debian_rootfs() -> Result<Rootfs, String> {
                     "-o",
                     "debian-rootfs",
                 ],
-                // No kernel: a root filesystem for containers and chroots, as users build one,
-                // and a smaller tree for every fixture build that unpacks it.
+                // The `container` element, named (tar is not a container output, so kiln
+                // would not add it): no kernel, a root filesystem for containers and chroots
+                // as users build one, and a smaller tree for every fixture build that unpacks it.
                 &[
                     ("DIB_RELEASE", ""),
                     ("SOURCE_DATE_EPOCH", &epoch),
-                    ("DIB_DEBIAN_INSTALL_KERNEL", "0"),
                     // The LXC and Incus images must not be expired today (creation is 2023).
                     ("KILN_IMAGE_EXPIRY", "36500"),
                 ],
@@ -148,6 +149,26 @@ fn rootfs_outputs_checksums_and_manifests() {
             sh(&format!("cd '{}' && {sum}sum -c '{s}'", dir.display()));
         }
     }
+    // The container element: no kernel or initramfs, an empty fstab, DHCP on eth0 by networkd.
+    let listing = sh(&format!("tar -tf '{}'", r.tar.display()));
+    assert!(
+        !listing
+            .lines()
+            .any(|l| l.starts_with("./boot/vmlinuz") || l.starts_with("./boot/initrd")),
+        "a kernel or initramfs in the container tree"
+    );
+    assert_eq!(
+        sh(&format!("tar -xOf '{}' ./etc/fstab", r.tar.display())),
+        ""
+    );
+    let network = sh(&format!(
+        "tar -xOf '{}' ./etc/systemd/network/80-container-eth0.network",
+        r.tar.display()
+    ));
+    assert!(
+        network.contains("eth0") && network.contains("DHCP"),
+        "{network}"
+    );
     // apt works in the tarball's chroot, and `-p less` was installed.
     let x = tempfile::tempdir().unwrap();
     let st = Command::new("tar")
@@ -632,8 +653,8 @@ fn rootfs_lock_equals_the_dpkg_manifest() {
         "lock",
         &dir,
         None,
-        &["debian-minimal", "-p", "less", "-o", &lock_arg],
-        &[("DIB_RELEASE", ""), ("DIB_DEBIAN_INSTALL_KERNEL", "0")],
+        &["debian-minimal", "container", "-p", "less", "-o", &lock_arg],
+        &[("DIB_RELEASE", "")],
     )
     .output()
     .unwrap();

@@ -486,6 +486,48 @@ fn publish_signs_every_index_and_checksum_file() {
             .arg(&asc)
             .arg(srv.join(f)));
     }
+    let signatures = |srv: &Path| -> Vec<Vec<u8>> {
+        signed
+            .iter()
+            .map(|f| std::fs::read(srv.join(format!("{f}.asc"))).unwrap())
+            .collect()
+    };
+    // The same publish again keeps every signature (gpg's carry a time: a new one would differ).
+    let first = signatures(&srv);
+    let mut c = publish_cmd(t.path(), &["deb"], Path::new("srv"));
+    c.env("GNUPGHOME", &home).args(["--sign-key", &fpr]);
+    let (code, out, err) = run(c);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        signatures(&srv) == first,
+        "a publish of nothing new signed again"
+    );
+    // Another key asked for: the unchanged indexes are signed again, by that key.
+    sh(Command::new("gpg").env("GNUPGHOME", &home).args([
+        "--batch",
+        "--passphrase",
+        "",
+        "--quick-gen-key",
+        "kiln second <second@example.invalid>",
+        "ed25519",
+        "sign",
+        "never",
+    ]));
+    let mut c = publish_cmd(t.path(), &["deb"], Path::new("srv"));
+    c.env("GNUPGHOME", &home)
+        .args(["--sign-key", "second@example.invalid"]);
+    let (code, out, err) = run(c);
+    assert_eq!(code, 0, "{out}{err}");
+    let status = sh(Command::new("gpg")
+        .env("GNUPGHOME", &home)
+        .args(["--batch", "--status-fd", "1", "--verify"])
+        .arg(srv.join("meta/1.0/index-system.asc"))
+        .arg(srv.join("meta/1.0/index-system")));
+    assert!(
+        !status.contains(&fpr),
+        "the index is still signed by the first key: {status}"
+    );
+    assert!(status.contains("GOODSIG"), "{status}");
     // A tampered index fails to verify: the check above can fail.
     let idx = srv.join("meta/1.0/index-system");
     std::fs::write(&idx, "tampered\n").unwrap();

@@ -593,6 +593,17 @@ fn write_index(root: &Path, rel: &str, bytes: &[u8], opts: &Options) -> Result<(
     let tmp = dir.join(format!(".{name}.kiln-tmp"));
     let asc = dir.join(format!("{name}.asc"));
     let asc_tmp = dir.join(format!(".{name}.asc.kiln-tmp"));
+    // An unchanged index keeps its file and its signature, when that is the one asked for: a
+    // publish that changes nothing rewrites nothing.
+    if std::fs::read(&path).is_ok_and(|old| old == bytes) {
+        let unchanged = match &opts.sign_key {
+            Some(key) => sign::signed_by(key, &path, &asc),
+            None => !asc.exists(),
+        };
+        if unchanged {
+            return Ok(());
+        }
+    }
     let staged = write_file(&tmp, bytes).and_then(|()| match &opts.sign_key {
         Some(key) => sign::detach_sign(key, &tmp, &asc_tmp),
         None => Ok(()),
