@@ -33,6 +33,109 @@ fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     out
 }
 
+/// The build's directory in the LXC layout under `srv`, its checksums, its LXC pair the same
+/// bytes as the build's in `dir`, and the index line naming it.
+fn assert_layout(srv: &Path, dir: &Path, release: &str, arch: &str, serial: &str) {
+    let build = srv.join(format!("images/debian/{release}/{arch}/default/{serial}"));
+    for f in [
+        "rootfs.tar.xz",
+        "meta.tar.xz",
+        "incus.tar.xz",
+        "rootfs.squashfs",
+        "SHA256SUMS",
+    ] {
+        assert!(
+            build.join(f).is_file(),
+            "{f} missing in {}",
+            build.display()
+        );
+    }
+    sh(&format!(
+        "cd '{}' && sha256sum -c SHA256SUMS",
+        build.display()
+    ));
+    assert_eq!(
+        fs::read(build.join("rootfs.tar.xz")).unwrap(),
+        fs::read(dir.join("debian-rootfs.lxc/rootfs.tar.xz")).unwrap()
+    );
+    let index = fs::read_to_string(srv.join("meta/1.0/index-system")).unwrap();
+    assert_eq!(
+        index,
+        format!("debian;{release};{arch};default;{serial};/images/debian/{release}/{arch}/default/{serial}/\n")
+    );
+}
+
+/// Every index and checksum file under `srv` is signed, and every signature verifies with the
+/// keyring at `home`.
+fn assert_every_signature_verifies(srv: &Path, home: &Path) {
+    // Every index and checksum file is signed, and every signature verifies.
+    let sigs: Vec<String> = sh(&format!(
+        "cd '{}' && find . -name '*.asc' | sort",
+        srv.display()
+    ))
+    .lines()
+    .map(str::to_string)
+    .collect();
+    for signed in [
+        "./meta/1.0/index-system.asc",
+        "./meta/1.0/index-user.asc",
+        "./streams/v1/index.json.asc",
+        "./streams/v1/images.json.asc",
+    ] {
+        assert!(
+            sigs.iter().any(|s| s == signed),
+            "{signed} missing: {sigs:?}"
+        );
+    }
+    assert!(
+        sigs.iter().any(|s| s.ends_with("/SHA256SUMS.asc")),
+        "no SHA256SUMS signature: {sigs:?}"
+    );
+    for sig in &sigs {
+        let sig = srv.join(sig);
+        let data = sig.with_extension("");
+        let out = Command::new("gpg")
+            .env("GNUPGHOME", home)
+            .args(["--batch", "--verify"])
+            .arg(&sig)
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "gpg --verify {}: {}",
+            sig.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// Incus's own tool re-hashes every simplestreams item of `srv`, and lists the image under
+/// kiln's fingerprint `fp`.
+fn assert_incus_reads(srv: &Path, fp: &str) {
+    let verify = Command::new("incus-simplestreams")
+        .current_dir(srv)
+        .arg("verify")
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "incus-simplestreams verify: {}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    let said = String::from_utf8_lossy(&verify.stdout);
+    assert!(!said.contains("mismatch"), "{said}");
+    let list = sh(&format!(
+        "cd '{}' && incus-simplestreams list -f csv",
+        srv.display()
+    ));
+    assert!(
+        list.contains(fp),
+        "{fp} not in incus-simplestreams list:\n{list}"
+    );
+}
+
 #[test]
 fn rootfs_published_for_lxc_download_and_incus() {
     let test = "rootfs_published_for_lxc_download_and_incus";
@@ -88,99 +191,10 @@ fn rootfs_published_for_lxc_download_and_incus() {
     };
     publish();
 
-    // The build's directory in the LXC layout, its checksums, the index line.
-    let build = srv.join(format!("images/debian/{release}/{arch}/default/{serial}"));
-    for f in [
-        "rootfs.tar.xz",
-        "meta.tar.xz",
-        "incus.tar.xz",
-        "rootfs.squashfs",
-        "SHA256SUMS",
-    ] {
-        assert!(
-            build.join(f).is_file(),
-            "{f} missing in {}",
-            build.display()
-        );
-    }
-    sh(&format!(
-        "cd '{}' && sha256sum -c SHA256SUMS",
-        build.display()
-    ));
-    assert_eq!(
-        fs::read(build.join("rootfs.tar.xz")).unwrap(),
-        fs::read(dir.join("debian-rootfs.lxc/rootfs.tar.xz")).unwrap()
-    );
-    let index = fs::read_to_string(srv.join("meta/1.0/index-system")).unwrap();
-    assert_eq!(
-        index,
-        format!("debian;{release};{arch};default;{serial};/images/debian/{release}/{arch}/default/{serial}/\n")
-    );
+    assert_layout(&srv, &dir, release, arch, serial);
+    assert_every_signature_verifies(&srv, &home);
 
-    // Every index and checksum file is signed, and every signature verifies.
-    let sigs: Vec<String> = sh(&format!(
-        "cd '{}' && find . -name '*.asc' | sort",
-        srv.display()
-    ))
-    .lines()
-    .map(str::to_string)
-    .collect();
-    for signed in [
-        "./meta/1.0/index-system.asc",
-        "./meta/1.0/index-user.asc",
-        "./streams/v1/index.json.asc",
-        "./streams/v1/images.json.asc",
-    ] {
-        assert!(
-            sigs.iter().any(|s| s == signed),
-            "{signed} missing: {sigs:?}"
-        );
-    }
-    assert!(
-        sigs.iter().any(|s| s.ends_with("/SHA256SUMS.asc")),
-        "no SHA256SUMS signature: {sigs:?}"
-    );
-    for sig in &sigs {
-        let sig = srv.join(sig);
-        let data = sig.with_extension("");
-        let out = Command::new("gpg")
-            .env("GNUPGHOME", &home)
-            .args(["--batch", "--verify"])
-            .arg(&sig)
-            .arg(&data)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "gpg --verify {}: {}",
-            sig.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    // Incus's own tool re-hashes every simplestreams item; kiln's fingerprint is the product's.
-    let verify = Command::new("incus-simplestreams")
-        .current_dir(&srv)
-        .arg("verify")
-        .output()
-        .unwrap();
-    assert!(
-        verify.status.success(),
-        "incus-simplestreams verify: {}{}",
-        String::from_utf8_lossy(&verify.stdout),
-        String::from_utf8_lossy(&verify.stderr)
-    );
-    let said = String::from_utf8_lossy(&verify.stdout);
-    assert!(!said.contains("mismatch"), "{said}");
-    let list = sh(&format!(
-        "cd '{}' && incus-simplestreams list -f csv",
-        srv.display()
-    ));
-    let fp = record["fingerprints"]["incus"].as_str().unwrap();
-    assert!(
-        list.contains(fp),
-        "{fp} not in incus-simplestreams list:\n{list}"
-    );
+    assert_incus_reads(&srv, record["fingerprints"]["incus"].as_str().unwrap());
 
     // lxc-create -t download over HTTPS from kiln publish --serve: the container is this build.
     test_certificate(x.path());
