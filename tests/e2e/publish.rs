@@ -9,7 +9,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use kiln_testkit::clients::{gpg_home, test_certificate, Download, GpgAgent, Served};
+use kiln_testkit::clients::{gpg_home, run_ok, test_certificate, Download, GpgAgent, Served};
 
 use crate::harness::{capable, sh, which, Timer};
 use crate::rootfs::{assert_container_is, debian_rootfs};
@@ -113,18 +113,11 @@ fn assert_every_signature_verifies(srv: &Path, home: &Path) {
 /// Incus's own tool re-hashes every simplestreams item of `srv`, and lists the image under
 /// kiln's fingerprint `fp`.
 fn assert_incus_reads(srv: &Path, fp: &str) {
-    let verify = Command::new("incus-simplestreams")
-        .current_dir(srv)
-        .arg("verify")
-        .output()
-        .unwrap();
-    assert!(
-        verify.status.success(),
-        "incus-simplestreams verify: {}{}",
-        String::from_utf8_lossy(&verify.stdout),
-        String::from_utf8_lossy(&verify.stderr)
+    let said = run_ok(
+        Command::new("incus-simplestreams")
+            .current_dir(srv)
+            .arg("verify"),
     );
-    let said = String::from_utf8_lossy(&verify.stdout);
     assert!(!said.contains("mismatch"), "{said}");
     let list = sh(&format!(
         "cd '{}' && incus-simplestreams list -f csv",
@@ -174,19 +167,13 @@ fn rootfs_published_for_lxc_download_and_incus() {
     let _agent = GpgAgent(&home);
     let srv = x.path().join("srv");
     let publish = || {
-        let out = Command::new(crate::kiln_bin())
-            .current_dir(&dir)
-            .env("GNUPGHOME", &home)
-            .args(["publish", "debian-rootfs", "--to"])
-            .arg(&srv)
-            .args(["--sign-key", &fpr])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "kiln publish failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+        run_ok(
+            Command::new(crate::kiln_bin())
+                .current_dir(&dir)
+                .env("GNUPGHOME", &home)
+                .args(["publish", "debian-rootfs", "--to"])
+                .arg(&srv)
+                .args(["--sign-key", &fpr]),
         );
     };
     publish();

@@ -5,6 +5,8 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use kiln_testkit::clients::run_ok;
 use std::sync::OnceLock;
 
 use crate::harness::{
@@ -339,26 +341,14 @@ fn rootfs_container_images() {
     );
 }
 
-/// Runs `program args` in `cwd` and returns its standard output; fails with its output.
-fn run_in(cwd: &std::path::Path, program: &str, args: &[&str]) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// Checks `dir/streams/v1/images.json` (written by incus-simplestreams) names an item whose
 /// `key` is `fingerprint`, and `incus-simplestreams verify` accepts the tree.
 pub fn assert_simplestreams_item(dir: &std::path::Path, key: &str, fingerprint: &str) {
-    run_in(dir, "incus-simplestreams", &["verify"]);
+    run_ok(
+        Command::new("incus-simplestreams")
+            .arg("verify")
+            .current_dir(dir),
+    );
     let images: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(dir.join("streams/v1/images.json")).unwrap())
             .unwrap();
@@ -387,20 +377,14 @@ fn assert_lxc_container(x: &std::path::Path, lxc: &std::path::Path, tar: &std::p
     fs::create_dir_all(&lxcpath).unwrap();
     let meta = lxc.join("meta.tar.xz");
     let rootfs = lxc.join("rootfs.tar.xz");
-    let out = Command::new("lxc-create")
-        .arg("-P")
-        .arg(&lxcpath)
-        .args(["-t", "local", "-n", "c1", "--", "--metadata"])
-        .arg(&meta)
-        .arg("--fstree")
-        .arg(&rootfs)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "lxc-create failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        Command::new("lxc-create")
+            .arg("-P")
+            .arg(&lxcpath)
+            .args(["-t", "local", "-n", "c1", "--", "--metadata"])
+            .arg(&meta)
+            .arg("--fstree")
+            .arg(&rootfs),
     );
     assert_container_is(&lxcpath.join("c1"), "c1", &rootfs, tar);
 }
@@ -506,18 +490,12 @@ fn rootfs_lxc_and_incus_images() {
     fs::create_dir_all(&ss).unwrap();
     let meta = incus.join("incus.tar.xz");
     let data = incus.join("rootfs.squashfs");
-    let add = Command::new("incus-simplestreams")
-        .arg("add")
-        .arg(&meta)
-        .arg(&data)
-        .current_dir(&ss)
-        .output()
-        .unwrap();
-    assert!(
-        add.status.success(),
-        "incus-simplestreams add failed: {}{}",
-        String::from_utf8_lossy(&add.stdout),
-        String::from_utf8_lossy(&add.stderr)
+    run_ok(
+        Command::new("incus-simplestreams")
+            .arg("add")
+            .arg(&meta)
+            .arg(&data)
+            .current_dir(&ss),
     );
     let fp = record["fingerprints"]["incus"].as_str().unwrap();
     assert_eq!(fp.len(), 64);

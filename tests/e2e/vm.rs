@@ -114,18 +114,12 @@ fn assert_incus_vm(dir: &Path) {
     let meta = String::from_utf8_lossy(&meta.stdout);
     assert!(meta.contains("requirements.secureboot"), "{meta}");
     let ss = tempfile::tempdir_in(dir).unwrap();
-    let add = Command::new("incus-simplestreams")
-        .arg("add")
-        .arg(vm.join("incus.tar.xz"))
-        .arg(vm.join("disk.qcow2"))
-        .current_dir(ss.path())
-        .output()
-        .unwrap();
-    assert!(
-        add.status.success(),
-        "incus-simplestreams add failed: {}{}",
-        String::from_utf8_lossy(&add.stdout),
-        String::from_utf8_lossy(&add.stderr)
+    kiln_testkit::clients::run_ok(
+        Command::new("incus-simplestreams")
+            .arg("add")
+            .arg(vm.join("incus.tar.xz"))
+            .arg(vm.join("disk.qcow2"))
+            .current_dir(ss.path()),
     );
     crate::rootfs::assert_simplestreams_item(
         ss.path(),

@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use kiln_publish::{BuildInput, Options};
 use serde_json::Value;
 
-use kiln_testkit::clients::{gpg_home, sh, test_certificate, Download, GpgAgent, Served};
+use kiln_testkit::clients::{gpg_home, run_ok, test_certificate, Download, GpgAgent, Served};
 
 use crate::support::{assert_input_error, kiln_bin, run};
 
@@ -107,15 +107,19 @@ impl Fixture<'_> {
                     std::fs::create_dir_all(&d).unwrap();
                     self.incus_meta(&work, &d.join("incus.tar.xz"));
                     if *out == "incus" {
-                        sh(Command::new("mksquashfs")
-                            .arg(&root)
-                            .arg(d.join("rootfs.squashfs"))
-                            .args(["-quiet", "-noappend", "-no-progress"]));
+                        run_ok(
+                            Command::new("mksquashfs")
+                                .arg(&root)
+                                .arg(d.join("rootfs.squashfs"))
+                                .args(["-quiet", "-noappend", "-no-progress"]),
+                        );
                     } else {
-                        sh(Command::new("qemu-img")
-                            .args(["create", "-q", "-f", "qcow2"])
-                            .arg(d.join("disk.qcow2"))
-                            .arg("16M"));
+                        run_ok(
+                            Command::new("qemu-img")
+                                .args(["create", "-q", "-f", "qcow2"])
+                                .arg(d.join("disk.qcow2"))
+                                .arg("16M"),
+                        );
                     }
                 }
                 "incus-unified" => {
@@ -127,16 +131,20 @@ impl Fixture<'_> {
                         meta.join("metadata.yaml"),
                     )
                     .unwrap();
-                    sh(Command::new("cp")
-                        .arg("-a")
-                        .arg(&root)
-                        .arg(meta.join("rootfs")));
-                    sh(Command::new("tar")
-                        .arg("-C")
-                        .arg(&meta)
-                        .args(["--sort=name", "-czf"])
-                        .arg(format!("{}.incus.tar.gz", base.display()))
-                        .args(["metadata.yaml", "rootfs"]));
+                    run_ok(
+                        Command::new("cp")
+                            .arg("-a")
+                            .arg(&root)
+                            .arg(meta.join("rootfs")),
+                    );
+                    run_ok(
+                        Command::new("tar")
+                            .arg("-C")
+                            .arg(&meta)
+                            .args(["--sort=name", "-czf"])
+                            .arg(format!("{}.incus.tar.gz", base.display()))
+                            .args(["metadata.yaml", "rootfs"]),
+                    );
                 }
                 other => panic!("no fixture for {other}"),
             }
@@ -189,18 +197,22 @@ impl Fixture<'_> {
         std::fs::write(meta.join("excludes-user"), "\n").unwrap();
         // The hostname template: LXC substitutes LXC_NAME.
         std::fs::write(root.join("etc/hostname"), "LXC_NAME\n").unwrap();
-        sh(Command::new("tar")
-            .arg("-C")
-            .arg(root)
-            .args(["--numeric-owner", "--sort=name", "-cJf"])
-            .arg(d.join("rootfs.tar.xz"))
-            .arg("."));
-        sh(Command::new("tar")
-            .arg("-C")
-            .arg(&meta)
-            .args(["--sort=name", "-cJf"])
-            .arg(d.join("meta.tar.xz"))
-            .arg("."));
+        run_ok(
+            Command::new("tar")
+                .arg("-C")
+                .arg(root)
+                .args(["--numeric-owner", "--sort=name", "-cJf"])
+                .arg(d.join("rootfs.tar.xz"))
+                .arg("."),
+        );
+        run_ok(
+            Command::new("tar")
+                .arg("-C")
+                .arg(&meta)
+                .args(["--sort=name", "-cJf"])
+                .arg(d.join("meta.tar.xz"))
+                .arg("."),
+        );
     }
 
     fn incus_meta(&self, work: &Path, dest: &Path) {
@@ -219,18 +231,20 @@ impl Fixture<'_> {
             "{{ container.name }}\n",
         )
         .unwrap();
-        sh(Command::new("tar")
-            .arg("-C")
-            .arg(&meta)
-            .args([
-                "--sort=name",
-                "--mtime=@0",
-                "--owner=0",
-                "--group=0",
-                "-cJf",
-            ])
-            .arg(dest)
-            .args(["metadata.yaml", "templates"]));
+        run_ok(
+            Command::new("tar")
+                .arg("-C")
+                .arg(&meta)
+                .args([
+                    "--sort=name",
+                    "--mtime=@0",
+                    "--owner=0",
+                    "--group=0",
+                    "-cJf",
+                ])
+                .arg(dest)
+                .args(["metadata.yaml", "templates"]),
+        );
     }
 }
 
@@ -297,7 +311,7 @@ fn assert_consistent(srv: &Path) {
                 let bytes =
                     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
                 assert_eq!(item["size"].as_u64().unwrap(), bytes.len() as u64);
-                let sum = sh(Command::new("sha256sum").arg(&path));
+                let sum = run_ok(Command::new("sha256sum").arg(&path));
                 assert_eq!(item["sha256"].as_str().unwrap(), &sum[..64]);
             }
         }
@@ -317,11 +331,13 @@ fn add_unified(t: &Path, srv: &Path, other: &Path, created: u64) {
     assert!(srv
         .join("images/debian/forky/amd64/default/20231114_2213/incus-unified.tar.gz")
         .is_file());
-    sh(Command::new("incus-simplestreams")
-        .current_dir(other)
-        .env("TZ", "UTC")
-        .arg("add")
-        .arg(t.join("uni.incus.tar.gz")));
+    run_ok(
+        Command::new("incus-simplestreams")
+            .current_dir(other)
+            .env("TZ", "UTC")
+            .arg("add")
+            .arg(t.join("uni.incus.tar.gz")),
+    );
 }
 
 /// The build directory of fixture `deb` (serial 20231114_2213) in `srv`, and the LXC index.
@@ -349,9 +365,11 @@ fn assert_build_dir(t: &Path, srv: &Path) {
         std::fs::read(build.join("rootfs.tar.xz")).unwrap(),
         std::fs::read(t.join("deb.lxc/rootfs.tar.xz")).unwrap()
     );
-    sh(Command::new("sha256sum")
-        .current_dir(&build)
-        .args(["--strict", "-c", "SHA256SUMS"]));
+    run_ok(
+        Command::new("sha256sum")
+            .current_dir(&build)
+            .args(["--strict", "-c", "SHA256SUMS"]),
+    );
     assert_eq!(
         std::fs::read_to_string(build.join("SHA256SUMS"))
             .unwrap()
@@ -387,18 +405,22 @@ fn publish_tree_matches_incus_simplestreams_and_the_lxc_layout() {
     // incus-simplestreams on the same files, in a tree of its own.
     let other = t.path().join("other");
     std::fs::create_dir(&other).unwrap();
-    sh(Command::new("incus-simplestreams")
-        .current_dir(&other)
-        .env("TZ", "UTC")
-        .arg("add")
-        .arg(t.path().join("deb.incus/incus.tar.xz"))
-        .arg(t.path().join("deb.incus/rootfs.squashfs")));
-    sh(Command::new("incus-simplestreams")
-        .current_dir(&other)
-        .env("TZ", "UTC")
-        .arg("add")
-        .arg(t.path().join("deb.incus-vm/incus.tar.xz"))
-        .arg(t.path().join("deb.incus-vm/disk.qcow2")));
+    run_ok(
+        Command::new("incus-simplestreams")
+            .current_dir(&other)
+            .env("TZ", "UTC")
+            .arg("add")
+            .arg(t.path().join("deb.incus/incus.tar.xz"))
+            .arg(t.path().join("deb.incus/rootfs.squashfs")),
+    );
+    run_ok(
+        Command::new("incus-simplestreams")
+            .current_dir(&other)
+            .env("TZ", "UTC")
+            .arg("add")
+            .arg(t.path().join("deb.incus-vm/incus.tar.xz"))
+            .arg(t.path().join("deb.incus-vm/disk.qcow2")),
+    );
     add_unified(t.path(), &srv, &other, created);
     // Only LXC builds are in LXC's index.
     assert_eq!(
@@ -439,19 +461,73 @@ fn publish_tree_matches_incus_simplestreams_and_the_lxc_layout() {
         "images/debian/trixie/amd64/default/20231114_2213/rootfs.squashfs"
     );
     // incus-simplestreams verify re-hashes every item of our tree.
-    let out = sh(Command::new("incus-simplestreams")
-        .current_dir(&srv)
-        .arg("verify"));
+    let out = run_ok(
+        Command::new("incus-simplestreams")
+            .current_dir(&srv)
+            .arg("verify"),
+    );
     assert!(!out.contains("mismatch"), "{out}");
     // Its list reads the image back with both fingerprints.
-    let list = sh(Command::new("incus-simplestreams")
-        .current_dir(&srv)
-        .args(["list", "-f", "csv"]));
+    let list = run_ok(
+        Command::new("incus-simplestreams")
+            .current_dir(&srv)
+            .args(["list", "-f", "csv"]),
+    );
     assert_eq!(list.lines().count(), 3, "{list}");
     let fp = items["incus.tar.xz"]["combined_squashfs_sha256"]
         .as_str()
         .unwrap();
     assert!(list.contains(fp), "{list}");
+}
+
+/// Publishing the same build again with the same key keeps every signature (gpg's carry a
+/// time: a new one would differ); naming another key signs the unchanged indexes again.
+fn assert_signed_again_only_when_needed(dir: &Path, home: &Path, fpr: &str, signed: &[&str]) {
+    let srv = dir.join("srv");
+    let signatures = || -> Vec<Vec<u8>> {
+        signed
+            .iter()
+            .map(|f| std::fs::read(srv.join(format!("{f}.asc"))).unwrap())
+            .collect()
+    };
+    // The same publish again keeps every signature (gpg's carry a time: a new one would differ).
+    let first = signatures();
+    let mut c = publish_cmd(dir, &["deb"], Path::new("srv"));
+    c.env("GNUPGHOME", home).args(["--sign-key", fpr]);
+    let (code, out, err) = run(c);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        signatures() == first,
+        "a publish of nothing new signed again"
+    );
+    // Another key asked for: the unchanged indexes are signed again, by that key.
+    run_ok(Command::new("gpg").env("GNUPGHOME", home).args([
+        "--batch",
+        "--passphrase",
+        "",
+        "--quick-gen-key",
+        "kiln second <second@example.invalid>",
+        "ed25519",
+        "sign",
+        "never",
+    ]));
+    let mut c = publish_cmd(dir, &["deb"], Path::new("srv"));
+    c.env("GNUPGHOME", home)
+        .args(["--sign-key", "second@example.invalid"]);
+    let (code, out, err) = run(c);
+    assert_eq!(code, 0, "{out}{err}");
+    let status = run_ok(
+        Command::new("gpg")
+            .env("GNUPGHOME", home)
+            .args(["--batch", "--status-fd", "1", "--verify"])
+            .arg(srv.join("meta/1.0/index-system.asc"))
+            .arg(srv.join("meta/1.0/index-system")),
+    );
+    assert!(
+        !status.contains(fpr),
+        "the index is still signed by the first key: {status}"
+    );
+    assert!(status.contains("GOODSIG"), "{status}");
 }
 
 #[test]
@@ -480,54 +556,15 @@ fn publish_signs_every_index_and_checksum_file() {
         let asc = srv.join(format!("{f}.asc"));
         let text = std::fs::read_to_string(&asc).unwrap();
         assert!(text.starts_with("-----BEGIN PGP SIGNATURE-----"), "{f}");
-        sh(Command::new("gpg")
-            .env("GNUPGHOME", &home)
-            .args(["--batch", "--verify"])
-            .arg(&asc)
-            .arg(srv.join(f)));
+        run_ok(
+            Command::new("gpg")
+                .env("GNUPGHOME", &home)
+                .args(["--batch", "--verify"])
+                .arg(&asc)
+                .arg(srv.join(f)),
+        );
     }
-    let signatures = |srv: &Path| -> Vec<Vec<u8>> {
-        signed
-            .iter()
-            .map(|f| std::fs::read(srv.join(format!("{f}.asc"))).unwrap())
-            .collect()
-    };
-    // The same publish again keeps every signature (gpg's carry a time: a new one would differ).
-    let first = signatures(&srv);
-    let mut c = publish_cmd(t.path(), &["deb"], Path::new("srv"));
-    c.env("GNUPGHOME", &home).args(["--sign-key", &fpr]);
-    let (code, out, err) = run(c);
-    assert_eq!(code, 0, "{out}{err}");
-    assert!(
-        signatures(&srv) == first,
-        "a publish of nothing new signed again"
-    );
-    // Another key asked for: the unchanged indexes are signed again, by that key.
-    sh(Command::new("gpg").env("GNUPGHOME", &home).args([
-        "--batch",
-        "--passphrase",
-        "",
-        "--quick-gen-key",
-        "kiln second <second@example.invalid>",
-        "ed25519",
-        "sign",
-        "never",
-    ]));
-    let mut c = publish_cmd(t.path(), &["deb"], Path::new("srv"));
-    c.env("GNUPGHOME", &home)
-        .args(["--sign-key", "second@example.invalid"]);
-    let (code, out, err) = run(c);
-    assert_eq!(code, 0, "{out}{err}");
-    let status = sh(Command::new("gpg")
-        .env("GNUPGHOME", &home)
-        .args(["--batch", "--status-fd", "1", "--verify"])
-        .arg(srv.join("meta/1.0/index-system.asc"))
-        .arg(srv.join("meta/1.0/index-system")));
-    assert!(
-        !status.contains(&fpr),
-        "the index is still signed by the first key: {status}"
-    );
-    assert!(status.contains("GOODSIG"), "{status}");
+    assert_signed_again_only_when_needed(t.path(), &home, &fpr, &signed);
     // A tampered index fails to verify: the check above can fail.
     let idx = srv.join("meta/1.0/index-system");
     std::fs::write(&idx, "tampered\n").unwrap();
@@ -785,12 +822,14 @@ fn a_killed_publish_leaves_valid_indexes() {
     let base = now() - 86_400;
     let big = |name: &str, serial: &str, created: u64| {
         Fixture::new(t.path(), name, serial, created).write();
-        sh(Command::new("dd")
-            .args(["if=/dev/urandom", "bs=1M", "count=64", "status=none"])
-            .arg(format!(
-                "of={}/{name}.incus/rootfs.squashfs",
-                t.path().display()
-            )));
+        run_ok(
+            Command::new("dd")
+                .args(["if=/dev/urandom", "bs=1M", "count=64", "status=none"])
+                .arg(format!(
+                    "of={}/{name}.incus/rootfs.squashfs",
+                    t.path().display()
+                )),
+        );
     };
     big("a", "s0", base);
     let (code, out, err) = run(publish_cmd(t.path(), &["a"], Path::new("srv")));
@@ -845,7 +884,7 @@ fn a_killed_publish_leaves_valid_indexes() {
     let (code, out, err) = run(publish_cmd(t.path(), &[], Path::new("srv")));
     assert_eq!(code, 0, "{out}{err}");
     assert_consistent(&srv);
-    let hidden = sh(Command::new("find").arg(&srv).args(["-name", ".*.kiln-*"]));
+    let hidden = run_ok(Command::new("find").arg(&srv).args(["-name", ".*.kiln-*"]));
     assert!(hidden.is_empty(), "left behind: {hidden}");
 }
 

@@ -7,12 +7,13 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-/// Runs `cmd`, fails the test with its stderr unless it succeeds, and returns its stdout.
-pub fn sh(cmd: &mut Command) -> String {
+/// Runs `cmd`, fails the test with what it printed unless it succeeds, and returns its stdout.
+pub fn run_ok(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     assert!(
         out.status.success(),
-        "{cmd:?} failed: {}",
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -77,28 +78,30 @@ impl Drop for Served {
 /// A self-signed certificate for 127.0.0.1 (`cert.pem`, `key.pem`) and a `wgetrc` trusting
 /// it, in `dir`.
 pub fn test_certificate(dir: &Path) {
-    sh(Command::new("openssl")
-        .current_dir(dir)
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=127.0.0.1",
-        ])
-        .args([
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-            "-keyout",
-            "key.pem",
-            "-out",
-            "cert.pem",
-        ])
-        .stderr(Stdio::null()));
+    run_ok(
+        Command::new("openssl")
+            .current_dir(dir)
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=127.0.0.1",
+            ])
+            .args([
+                "-addext",
+                "subjectAltName=IP:127.0.0.1",
+                "-keyout",
+                "key.pem",
+                "-out",
+                "cert.pem",
+            ])
+            .stderr(Stdio::null()),
+    );
     std::fs::write(
         dir.join("wgetrc"),
         format!("ca_certificate = {}\n", dir.join("cert.pem").display()),
@@ -111,7 +114,7 @@ pub fn test_certificate(dir: &Path) {
 pub fn gpg_home(dir: &Path) -> String {
     std::fs::create_dir(dir).unwrap();
     std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
-    sh(Command::new("gpg").env("GNUPGHOME", dir).args([
+    run_ok(Command::new("gpg").env("GNUPGHOME", dir).args([
         "--batch",
         "--passphrase",
         "",
@@ -121,7 +124,7 @@ pub fn gpg_home(dir: &Path) -> String {
         "sign",
         "never",
     ]));
-    let out = sh(Command::new("gpg").env("GNUPGHOME", dir).args([
+    let out = run_ok(Command::new("gpg").env("GNUPGHOME", dir).args([
         "--batch",
         "--with-colons",
         "--list-secret-keys",
