@@ -20,6 +20,24 @@ pub(crate) fn explain(
     explain_with(dir, Some(elements_path), args, env)
 }
 
+/// The codename the release of a request resolves to (`kiln plan --explain-cache --json`'s
+/// `release`; the release itself when it names no alias).
+pub(crate) fn resolved_codename(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
+    let mut c = kiln_command("plan", dir, None, args, env);
+    c.args(["--explain-cache", "--json"]);
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["release"]["codename"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no resolved release in {v:#}"))
+        .to_string()
+}
+
 /// [`explain`] with the built-in elements only when `elements_path` is None.
 pub(crate) fn explain_with(
     dir: &Path,

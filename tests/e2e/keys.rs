@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::cache::{explain, explain_with, first_miss};
+use crate::cache::{explain, explain_with, first_miss, resolved_codename};
 use crate::failures::fixture_elements;
 use crate::harness::{assert_no_leftovers, build, capable, heavy, sh, which, work, Timer};
 use crate::rootfs::rootfs_tar;
@@ -119,9 +119,10 @@ fn unrelated_variables_are_output_cache_hits_and_values_stay_secret() {
 }
 
 /// A local apt repository served over HTTP on 127.0.0.1 (a host `file:` path is not visible
-/// inside the chroot), acting as the image's security suite `stable-security`.
+/// inside the chroot), acting as the image's security suite (`<codename>-security`).
 struct SecuritySuite {
     root: PathBuf,
+    suite: String,
     server: Child,
     port: u16,
 }
@@ -134,10 +135,9 @@ impl Drop for SecuritySuite {
 }
 
 const PROBE: &str = "kiln-sec-probe";
-const SUITE: &str = "stable-security";
 
 impl SecuritySuite {
-    fn start(root: &Path) -> Self {
+    fn start(root: &Path, suite: String) -> Self {
         fs::create_dir_all(root.join("pool/main")).unwrap();
         // A free port: bound here, released, then taken by the server.
         let port = TcpListener::bind("127.0.0.1:0")
@@ -156,6 +156,7 @@ impl SecuritySuite {
             .expect("python3 -m http.server");
         let s = Self {
             root: root.to_path_buf(),
+            suite,
             server,
             port,
         };
@@ -193,10 +194,11 @@ impl SecuritySuite {
         ));
         let arch = sh("dpkg --print-architecture").trim().to_string();
         let bin = format!("main/binary-{arch}");
-        let dists = self.root.join("dists").join(SUITE);
+        let suite = &self.suite;
+        let dists = self.root.join("dists").join(suite);
         fs::create_dir_all(dists.join(&bin)).unwrap();
         sh(&format!(
-            "cd '{}' && dpkg-scanpackages --multiversion pool /dev/null 2>/dev/null > 'dists/{SUITE}/{bin}/Packages'",
+            "cd '{}' && dpkg-scanpackages --multiversion pool /dev/null 2>/dev/null > 'dists/{suite}/{bin}/Packages'",
             self.root.display()
         ));
         let packages = fs::read(dists.join(&bin).join("Packages")).unwrap();
@@ -208,7 +210,7 @@ impl SecuritySuite {
         fs::write(
             dists.join("Release"),
             format!(
-                "Suite: {SUITE}\nDate: {}\nArchitectures: {arch} all\nComponents: main\nSHA256:\n {} {} {bin}/Packages\n",
+                "Suite: {suite}\nDate: {}\nArchitectures: {arch} all\nComponents: main\nSHA256:\n {} {} {bin}/Packages\n",
                 stamp.trim(),
                 sha.trim(),
                 packages.len()
@@ -252,7 +254,13 @@ fn a_security_update_rebuilds_and_lands_in_the_image() {
     let h = heavy();
     let _t = Timer::start("a_security_update_rebuilds_and_lands_in_the_image");
     let dir = work("keys-security");
-    let suite = SecuritySuite::start(&dir.join("repo"));
+    // The image's security suite is its release's codename's (kiln resolves `stable` once).
+    let codename = resolved_codename(
+        &dir,
+        &["debian-minimal", "-t", "tar"],
+        &[("DIB_RELEASE", ""), ("DIB_DEBIAN_INSTALL_KERNEL", "0")],
+    );
+    let suite = SecuritySuite::start(&dir.join("repo"), format!("{codename}-security"));
     suite.publish("1");
     let mirror = suite.mirror();
     // Debian's default release (no DIB_RELEASE), a root filesystem without a kernel.
@@ -276,7 +284,7 @@ fn a_security_update_rebuilds_and_lands_in_the_image() {
     assert_eq!(step, "root", "{steps:?}");
     assert!(
         why.iter()
-            .any(|r| r.starts_with(&format!("{SUITE} InRelease changed"))),
+            .any(|r| r.starts_with(&format!("{} InRelease changed", suite.suite))),
         "{why:?}"
     );
     assert_eq!(outputs, "miss");
