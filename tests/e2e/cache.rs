@@ -23,7 +23,21 @@ pub(crate) fn explain(
 /// The codename the release of a request resolves to (`kiln plan --explain-cache --json`'s
 /// `release`; the release itself when it names no alias).
 pub(crate) fn resolved_codename(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
-    let mut c = kiln_command("plan", dir, None, args, env);
+    let v = explain_json(dir, None, args, env);
+    v["release"]["codename"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no resolved release in {v:#}"))
+        .to_string()
+}
+
+/// `kiln plan --explain-cache --json` of a request, parsed; fails with its stderr.
+fn explain_json(
+    dir: &Path,
+    elements_path: Option<&Path>,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> serde_json::Value {
+    let mut c = kiln_command("plan", dir, elements_path, args, env);
     c.args(["--explain-cache", "--json"]);
     let out = c.output().unwrap();
     assert!(
@@ -31,11 +45,7 @@ pub(crate) fn resolved_codename(dir: &Path, args: &[&str], env: &[(&str, &str)])
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["release"]["codename"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no resolved release in {v:#}"))
-        .to_string()
+    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 /// [`explain`] with the built-in elements only when `elements_path` is None.
@@ -45,15 +55,7 @@ pub(crate) fn explain_with(
     args: &[&str],
     env: &[(&str, &str)],
 ) -> (Vec<(String, String, Vec<String>)>, String) {
-    let mut c = kiln_command("plan", dir, elements_path, args, env);
-    c.args(["--explain-cache", "--json"]);
-    let out = c.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = explain_json(dir, elements_path, args, env);
     let steps = v["steps"]
         .as_array()
         .unwrap()
