@@ -22,12 +22,14 @@ pub struct TestCmd {
     /// The disk image (qcow2, raw, vmdk, …). It is never changed: the guest boots from a
     /// temporary overlay 1 GiB larger than the image.
     image: PathBuf,
-    /// Boot with UEFI firmware (OVMF) instead of SeaBIOS.
+    /// Boot with UEFI firmware (OVMF) instead of SeaBIOS. arm64 guests always boot with UEFI
+    /// (AAVMF).
     #[arg(long)]
     uefi: bool,
-    /// Seconds to wait before failing.
-    #[arg(long, default_value_t = 300)]
-    timeout: u64,
+    /// Seconds to wait before failing. Default: 300, or 1200 for a guest of another
+    /// architecture than the host's (emulated instruction by instruction).
+    #[arg(long)]
+    timeout: Option<u64>,
     /// Text to wait for instead of a login prompt.
     #[arg(long, value_name = "TEXT", conflicts_with = "check")]
     expect: Option<String>,
@@ -53,27 +55,50 @@ pub struct TestCmd {
     /// Write the serial console log to this file as well.
     #[arg(long, value_name = "FILE")]
     console_log: Option<PathBuf>,
-    /// Guest architecture (x86_64 or aarch64). Default: x86_64.
-    #[arg(long, default_value = "x86_64")]
-    arch: String,
+    /// Guest architecture (x86_64/amd64 or aarch64/arm64). Default: the architecture the
+    /// image was built for, read from its build record (`NAME.d/request.json` beside the
+    /// image) when there is one, else x86_64.
+    #[arg(long)]
+    arch: Option<String>,
+}
+
+/// The architecture `image` was built for, from the `kiln build` record beside it
+/// (`NAME.d/request.json` for `NAME.qcow2`), when there is one that names it.
+fn recorded_arch(image: &std::path::Path) -> Option<String> {
+    let stem = image.file_stem()?.to_str()?;
+    let record = image
+        .with_file_name(format!("{stem}.d"))
+        .join("request.json");
+    let text = std::fs::read_to_string(record).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v["request"]["arch"].as_str().map(str::to_string)
 }
 
 impl TestCmd {
     fn config(&self) -> anyhow::Result<BootConfig> {
-        let arch: Arch = self
-            .arch
-            .parse()
-            .map_err(|e: kiln_boot::Error| UsageError(format!("--arch: {e}")))?;
+        let arch: Arch = match &self.arch {
+            Some(a) => a
+                .parse()
+                .map_err(|e: kiln_boot::Error| UsageError(format!("--arch: {e}")))?,
+            // A record naming an architecture kiln cannot boot falls back to the host's.
+            None => recorded_arch(&self.image)
+                .and_then(|a| a.parse().ok())
+                .unwrap_or(Arch::X86_64),
+        };
         let mut cfg = BootConfig::new(&self.image);
         cfg.arch = arch;
-        cfg.firmware = if self.uefi {
+        // arm64 machines boot through UEFI only.
+        cfg.firmware = if self.uefi || arch == Arch::Aarch64 {
             Firmware::Uefi
         } else {
             Firmware::Bios
         };
         cfg.accel.clone_from(&self.accel);
         cfg.memory_mib = self.memory;
-        cfg.timeout = Duration::from_secs(self.timeout);
+        let timeout = self
+            .timeout
+            .unwrap_or(if arch.is_host() { 300 } else { 1200 });
+        cfg.timeout = Duration::from_secs(timeout);
         if let Some(ud) = &self.user_data {
             cfg.seed = Seed::with_user_data_file(ud)?;
         }
@@ -99,10 +124,15 @@ impl TestCmd {
     pub fn run(&self) -> anyhow::Result<i32> {
         let cfg = self.config()?;
         eprintln!(
-            "kiln test: booting {} ({}{}){}",
+            "kiln test: booting {} ({}, {}{}){}",
             self.image.display(),
+            cfg.arch.qemu_name(),
             self.accel.as_deref().unwrap_or("auto"),
-            if self.uefi { ", UEFI" } else { "" },
+            if cfg.firmware == Firmware::Uefi {
+                ", UEFI"
+            } else {
+                ""
+            },
             if self.check {
                 ", checking the first boot"
             } else {
@@ -214,6 +244,42 @@ mod tests {
         assert_eq!(cfg.seed, Seed::plain());
         let c = parse(&["img", "--expect", "READY"]).unwrap();
         assert_eq!(c.config().unwrap().wait, Wait::Text("READY".into()));
+    }
+
+    #[test]
+    fn the_architecture_comes_from_the_build_record() {
+        let d = tempfile::tempdir().unwrap();
+        let img = d.path().join("arm.qcow2");
+        let cfg = parse(&[img.to_str().unwrap()]).unwrap().config().unwrap();
+        assert_eq!(cfg.arch, Arch::X86_64, "no record: the default");
+        assert_eq!(cfg.firmware, Firmware::Bios);
+        std::fs::create_dir(d.path().join("arm.d")).unwrap();
+        std::fs::write(
+            d.path().join("arm.d/request.json"),
+            r#"{"kiln_record": 1, "request": {"arch": "arm64", "name": "arm"}}"#,
+        )
+        .unwrap();
+        let cfg = parse(&[img.to_str().unwrap()]).unwrap().config().unwrap();
+        assert_eq!(cfg.arch, Arch::Aarch64);
+        assert_eq!(cfg.firmware, Firmware::Uefi, "arm64 boots with UEFI only");
+        assert_eq!(
+            cfg.timeout,
+            Duration::from_secs(if Arch::Aarch64.is_host() { 300 } else { 1200 })
+        );
+        // --arch wins over the record.
+        let cfg = parse(&[img.to_str().unwrap(), "--arch", "x86_64"])
+            .unwrap()
+            .config()
+            .unwrap();
+        assert_eq!(cfg.arch, Arch::X86_64);
+        // A record naming an architecture kiln cannot boot is not an error.
+        std::fs::write(
+            d.path().join("arm.d/request.json"),
+            r#"{"request": {"arch": "riscv64"}}"#,
+        )
+        .unwrap();
+        let cfg = parse(&[img.to_str().unwrap()]).unwrap().config().unwrap();
+        assert_eq!(cfg.arch, Arch::X86_64);
     }
 
     #[test]
