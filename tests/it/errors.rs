@@ -99,6 +99,19 @@ fn when_on_unset_variable() {
 }
 
 #[test]
+fn when_on_a_variable_the_engine_computes_is_not_an_error() {
+    // DIB_ROOT_FSTYPE is set by the engine (from FS_TYPE or the layout) before the build
+    // evaluates package-installs: a plan must not call it unset.
+    let t = Tree::new();
+    t.os().file(
+        "package-installs.yaml",
+        "foo:\n  - when: DIB_ROOT_FSTYPE = ext4\n  - when: DIB_ROOT_FSTYPE = xfs\n",
+    );
+    let (code, _, err) = plan(&t, &["test-os", "-n"]);
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
 fn duplicate_hook_names_both_elements() {
     let t = Tree::new();
     t.os().deps(&["twin"]).hook("install", "50-same", "true");

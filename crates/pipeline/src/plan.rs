@@ -554,11 +554,18 @@ fn validate_packages(
             el.pkg_map()?;
         }
     }
+    // The engine sets its computed variables (DIB_ROOT_FSTYPE, DIB_ROOT_LABEL, …) before the
+    // build evaluates the files: they count as set, as environment.d's do.
+    let computed = |k: &str| {
+        crate::settings::ALL
+            .iter()
+            .any(|s| s.name == k && matches!(s.default, crate::settings::DefaultValue::Computed(_)))
+    };
     let lookup = |k: &str| {
         req.env
             .get(k)
             .cloned()
-            .or_else(|| env_text.contains(k).then(String::new))
+            .or_else(|| (env_text.contains(k) || computed(k)).then(String::new))
     };
     let ctx = element::package_installs::SquashContext { arch, env: &lookup };
     element::package_installs::squash(&inputs, &ctx)?;
