@@ -749,47 +749,6 @@ fn assert_tar_is_clean(tar_file: &std::path::Path) {
     );
 }
 
-#[test]
-fn arm64_rootfs_is_aarch64() {
-    if !capable("arm64_rootfs_is_aarch64") {
-        return;
-    }
-    let h = heavy();
-    // Timed from here: the wait for the heavy lock is not this test's time.
-    let _t = Timer::start("arm64_rootfs_is_aarch64");
-    let dir = work("arm64");
-    // No kernel and no `base` element: an initramfs and base's packages under qemu-user take
-    // many minutes and prove nothing more about foreign-architecture chroots than the essential
-    // packages' maintainer scripts and apt already do.
-    let o = build(
-        &dir,
-        None,
-        &[
-            "-n",
-            "-a",
-            "arm64",
-            "debian-minimal",
-            "-t",
-            "tar",
-            "-o",
-            "arm",
-        ],
-        &[("DIB_DEBIAN_INSTALL_KERNEL", "0")],
-    );
-    assert_eq!(o.code, 0, "{}", o.stderr);
-    let out = Command::new("tar")
-        .arg("-xOf")
-        .arg(dir.join("arm.tar"))
-        .arg("./usr/bin/true")
-        .output()
-        .unwrap();
-    let elf = out.stdout;
-    assert!(elf.len() > 20 && &elf[..4] == b"\x7fELF", "not an ELF");
-    // e_machine at offset 18, little endian: 0xB7 is AArch64.
-    assert_eq!(u16::from_le_bytes([elf[18], elf[19]]), 0xB7);
-    assert_no_leftovers(&dir, &h);
-}
-
 /// The shared tar, for fixture elements.
 pub fn rootfs_tar() -> PathBuf {
     debian_rootfs().unwrap().tar
