@@ -21,10 +21,10 @@ use std::fs;
 use std::io::Read as _;
 use std::path::Path;
 
-use kiln_element::HookTree;
+use kiln_element::{HookTree, Phase};
 use sha2::{Digest, Sha256};
 
-use crate::settings::{self, Scope};
+use crate::settings;
 
 /// Files larger than this are not scanned for names (no hook script is this large; a large
 /// data file in an element's tree would only add noise).
@@ -54,6 +54,47 @@ pub fn named_in_hooks(tree: &HookTree, extra: &[&str]) -> BTreeSet<String> {
         scan_text(text.as_bytes(), &mut names);
     }
     names
+}
+
+/// The names a step's hooks can read: those of the merged directories that are not phase
+/// directories (`environment.d`, `bin`, …) and of the step's own phase directory (`None`, the
+/// `-p` packages step, has none).
+pub fn named_visible_to(tree: &HookTree, phase: Option<Phase>) -> BTreeSet<String> {
+    let own = phase.map(Phase::dir_name);
+    let mut names = BTreeSet::new();
+    for (name, dir) in &tree.dirs {
+        let is_phase_dir = Phase::ALL.iter().any(|p| p.dir_name() == *name);
+        if is_phase_dir && own.as_ref() != Some(name) {
+            continue;
+        }
+        for entry in &dir.entries {
+            scan_path(&entry.path, &mut names);
+        }
+    }
+    names
+}
+
+/// The keyed environment of a step that runs at phase `at`: `env` (every keyed variable, as
+/// [`crate::cache::key_env`] gives it) without the settings that enter the keys only from a
+/// later phase ([`settings::Scope::PhaseKeysFrom`]), unless the step's hooks name them (`visible`, the
+/// names from [`named_visible_to`], computed only when such a setting is set).
+pub fn env_at(
+    env: &BTreeMap<String, String>,
+    at: Phase,
+    visible: impl FnOnce() -> BTreeSet<String>,
+) -> BTreeMap<String, String> {
+    let later: Vec<&str> = settings::phase_keys_from()
+        .filter(|(s, from)| *from > at && env.contains_key(s.name))
+        .map(|(s, _)| s.name)
+        .collect();
+    if later.is_empty() {
+        return env.clone();
+    }
+    let visible = visible();
+    env.iter()
+        .filter(|(k, _)| !later.contains(&k.as_str()) || visible.contains(k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 /// Adds the names in a file, or in every file under a directory (symlinks followed, special
@@ -105,7 +146,7 @@ pub fn is_keyed(name: &str, named: &BTreeSet<String>, user: &BTreeSet<String>) -
     if let Some(s) = settings::find(name) {
         // Per-build paths, logging and disk-only knobs never enter the phase keys, even when a
         // hook names them.
-        return s.scope == Scope::PhaseKey;
+        return s.scope.is_phase_key();
     }
     if user.contains(name) {
         return true;
