@@ -243,6 +243,33 @@ mod tests {
     }
 
     #[test]
+    fn settings_keyed_from_a_phase_leave_earlier_keys_unless_named_there() {
+        let env: BTreeMap<String, String> =
+            [("DIB_INITRAMFS_MODULES", "d1"), ("DIB_RELEASE", "d2")]
+                .iter()
+                .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+                .collect();
+        let names = |e: &BTreeMap<String, String>| e.keys().cloned().collect::<Vec<_>>();
+        // Before post-install, and not named by the step's hooks: left out.
+        let at_install = env_at(&env, Phase::Install, BTreeSet::new);
+        assert_eq!(names(&at_install), ["DIB_RELEASE"]);
+        // Named by a file the step sees: kept.
+        let named = env_at(&env, Phase::Root, || set(&["DIB_INITRAMFS_MODULES"]));
+        assert_eq!(named, env);
+        // From post-install on: always kept, and the hooks are not scanned.
+        for at in [Phase::PostInstall, Phase::PostRoot] {
+            assert_eq!(env_at(&env, at, || unreachable!("no scan needed")), env);
+        }
+        // Unset: nothing to decide, no scan.
+        let mut without = env.clone();
+        without.remove("DIB_INITRAMFS_MODULES");
+        assert_eq!(
+            env_at(&without, Phase::Root, || unreachable!("no scan needed")),
+            without
+        );
+    }
+
+    #[test]
     fn digests_hide_values_and_tell_variables_apart() {
         let d = value_digest("DIB_PASSWORD", "hunter2");
         assert!(!d.contains("hunter2"));
