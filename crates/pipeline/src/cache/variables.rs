@@ -254,8 +254,8 @@ mod tests {
         let at_install = env_at(&env, Phase::Install, BTreeSet::new);
         assert_eq!(names(&at_install), ["DIB_RELEASE"]);
         // Named by a file the step sees: kept.
-        let named = env_at(&env, Phase::Root, || set(&["DIB_INITRAMFS_MODULES"]));
-        assert_eq!(named, env);
+        let seen = env_at(&env, Phase::Root, || set(&["DIB_INITRAMFS_MODULES"]));
+        assert_eq!(seen, env);
         // From post-install on: always kept, and the hooks are not scanned.
         for at in [Phase::PostInstall, Phase::PostRoot] {
             assert_eq!(env_at(&env, at, || unreachable!("no scan needed")), env);
