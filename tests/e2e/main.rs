@@ -12,6 +12,7 @@ mod cache;
 mod dib;
 mod failures;
 mod harness;
+mod initramfs;
 mod keys;
 mod locked;
 mod matrix;

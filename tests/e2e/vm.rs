@@ -2,6 +2,8 @@
 //! Debian's default release as a user who names none gets, booted under UEFI and under BIOS,
 //! each boot checked with `kiln test --check` (cloud-init, datasource, failed units, root
 //! filesystem grown to a larger disk, firmware, machine-id, serial console, SSH host keys).
+//! It is built with `DIB_INITRAMFS_MODULES=vm`, so both firmwares boot the small initramfs
+//! (the default release's rootfs and DIB's hybrid in `dib.rs` keep initramfs-tools' `most`).
 
 use std::path::Path;
 use std::process::Command;
@@ -133,6 +135,54 @@ fn assert_incus_vm(dir: &Path) {
     );
 }
 
+/// The image's initramfs is `DIB_INITRAMFS_MODULES=vm`'s: the drivers VMs boot from are in it
+/// (`kiln test` boots from virtio-blk; virtio_pci is built into Debian's amd64 kernel), and
+/// what only `most` adds is not (USB storage, HID, every other SCSI and SATA driver: `most`
+/// puts several hundred modules in, docs/benchmarks.md).
+fn assert_small_initramfs(log: &str, img: &Path, dir: &Path) {
+    assert!(
+        log.contains("kiln: initramfs modules for virtual machines (MODULES=list"),
+        "the dpkg element did not choose the VM module set"
+    );
+    let tmp = tempfile::tempdir_in(dir).unwrap();
+    let modules = crate::initramfs::modules_in_image(img, tmp.path());
+    eprintln!(
+        "initramfs: {} modules: {}",
+        modules.len(),
+        modules.join(" ")
+    );
+    let has = |m: &str| {
+        modules
+            .iter()
+            .any(|n| n.strip_prefix(m).is_some_and(|r| r.starts_with(".ko")))
+    };
+    for m in [
+        "virtio_blk",
+        "virtio_scsi",
+        "nvme",
+        "ahci",
+        "sd_mod",
+        "xen-blkfront",
+        "ext4",
+    ] {
+        assert!(has(m), "{m} is not in the initramfs: {modules:?}");
+    }
+    for m in [
+        "usb-storage",
+        "hid-generic",
+        "megaraid_sas",
+        "mpt3sas",
+        "btrfs",
+    ] {
+        assert!(!has(m), "{m} is in the VM initramfs: {modules:?}");
+    }
+    assert!(
+        modules.len() < 100,
+        "{} modules in the VM initramfs: {modules:?}",
+        modules.len()
+    );
+}
+
 /// Every fact of a first boot, as `kiln test --check` names them.
 const FACTS: &[&str] = &[
     "report",
@@ -181,12 +231,13 @@ fn hybrid_vm_boots_uefi_and_bios_with_every_check() {
         "-o",
         "hybrid",
     ];
-    let o = build(&dir, None, &args, &[("DIB_RELEASE", "")]);
+    let env = [("DIB_RELEASE", ""), ("DIB_INITRAMFS_MODULES", "vm")];
+    let o = build(&dir, None, &args, &env);
     assert_eq!(o.code, 0, "{}", o.stderr);
     // openssh-server's postinst made host keys and systemd a machine id, yet no cached layer of
     // this build holds a generated identity (the boots below check the image has host keys).
     assert_eq!(
-        identities_in_layers(&dir, None, &args, &[("DIB_RELEASE", "")]),
+        identities_in_layers(&dir, None, &args, &env),
         Vec::<String>::new(),
         "generated identities were stored in the build's layers"
     );
@@ -207,6 +258,7 @@ fn hybrid_vm_boots_uefi_and_bios_with_every_check() {
     let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
     assert_eq!(info["format"], "qcow2");
     assert_incus_vm(&dir);
+    assert_small_initramfs(&o.log, &img, &dir);
     assert_no_leftovers(&dir, &h);
     for (uefi, budget) in [(true, UEFI_BOOT_BUDGET), (false, BIOS_BOOT_BUDGET)] {
         let r = boot_check(&img, uefi, budget);

@@ -203,3 +203,87 @@ fn image_identity_settings_enter_the_output_key_only() {
         crate::support::assert_input_error(code, &err, &[var]);
     }
 }
+
+/// The step names and keys (the output key last, as `output`) of `kiln plan ELEMENTS -n`.
+fn named_keys(
+    t: &Tree,
+    cache: &Path,
+    elements: &[&str],
+    env: &[(&str, &str)],
+) -> Vec<(String, String)> {
+    let mut c = kiln(&[t.path()], cache);
+    c.arg("plan")
+        .args(elements)
+        .args(["-n", "--explain-cache", "--json"]);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let (code, out, err) = run(c);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let mut k: Vec<(String, String)> = v["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["step"].as_str().unwrap().to_string(),
+                s["key"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    k.push((
+        "output".to_string(),
+        v["outputs"]["key"].as_str().unwrap().to_string(),
+    ));
+    k
+}
+
+/// The steps whose keys differ between `a` and `b` (same steps in the same order).
+fn moved(a: &[(String, String)], b: &[(String, String)]) -> Vec<String> {
+    assert_eq!(
+        a.iter().map(|s| &s.0).collect::<Vec<_>>(),
+        b.iter().map(|s| &s.0).collect::<Vec<_>>()
+    );
+    a.iter()
+        .zip(b)
+        .filter(|(x, y)| x.1 != y.1)
+        .map(|(x, _)| x.0.clone())
+        .collect()
+}
+
+#[test]
+fn initramfs_modules_move_the_keys_from_post_install_on() {
+    let m = mirror();
+    let t = fixture(m.path());
+    // An element whose install.d hook reads the setting: its install key must follow it.
+    t.el("reader").hook(
+        "install",
+        "20-reader",
+        "echo \"${DIB_INITRAMFS_MODULES:-most}\" > /etc/reader",
+    );
+    let cache = tempfile::tempdir().unwrap();
+    let later = ["post-install", "post-root", "output"];
+    let els = ["test-os", "app"];
+    let base = named_keys(&t, cache.path(), &els, &[]);
+    // Each value moves the keys from post-install on, never an earlier one.
+    let most = named_keys(&t, cache.path(), &els, &[("DIB_INITRAMFS_MODULES", "most")]);
+    assert_eq!(moved(&base, &most), later);
+    let vm = named_keys(&t, cache.path(), &els, &[("DIB_INITRAMFS_MODULES", "vm")]);
+    assert_eq!(moved(&base, &vm), later);
+    assert_eq!(moved(&most, &vm), later);
+    // A hook of an earlier phase that names it brings that phase's key in (and no other).
+    let els = ["test-os", "app", "reader"];
+    let base = named_keys(&t, cache.path(), &els, &[]);
+    let vm = named_keys(&t, cache.path(), &els, &[("DIB_INITRAMFS_MODULES", "vm")]);
+    assert_eq!(
+        moved(&base, &vm),
+        ["install", "post-install", "post-root", "output"]
+    );
+    // Any other value is refused before anything runs, naming the variable.
+    let mut c = kiln(&[t.path()], cache.path());
+    c.args(["plan", "test-os", "app", "-n"])
+        .env("DIB_INITRAMFS_MODULES", "dep");
+    let (code, _, err) = run(c);
+    assert_input_error(code, &err, &["DIB_INITRAMFS_MODULES", "most", "vm"]);
+}

@@ -173,6 +173,7 @@ impl BuildPlan {
         req.qcow2_level()?;
         req.image_expiry_days()?;
         req.image_variant()?;
+        req.initramfs_modules()?;
         validate_packages(req, &library, &set, &hooks, &arch)?;
         let block_device = choose_block_device(req, &set, &arch)?;
         let exported_elements_path =

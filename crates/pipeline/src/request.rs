@@ -148,6 +148,24 @@ impl BuildRequest {
         }
     }
 
+    /// `DIB_INITRAMFS_MODULES`: the initramfs's module set, `most` (initramfs-tools' default,
+    /// DIB's) unless set; `vm` keeps only what virtual machines boot from (the dpkg element's
+    /// `post-install.d/97-dpkg-initramfs-modules`). Any other value is a usage error.
+    pub fn initramfs_modules(&self) -> Result<&str, crate::Error> {
+        let v = self
+            .var(settings::DIB_INITRAMFS_MODULES.name)
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .unwrap_or(settings::DIB_INITRAMFS_MODULES.default_value());
+        match v {
+            "most" | "vm" => Ok(v),
+            _ => Err(crate::Error::Usage(format!(
+                "{}={v:?}: use most (initramfs-tools' default) or vm (only what virtual machines boot from)",
+                settings::DIB_INITRAMFS_MODULES.name
+            ))),
+        }
+    }
+
     /// `SOURCE_DATE_EPOCH`, when set (and not empty): the build is then reproducible
     /// (`docs/reproducible.md`). A value that is not a whole number of seconds is a usage
     /// error.

@@ -12,6 +12,8 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use kiln_element::Phase;
+
 /// What a variable holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -48,6 +50,11 @@ impl Kind {
 pub enum Scope {
     /// Hooks can see it, so it enters every phase key (and through them the output key).
     PhaseKey,
+    /// Only the hooks of this phase and later ones act on it: it enters the keys of this phase
+    /// and the later ones, and an earlier phase's key only when a file visible to that phase
+    /// (its own hooks, `environment.d`, `bin/`) names it. Changing it reuses the layers before
+    /// this phase.
+    PhaseKeysFrom(Phase),
     /// It shapes only the disk image or the output files: it enters the output key, not the
     /// phase keys.
     OutputKey,
@@ -56,12 +63,18 @@ pub enum Scope {
 }
 
 impl Scope {
+    /// Whether it enters phase keys at all (every one, or from a phase on).
+    pub fn is_phase_key(self) -> bool {
+        matches!(self, Self::PhaseKey | Self::PhaseKeysFrom(_))
+    }
+
     /// The words the documentation uses.
-    pub fn words(self) -> &'static str {
+    pub fn words(self) -> String {
         match self {
-            Self::PhaseKey => "phase keys",
-            Self::OutputKey => "output key",
-            Self::NotKey => "none",
+            Self::PhaseKey => "phase keys".into(),
+            Self::PhaseKeysFrom(p) => format!("phase keys from {}", p.name()),
+            Self::OutputKey => "output key".into(),
+            Self::NotKey => "none".into(),
         }
     }
 }
@@ -123,14 +136,14 @@ impl Setting {
 }
 
 macro_rules! settings {
-    ($($id:ident = $name:literal, $kind:ident, $default:expr, $scope:ident, $doc:literal;)*) => {
+    ($($id:ident = $name:literal, $kind:ident, $default:expr, $scope:ident $(($($sarg:tt)*))?, $doc:literal;)*) => {
         $(
             #[doc = concat!("`", $name, "`: ", $doc)]
             pub const $id: Setting = Setting {
                 name: $name,
                 kind: Kind::$kind,
                 default: $default,
-                scope: Scope::$scope,
+                scope: Scope::$scope $(($($sarg)*))?,
                 doc: $doc,
             };
         )*
@@ -224,6 +237,8 @@ settings! {
         "Set by kiln: the layout's mount points, separated by `|`.";
     DIB_BLOCK_SIZE = "DIB_BLOCK_SIZE", Int, Unset, PhaseKey,
         "Block size of the root filesystem.";
+    DIB_INITRAMFS_MODULES = "DIB_INITRAMFS_MODULES", Text, Value("most"), PhaseKeysFrom(Phase::PostInstall),
+        "Kernel modules of the initramfs (dpkg element, kiln addition): `most`, initramfs-tools' default and DIB's; `vm`, only what virtual machines boot from (virtio, NVMe, SATA/IDE, Xen, Hyper-V and VMware disks, the root filesystem), a smaller initramfs made faster (elements/dpkg/README.rst).";
     // Disk and outputs: only the output key.
     DIB_IMAGE_SIZE = "DIB_IMAGE_SIZE", Size, Computed("the tree's size with DIB's 60 % fill rule"), OutputKey,
         "Image size in GB, decimals allowed (`--image-size`); set by kiln to the size used, in KiB, for finalise.";
@@ -335,11 +350,19 @@ pub fn with_scope(scope: Scope) -> impl Iterator<Item = &'static Setting> {
     ALL.iter().filter(move |s| s.scope == scope)
 }
 
-/// The names the phase keys leave out: every setting that is not a phase key.
+/// The names the phase keys leave out: every setting that enters no phase key.
 pub fn not_phase_keys() -> impl Iterator<Item = &'static str> {
     ALL.iter()
-        .filter(|s| s.scope != Scope::PhaseKey)
+        .filter(|s| !s.scope.is_phase_key())
         .map(|s| s.name)
+}
+
+/// The settings that enter the phase keys only from a given phase on, with that phase.
+pub fn phase_keys_from() -> impl Iterator<Item = (&'static Setting, Phase)> {
+    ALL.iter().filter_map(|s| match s.scope {
+        Scope::PhaseKeysFrom(p) => Some((s, p)),
+        _ => None,
+    })
 }
 
 /// The names that enter the output key but not the phase keys.
@@ -369,7 +392,9 @@ pub fn render_markdown() -> String {
     s.push_str(
         "**Cache** says where a variable enters kiln's caches: *phase keys* (hooks can see \
                 it: a change rebuilds from the first phase and so also changes the output key), \
-                *output key* (only the disk image and the output files change: the phases are \
+                *phase keys from PHASE* (only that phase's hooks and later ones act on it: a \
+                change rebuilds from that phase, or from an earlier one whose hooks, \
+                `environment.d` or `bin/` name it), *output key* (only the disk image and the output files change: the phases are \
                 restored from the cache), or *none*.\n\n",
     );
     s.push_str("| Variable | Kind | Default | Cache | Meaning |\n");
@@ -415,6 +440,13 @@ mod tests {
         assert!(deny.contains(&"DIB_MANIFEST_SAVE_DIR"));
         assert!(deny.contains(&"DIB_IMAGE_SIZE"));
         assert!(!deny.contains(&"DIB_RELEASE"));
+        assert!(!deny.contains(&"DIB_INITRAMFS_MODULES"));
+        assert_eq!(
+            phase_keys_from()
+                .map(|(s, p)| (s.name, p))
+                .collect::<Vec<_>>(),
+            [("DIB_INITRAMFS_MODULES", Phase::PostInstall)]
+        );
         let out: Vec<&str> = output_key_only().collect();
         assert!(out.contains(&"DIB_IMAGE_SIZE"));
         assert!(!out.contains(&"DIB_CHECKSUM"));

@@ -21,10 +21,10 @@ use std::fs;
 use std::io::Read as _;
 use std::path::Path;
 
-use kiln_element::HookTree;
+use kiln_element::{HookTree, Phase};
 use sha2::{Digest, Sha256};
 
-use crate::settings::{self, Scope};
+use crate::settings;
 
 /// Files larger than this are not scanned for names (no hook script is this large; a large
 /// data file in an element's tree would only add noise).
@@ -54,6 +54,47 @@ pub fn named_in_hooks(tree: &HookTree, extra: &[&str]) -> BTreeSet<String> {
         scan_text(text.as_bytes(), &mut names);
     }
     names
+}
+
+/// The names a step's hooks can read: those of the merged directories that are not phase
+/// directories (`environment.d`, `bin`, …) and of the step's own phase directory (`None`, the
+/// `-p` packages step, has none).
+pub fn named_visible_to(tree: &HookTree, phase: Option<Phase>) -> BTreeSet<String> {
+    let own = phase.map(Phase::dir_name);
+    let mut names = BTreeSet::new();
+    for (name, dir) in &tree.dirs {
+        let is_phase_dir = Phase::ALL.iter().any(|p| p.dir_name() == *name);
+        if is_phase_dir && own.as_ref() != Some(name) {
+            continue;
+        }
+        for entry in &dir.entries {
+            scan_path(&entry.path, &mut names);
+        }
+    }
+    names
+}
+
+/// The keyed environment of a step that runs at phase `at`: `env` (every keyed variable, as
+/// [`crate::cache::key_env`] gives it) without the settings that enter the keys only from a
+/// later phase ([`settings::Scope::PhaseKeysFrom`]), unless the step's hooks name them (`visible`, the
+/// names from [`named_visible_to`], computed only when such a setting is set).
+pub fn env_at(
+    env: &BTreeMap<String, String>,
+    at: Phase,
+    visible: impl FnOnce() -> BTreeSet<String>,
+) -> BTreeMap<String, String> {
+    let later: Vec<&str> = settings::phase_keys_from()
+        .filter(|(s, from)| *from > at && env.contains_key(s.name))
+        .map(|(s, _)| s.name)
+        .collect();
+    if later.is_empty() {
+        return env.clone();
+    }
+    let visible = visible();
+    env.iter()
+        .filter(|(k, _)| !later.contains(&k.as_str()) || visible.contains(k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 /// Adds the names in a file, or in every file under a directory (symlinks followed, special
@@ -105,7 +146,7 @@ pub fn is_keyed(name: &str, named: &BTreeSet<String>, user: &BTreeSet<String>) -
     if let Some(s) = settings::find(name) {
         // Per-build paths, logging and disk-only knobs never enter the phase keys, even when a
         // hook names them.
-        return s.scope == Scope::PhaseKey;
+        return s.scope.is_phase_key();
     }
     if user.contains(name) {
         return true;
@@ -199,6 +240,33 @@ mod tests {
         ] {
             assert!(!k(no), "{no} should not be keyed");
         }
+    }
+
+    #[test]
+    fn settings_keyed_from_a_phase_leave_earlier_keys_unless_named_there() {
+        let env: BTreeMap<String, String> =
+            [("DIB_INITRAMFS_MODULES", "d1"), ("DIB_RELEASE", "d2")]
+                .iter()
+                .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+                .collect();
+        let names = |e: &BTreeMap<String, String>| e.keys().cloned().collect::<Vec<_>>();
+        // Before post-install, and not named by the step's hooks: left out.
+        let at_install = env_at(&env, Phase::Install, BTreeSet::new);
+        assert_eq!(names(&at_install), ["DIB_RELEASE"]);
+        // Named by a file the step sees: kept.
+        let seen = env_at(&env, Phase::Root, || set(&["DIB_INITRAMFS_MODULES"]));
+        assert_eq!(seen, env);
+        // From post-install on: always kept, and the hooks are not scanned.
+        for at in [Phase::PostInstall, Phase::PostRoot] {
+            assert_eq!(env_at(&env, at, || unreachable!("no scan needed")), env);
+        }
+        // Unset: nothing to decide, no scan.
+        let mut without = env.clone();
+        without.remove("DIB_INITRAMFS_MODULES");
+        assert_eq!(
+            env_at(&without, Phase::Root, || unreachable!("no scan needed")),
+            without
+        );
     }
 
     #[test]

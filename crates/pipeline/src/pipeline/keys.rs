@@ -50,7 +50,9 @@ pub fn cache_steps(plan: &BuildPlan, prepared: &Prepared, lib: &Path) -> Vec<Cac
             arch: plan.arch.clone(),
             mirror: mirror.clone(),
             version: kiln_identity(),
-            env: env.clone(),
+            env: cache::variables::env_at(&env, phase.unwrap_or(Phase::Install), || {
+                cache::variables::named_visible_to(&plan.hooks, phase)
+            }),
             host_files: host_files.clone(),
             files: cache::visible_to(&prepared.files, dir.as_deref()),
             extra: if phase.is_none() {
