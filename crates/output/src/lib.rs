@@ -27,6 +27,7 @@ use kiln_host::Cmd;
 
 pub mod container;
 pub mod docker;
+pub mod gzip;
 pub mod identity;
 pub mod incus;
 pub mod lxc;
@@ -239,7 +240,7 @@ pub static FORMATS: &[Format] = &[
         extension: "tgz",
         source: Source::Tree,
         moves_source: false,
-        tools: &["tar", "gzip"],
+        tools: &["tar"],
         default: false,
         listed: true,
         container: false,
@@ -910,7 +911,7 @@ mod tests {
             ("vhd", &["qemu-img"], &["qemu-img"]),
             ("vdi", &["qemu-img"], &["qemu-img"]),
             ("tar", &["tar"], &["tar"]),
-            ("tgz", &["tar", "gzip"], &["tar", "gzip"]),
+            ("tgz", &["tar"], &["tar"]),
             ("squashfs", &["mksquashfs"], &["mksquashfs"]),
             ("docker", &[], &[]),
             ("oci", &[], &[]),

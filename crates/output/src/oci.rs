@@ -17,6 +17,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::container::{self, Archive, Digest, HashWriter, ImageConfig, ImageRef};
+use crate::gzip::ParGzWriter;
 use crate::{Error, Options, Producer, Result};
 
 /// Media types of the OCI image spec.
@@ -66,9 +67,7 @@ pub fn write_layout(root: &Path, dir: &Path, name: &ImageRef, opts: &Options) ->
     // The layer: tar → diff_id hash → gzip → blob hash → file.
     let tmp = blobs.join(".layer.tmp");
     let file = fs::File::create(&tmp).map_err(io_at(&tmp))?;
-    let gz = flate2::GzBuilder::new()
-        .mtime(0)
-        .write(HashWriter::new(file), flate2::Compression::new(6));
+    let gz = ParGzWriter::new(HashWriter::new(file), container::GZIP_LEVEL).map_err(io_at(&tmp))?;
     let (gz, diff_id) = container::write_layer(root, gz, opts, &tmp)?;
     let (mut file, blob) = gz.finish().map_err(io_at(&tmp))?.finish();
     file.flush().map_err(io_at(&tmp))?;
