@@ -193,6 +193,7 @@ impl Producer for Incus {
             root,
             &pending.join(ROOTFS_FILE),
             opts.source_date_epoch,
+            crate::squashfs::Compressor::Xz,
             &["-b", "1M", "-no-exports"],
         )
     }

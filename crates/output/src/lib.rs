@@ -501,6 +501,8 @@ pub struct Options {
     pub arch: Option<String>,
     /// `--docker-target REPO:TAG`: the container outputs' image name.
     pub docker_target: Option<String>,
+    /// The compressor of the `squashfs` output (`KILN_SQUASHFS_COMP`; xz by default).
+    pub squashfs_comp: squashfs::Compressor,
     /// The image's identity, computed once per build from the final tree
     /// ([`identity::ImageInfo::new`]); the LXC and Incus outputs need it.
     pub image: Option<identity::ImageInfo>,
