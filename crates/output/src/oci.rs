@@ -372,6 +372,14 @@ mod tests {
         }
         let d = tempfile::tempdir().unwrap();
         let root = small_tree(d.path());
+        // A file of several gzip blocks, so Go's reader sees blocks joined by sync flushes.
+        let mut big = Vec::new();
+        let mut i: u64 = 1;
+        while big.len() < 3 * crate::gzip::BLOCK_SIZE + 4321 {
+            i = i.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            big.extend_from_slice(format!("{} {}\n", i >> 40, i % 1009).as_bytes());
+        }
+        fs::write(root.join("big.txt"), &big).unwrap();
         let o = Options {
             arch: Some("amd64".into()),
             docker_target: Some("kiln/test:v1".into()),
@@ -412,6 +420,7 @@ mod tests {
             .run()
             .unwrap();
         assert_eq!(tree_list(&bundle.join("rootfs")), tree_list(&root));
+        assert!(fs::read(bundle.join("rootfs/big.txt")).unwrap() == big);
         let tool = bundle.join("rootfs/usr/bin/tool");
         assert_eq!(
             xattr::get(&tool, "security.capability").unwrap().as_deref(),
