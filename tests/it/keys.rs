@@ -173,9 +173,10 @@ fn a_bad_cache_inputs_line_is_an_input_error() {
     assert_input_error(code, &err, &["app/cache-inputs:2:", "relative/path"]);
 }
 
-/// The image identity's settings shape only the LXC and Incus outputs: they change the output
-/// key (a changed expiry never hands back an old `meta.tar.xz`) and no phase key; a bad value
-/// is an input error naming the variable.
+/// The image identity's settings shape only the LXC and Incus outputs, and
+/// `KILN_SQUASHFS_COMP` only the squashfs: they change the output key (a changed expiry never
+/// hands back an old `meta.tar.xz`) and no phase key; a bad value is an input error naming the
+/// variable.
 #[test]
 fn image_identity_settings_enter_the_output_key_only() {
     let m = mirror();
@@ -185,6 +186,7 @@ fn image_identity_settings_enter_the_output_key_only() {
     for env in [
         [("KILN_IMAGE_EXPIRY", "7")],
         [("KILN_IMAGE_VARIANT", "cloud")],
+        [("KILN_SQUASHFS_COMP", "zstd")],
     ] {
         let k = keys(&t, cache.path(), &env);
         let n = k.len();
@@ -195,7 +197,11 @@ fn image_identity_settings_enter_the_output_key_only() {
             "{env:?} left the output key as it was"
         );
     }
-    for (var, value) in [("KILN_IMAGE_EXPIRY", "soon"), ("KILN_IMAGE_VARIANT", "a/b")] {
+    for (var, value) in [
+        ("KILN_IMAGE_EXPIRY", "soon"),
+        ("KILN_IMAGE_VARIANT", "a/b"),
+        ("KILN_SQUASHFS_COMP", "lz4"),
+    ] {
         let mut c = kiln(&[t.path()], cache.path());
         c.args(["plan", "test-os", "app", "-n", "-t", "lxc"])
             .env(var, value);

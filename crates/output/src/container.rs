@@ -13,8 +13,9 @@
 //! refused: layered images read it as a deletion (a whiteout).
 //!
 //! The layer is streamed: the uncompressed bytes are hashed as they are written (the config's
-//! `diff_id`), and, for OCI, gzip-compressed (no name, mtime 0) and hashed again (the blob's
-//! digest). The same tree and epoch give the same bytes and digests.
+//! `diff_id`), and, for OCI, gzip-compressed on every core ([`crate::gzip`], no name, mtime 0,
+//! level [`GZIP_LEVEL`]) and hashed again (the blob's digest). The same tree and epoch give the
+//! same bytes and digests, whatever the number of cores.
 
 use std::collections::HashMap;
 use std::fs;
@@ -29,6 +30,10 @@ use crate::{Error, Options, Result};
 
 /// The `PATH` of the image's config.
 pub const PATH_ENV: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The gzip level of the OCI layer and of Incus's unified tarball: 6, gzip's default, as the
+/// container tools write their layers.
+pub const GZIP_LEVEL: u32 = 6;
 
 /// Directories kept in the layer without their contents.
 const EMPTIED: &[&str] = &["proc", "sys", "dev"];

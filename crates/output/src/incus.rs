@@ -5,7 +5,8 @@
 //!   it (`mksquashfs -comp xz -b 1M -no-exports -no-recovery`, `/proc` and `/sys` empty).
 //! - `incus-unified` (file `NAME.incus.tar.gz`): one gzip tarball holding `metadata.yaml`,
 //!   `templates/` and the tree under `rootfs/`, the simplestreams `incus_combined.tar.gz` item.
-//!   gzip as `gzip -n` writes it (no name, time 0), so the bytes are deterministic.
+//!   gzip on every core as `gzip -n` writes it (no name, time 0; [`crate::gzip`]), so the bytes
+//!   are deterministic.
 //! - `incus-vm` (directory `NAME.incus-vm/`): `incus.tar.xz` (whose properties carry
 //!   `requirements.secureboot: "false"`: kiln's boot chain is not signed for Secure Boot) and
 //!   `disk.qcow2`, written from the raw disk by kiln's qcow2 writer ([`crate::qcow2`]).
@@ -28,6 +29,7 @@ use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
 use crate::container::{write_tree, Archive, TreeStyle};
+use crate::gzip::ParGzWriter;
 use crate::identity::ImageInfo;
 use crate::lxc::{image_info, named_files};
 use crate::{Error, Options, Producer, Result};
@@ -191,6 +193,7 @@ impl Producer for Incus {
             root,
             &pending.join(ROOTFS_FILE),
             opts.source_date_epoch,
+            crate::squashfs::Compressor::Xz,
             &["-b", "1M", "-no-exports"],
         )
     }
@@ -200,9 +203,8 @@ impl Producer for IncusUnified {
     fn produce(&self, root: &Path, pending: &Path, opts: &Options) -> Result<()> {
         let info = image_info(opts)?;
         let file = fs::File::create(pending).map_err(io_at(pending))?;
-        let gz = flate2::GzBuilder::new()
-            .mtime(0)
-            .write(BufWriter::new(file), flate2::Compression::new(6));
+        let gz = ParGzWriter::new(BufWriter::new(file), crate::container::GZIP_LEVEL)
+            .map_err(io_at(pending))?;
         let mut ar = Archive::new(gz, opts, pending);
         metadata_entries(&mut ar, info, false, &templates(root)?)?;
         let style = TreeStyle {

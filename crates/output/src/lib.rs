@@ -27,6 +27,7 @@ use kiln_host::Cmd;
 
 pub mod container;
 pub mod docker;
+pub mod gzip;
 pub mod identity;
 pub mod incus;
 pub mod lxc;
@@ -239,7 +240,7 @@ pub static FORMATS: &[Format] = &[
         extension: "tgz",
         source: Source::Tree,
         moves_source: false,
-        tools: &["tar", "gzip"],
+        tools: &["tar"],
         default: false,
         listed: true,
         container: false,
@@ -500,6 +501,8 @@ pub struct Options {
     pub arch: Option<String>,
     /// `--docker-target REPO:TAG`: the container outputs' image name.
     pub docker_target: Option<String>,
+    /// The compressor of the `squashfs` output (`KILN_SQUASHFS_COMP`; xz by default).
+    pub squashfs_comp: squashfs::Compressor,
     /// The image's identity, computed once per build from the final tree
     /// ([`identity::ImageInfo::new`]); the LXC and Incus outputs need it.
     pub image: Option<identity::ImageInfo>,
@@ -910,7 +913,7 @@ mod tests {
             ("vhd", &["qemu-img"], &["qemu-img"]),
             ("vdi", &["qemu-img"], &["qemu-img"]),
             ("tar", &["tar"], &["tar"]),
-            ("tgz", &["tar", "gzip"], &["tar", "gzip"]),
+            ("tgz", &["tar"], &["tar"]),
             ("squashfs", &["mksquashfs"], &["mksquashfs"]),
             ("docker", &[], &[]),
             ("oci", &[], &[]),

@@ -17,6 +17,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::container::{self, Archive, Digest, HashWriter, ImageConfig, ImageRef};
+use crate::gzip::ParGzWriter;
 use crate::{Error, Options, Producer, Result};
 
 /// Media types of the OCI image spec.
@@ -66,9 +67,7 @@ pub fn write_layout(root: &Path, dir: &Path, name: &ImageRef, opts: &Options) ->
     // The layer: tar → diff_id hash → gzip → blob hash → file.
     let tmp = blobs.join(".layer.tmp");
     let file = fs::File::create(&tmp).map_err(io_at(&tmp))?;
-    let gz = flate2::GzBuilder::new()
-        .mtime(0)
-        .write(HashWriter::new(file), flate2::Compression::new(6));
+    let gz = ParGzWriter::new(HashWriter::new(file), container::GZIP_LEVEL).map_err(io_at(&tmp))?;
     let (gz, diff_id) = container::write_layer(root, gz, opts, &tmp)?;
     let (mut file, blob) = gz.finish().map_err(io_at(&tmp))?.finish();
     file.flush().map_err(io_at(&tmp))?;
@@ -373,6 +372,14 @@ mod tests {
         }
         let d = tempfile::tempdir().unwrap();
         let root = small_tree(d.path());
+        // A file of several gzip blocks, so Go's reader sees blocks joined by sync flushes.
+        let mut big = Vec::new();
+        let mut i: u64 = 1;
+        while big.len() < 3 * crate::gzip::BLOCK_SIZE + 4321 {
+            i = i.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            big.extend_from_slice(format!("{} {}\n", i >> 40, i % 1009).as_bytes());
+        }
+        fs::write(root.join("big.txt"), &big).unwrap();
         let o = Options {
             arch: Some("amd64".into()),
             docker_target: Some("kiln/test:v1".into()),
@@ -413,6 +420,7 @@ mod tests {
             .run()
             .unwrap();
         assert_eq!(tree_list(&bundle.join("rootfs")), tree_list(&root));
+        assert!(fs::read(bundle.join("rootfs/big.txt")).unwrap() == big);
         let tool = bundle.join("rootfs/usr/bin/tool");
         assert_eq!(
             xattr::get(&tool, "security.capability").unwrap().as_deref(),

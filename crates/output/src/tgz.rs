@@ -1,29 +1,26 @@
 //! `tgz`: a gzip-compressed tar of the final tree.
 //!
-//! tar's output is piped straight into gzip (pigz when installed, so every core is used), so
-//! no intermediate tar is written. `gzip -n` stores no name or time: the same tree gives the
-//! same bytes, and they are those of gzipping the `tar` output.
+//! GNU tar's output (the `tar` producer's command, writing to its standard output) is read
+//! straight into kiln's own parallel gzip ([`crate::gzip`]) on every core, so no intermediate
+//! tar is written and no gzip or pigz needs to be installed. The stream has no name and time 0
+//! as `gzip -n` writes it, and its bytes depend on the tree only, not on the number of cores.
+//! The level is [`LEVEL`].
 
 use std::fs;
+use std::io::Write as _;
 use std::path::Path;
 use std::process::Stdio;
 
-use kiln_host::{Cmd, Stdin};
-
+use crate::gzip::ParGzWriter;
 use crate::{Error, Options, Producer, Result};
+
+/// The gzip level of `tgz`: 9, as DIB's `gzip -9` (see `docs/benchmarks.md`, "Session 7",
+/// for level 6 against 9 on a real tree).
+pub const LEVEL: u32 = 9;
 
 /// The `tgz` producer.
 #[derive(Debug)]
 pub struct Tgz;
-
-/// The gzip program used: pigz when installed, else gzip.
-fn gzip() -> &'static str {
-    if kiln_host::tools::installed("pigz") {
-        "pigz"
-    } else {
-        "gzip"
-    }
-}
 
 impl Producer for Tgz {
     fn produce(&self, root: &Path, pending: &Path, opts: &Options) -> Result<()> {
@@ -32,40 +29,30 @@ impl Producer for Tgz {
             source,
         };
         let output = fs::File::create(pending).map_err(io_err)?;
+        let gz = ParGzWriter::new(output, LEVEL).map_err(io_err)?;
         let tar_cmd = crate::tar::command(root, Path::new("-"), opts.source_date_epoch);
-        let gz_cmd = Cmd::new(gzip()).args(["-9", "-n", "-c"]).stdin(Stdin::Pipe);
-        let mut gz = gz_cmd.spawn(output.into(), Stdio::piped())?;
-        let mut tar = match tar_cmd.spawn(Stdio::piped(), Stdio::piped()) {
-            Ok(tar) => tar,
-            Err(e) => {
-                // gzip sees the end of its input and exits; reap it.
-                drop(gz.child_mut().stdin.take());
-                let _ = gz.wait();
-                return Err(e.into());
-            }
+        let mut tar = tar_cmd.spawn(Stdio::piped(), Stdio::piped())?;
+        let Some(mut from) = tar.child_mut().stdout.take() else {
+            return Err(io_err(std::io::Error::other("tar has no pipe")));
         };
-        let (Some(mut from), Some(mut to)) =
-            (tar.child_mut().stdout.take(), gz.child_mut().stdin.take())
-        else {
-            return Err(io_err(std::io::Error::other("tar or gzip has no pipe")));
-        };
-        // The copy runs beside tar's stderr reader; if gzip dies, the copy fails and tar gets
-        // SIGPIPE, so neither side waits forever.
-        let pump = std::thread::spawn(move || std::io::copy(&mut from, &mut to).map(drop));
+        // The compression reads tar's output beside the reader of its stderr; if writing
+        // fails, the pipe closes and tar gets SIGPIPE, so neither side waits forever.
+        let pump = std::thread::spawn(move || {
+            let mut gz = gz;
+            std::io::copy(&mut from, &mut gz)?;
+            drop(from);
+            gz.finish()?.flush()
+        });
         let tar_done = tar.wait_with_output()?;
-        let copied = pump
+        let written = pump
             .join()
-            .unwrap_or_else(|_| Err(std::io::Error::other("the copying thread failed")));
-        let gz_done = gz.wait_with_output()?;
+            .unwrap_or_else(|_| Err(std::io::Error::other("the compressing thread failed")));
         if !tar_done.status.success() {
             return Err(tar_cmd
                 .failed(tar_done.status, &tar_done.stderr_str())
                 .into());
         }
-        if !gz_done.status.success() {
-            return Err(gz_cmd.failed(gz_done.status, &gz_done.stderr_str()).into());
-        }
-        copied.map_err(io_err)
+        written.map_err(io_err)
     }
 }
 
@@ -87,7 +74,7 @@ mod tests {
         let tgz = d.path().join("t.tgz");
         produce(OutputType::parse("tar").unwrap(), &root, &tar, &opts).unwrap();
         produce(OutputType::parse("tgz").unwrap(), &root, &tgz, &opts).unwrap();
-        let unzipped = Cmd::new("gzip")
+        let unzipped = kiln_host::Cmd::new("gzip")
             .args(["-d", "-c"])
             .arg(pending_path(&tgz))
             .run()

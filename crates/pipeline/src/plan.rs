@@ -171,6 +171,7 @@ impl BuildPlan {
         containers.apply(&mut set)?;
         let hooks = element::merge_hooks(&set)?;
         req.qcow2_level()?;
+        req.squashfs_comp()?;
         req.image_expiry_days()?;
         req.image_variant()?;
         req.initramfs_modules()?;
@@ -202,8 +203,9 @@ impl BuildPlan {
     }
 
     /// The options of the output producers, from the request: compression (`-u`),
-    /// `--qemu-img-options` (else `QEMU_IMG_OPTIONS`), `KILN_QCOW2_LEVEL`, `SOURCE_DATE_EPOCH`,
-    /// the architecture and `--docker-target` (the container outputs' config and name).
+    /// `--qemu-img-options` (else `QEMU_IMG_OPTIONS`), `KILN_QCOW2_LEVEL`, `KILN_SQUASHFS_COMP`,
+    /// `SOURCE_DATE_EPOCH`, the architecture and `--docker-target` (the container outputs'
+    /// config and name).
     pub fn output_options(&self) -> Result<kiln_output::Options, Error> {
         let req = &self.request;
         Ok(kiln_output::Options {
@@ -213,6 +215,7 @@ impl BuildPlan {
                 .clone()
                 .or_else(|| req.var(settings::QEMU_IMG_OPTIONS.name).map(String::from)),
             qcow2_level: req.qcow2_level()?,
+            squashfs_comp: req.squashfs_comp()?,
             source_date_epoch: req.source_date_epoch()?,
             arch: Some(self.arch.clone()),
             docker_target: req.docker_target.clone(),

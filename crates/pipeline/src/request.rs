@@ -106,6 +106,27 @@ impl BuildRequest {
         }
     }
 
+    /// `KILN_SQUASHFS_COMP`: the compressor of the `squashfs` output, xz by default. Another
+    /// name is a usage error naming the ones there are.
+    pub fn squashfs_comp(&self) -> Result<kiln_output::squashfs::Compressor, crate::Error> {
+        use kiln_output::squashfs::Compressor;
+        match self
+            .var(settings::KILN_SQUASHFS_COMP.name)
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+        {
+            None => Ok(Compressor::default()),
+            Some(v) => Compressor::parse(v).ok_or_else(|| {
+                let names: Vec<&str> = Compressor::ALL.iter().map(|c| c.name()).collect();
+                crate::Error::Usage(format!(
+                    "{}={v:?}: use one of {}",
+                    settings::KILN_SQUASHFS_COMP.name,
+                    names.join(", ")
+                ))
+            }),
+        }
+    }
+
     /// `KILN_IMAGE_EXPIRY`: days from the image's creation to its expiry (LXC's `expiry`,
     /// Incus's `expiry_date`), 30 by default. Not a whole number is a usage error.
     pub fn image_expiry_days(&self) -> Result<u64, crate::Error> {
