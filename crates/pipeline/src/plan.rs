@@ -195,11 +195,16 @@ impl BuildPlan {
         })
     }
 
-    /// Whether any requested output needs a disk image.
+    /// Whether the build makes a disk image: when a requested output is one, and also when
+    /// the build has a disk layout (a `block-device-*` element's, or `DIB_BLOCK_DEVICE_CONFIG`)
+    /// but asks only for tree outputs. DIB always makes the disk, and the finalise hooks of such
+    /// builds (the bootloader's `grub-mkconfig`) need it: `-t tar debian-minimal vm` is a tar
+    /// of the finished VM tree, made from the mounted image.
     pub fn needs_disk(&self) -> bool {
         self.outputs
             .iter()
             .any(|t| kiln_output::OutputType::needs_disk(*t))
+            || !matches!(self.block_device.0, BlockDeviceSource::Fallback)
     }
 
     /// The options of the output producers, from the request: compression (`-u`),
@@ -654,6 +659,25 @@ mod tests {
                 .collect(),
             ..BuildRequest::default()
         })
+    }
+
+    #[test]
+    fn a_disk_layout_makes_the_disk_even_for_tree_outputs() {
+        let cache = tempfile::tempdir().unwrap();
+        let p = plan(&["tar"], &[], cache.path()).unwrap();
+        assert!(!p.needs_disk(), "no layout, tree outputs: no disk");
+        let p = plan_of(&["debian-minimal", "vm"], &["tar"], &[], cache.path()).unwrap();
+        assert!(p.needs_disk(), "vm's layout: the disk is made, as DIB does");
+        let p = plan(
+            &["tar"],
+            &[(
+                settings::DIB_BLOCK_DEVICE_CONFIG.name,
+                "- local_loop:\n    name: image0\n",
+            )],
+            cache.path(),
+        )
+        .unwrap();
+        assert!(p.needs_disk(), "the user's layout");
     }
 
     #[test]
