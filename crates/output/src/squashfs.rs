@@ -98,14 +98,22 @@ mod tests {
     use crate::testutil::small_tree;
     use crate::{output_path, pending_path, produce, OutputType};
 
-    #[test]
-    fn squashfs_of_a_small_tree() {
-        if !kiln_host::tools::installed("mksquashfs") || !kiln_host::tools::installed("unsquashfs")
-        {
+    /// Whether mksquashfs and unsquashfs are installed; a visible skip of `test` otherwise.
+    fn squashfs_tools(test: &str) -> bool {
+        let ok =
+            kiln_host::tools::installed("mksquashfs") && kiln_host::tools::installed("unsquashfs");
+        if !ok {
             kiln_testkit::skip(
-                "squashfs::squashfs_of_a_small_tree",
+                test,
                 "mksquashfs/unsquashfs (squashfs-tools) are not installed",
             );
+        }
+        ok
+    }
+
+    #[test]
+    fn squashfs_of_a_small_tree() {
+        if !squashfs_tools("squashfs::squashfs_of_a_small_tree") {
             return;
         }
         let d = tempfile::tempdir().unwrap();
@@ -127,12 +135,9 @@ mod tests {
 
     #[test]
     fn the_opt_in_compressors_are_what_the_superblock_says_and_unsquashfs_reads() {
-        if !kiln_host::tools::installed("mksquashfs") || !kiln_host::tools::installed("unsquashfs")
-        {
-            kiln_testkit::skip(
-                "squashfs::the_opt_in_compressors_are_what_the_superblock_says_and_unsquashfs_reads",
-                "mksquashfs/unsquashfs (squashfs-tools) are not installed",
-            );
+        if !squashfs_tools(
+            "squashfs::the_opt_in_compressors_are_what_the_superblock_says_and_unsquashfs_reads",
+        ) {
             return;
         }
         let d = tempfile::tempdir().unwrap();
