@@ -111,6 +111,16 @@ mod tests {
         ok
     }
 
+    /// `unsquashfs -l` of `image`, its paths under `r/`.
+    fn listing(image: &Path) -> String {
+        Cmd::new("unsquashfs")
+            .args(["-l", "-d", "r"])
+            .arg(image)
+            .run()
+            .unwrap()
+            .stdout_str()
+    }
+
     #[test]
     fn squashfs_of_a_small_tree() {
         if !squashfs_tools("squashfs::squashfs_of_a_small_tree") {
@@ -122,12 +132,7 @@ mod tests {
         let dest = output_path(&d.path().join("img"), ty);
         assert_eq!(dest.file_name().unwrap(), "img.squash");
         produce(ty, &root, &dest, &Options::default()).unwrap();
-        let list = Cmd::new("unsquashfs")
-            .args(["-l", "-d", "r"])
-            .arg(pending_path(&dest))
-            .run()
-            .unwrap()
-            .stdout_str();
+        let list = listing(&pending_path(&dest));
         assert!(list.contains("r/etc/hostname"), "{list}");
         assert!(list.contains("r/proc\n"), "{list}");
         assert!(!list.contains("r/proc/1"), "{list}");
@@ -157,12 +162,7 @@ mod tests {
             produce(ty, &root, &dest, &opts).unwrap();
             let bytes = std::fs::read(pending_path(&dest)).unwrap();
             assert_eq!(bytes[20..22], id.to_le_bytes(), "{}", comp.name());
-            let list = Cmd::new("unsquashfs")
-                .args(["-l", "-d", "r"])
-                .arg(pending_path(&dest))
-                .run()
-                .unwrap()
-                .stdout_str();
+            let list = listing(&pending_path(&dest));
             assert!(list.contains("r/etc/hostname"), "{list}");
         }
         assert_eq!(Compressor::parse("zstd"), Some(Compressor::Zstd));

@@ -566,9 +566,8 @@ fn validate_packages(
     // The engine sets its computed variables (DIB_ROOT_FSTYPE, DIB_ROOT_LABEL, …) before the
     // build evaluates the files: they count as set, as environment.d's do.
     let computed = |k: &str| {
-        crate::settings::ALL
-            .iter()
-            .any(|s| s.name == k && matches!(s.default, crate::settings::DefaultValue::Computed(_)))
+        crate::settings::find(k)
+            .is_some_and(|s| matches!(s.default, crate::settings::DefaultValue::Computed(_)))
     };
     let lookup = |k: &str| {
         req.env
