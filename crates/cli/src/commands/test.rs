@@ -65,13 +65,8 @@ pub struct TestCmd {
 /// The architecture `image` was built for, from the `kiln build` record beside it
 /// (`NAME.d/request.json` for `NAME.qcow2`), when there is one that names it.
 fn recorded_arch(image: &std::path::Path) -> Option<String> {
-    let stem = image.file_stem()?.to_str()?;
-    let record = image
-        .with_file_name(format!("{stem}.d"))
-        .join("request.json");
-    let text = std::fs::read_to_string(record).ok()?;
-    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-    v["request"]["arch"].as_str().map(str::to_string)
+    let record = crate::record::Record::read(&crate::record::path_for(&image.with_extension("")));
+    record.ok()?.request.arch
 }
 
 impl TestCmd {
@@ -253,12 +248,18 @@ mod tests {
         let cfg = parse(&[img.to_str().unwrap()]).unwrap().config().unwrap();
         assert_eq!(cfg.arch, Arch::X86_64, "no record: the default");
         assert_eq!(cfg.firmware, Firmware::Bios);
-        std::fs::create_dir(d.path().join("arm.d")).unwrap();
-        std::fs::write(
-            d.path().join("arm.d/request.json"),
-            r#"{"kiln_record": 1, "request": {"arch": "arm64", "name": "arm"}}"#,
-        )
-        .unwrap();
+        let record_dir = d.path().join("arm.d");
+        std::fs::create_dir(&record_dir).unwrap();
+        let record_of = |arch: &str| {
+            let request = crate::dib::RequestArgs {
+                arch: Some(arch.to_string()),
+                ..Default::default()
+            };
+            crate::record::Record::new(&request, &[], &std::collections::BTreeMap::new())
+                .write(&record_dir)
+                .unwrap();
+        };
+        record_of("arm64");
         let cfg = parse(&[img.to_str().unwrap()]).unwrap().config().unwrap();
         assert_eq!(cfg.arch, Arch::Aarch64);
         assert_eq!(cfg.firmware, Firmware::Uefi, "arm64 boots with UEFI only");
@@ -273,11 +274,7 @@ mod tests {
             .unwrap();
         assert_eq!(cfg.arch, Arch::X86_64);
         // A record naming an architecture kiln cannot boot is not an error.
-        std::fs::write(
-            d.path().join("arm.d/request.json"),
-            r#"{"request": {"arch": "riscv64"}}"#,
-        )
-        .unwrap();
+        record_of("riscv64");
         let cfg = parse(&[img.to_str().unwrap()]).unwrap().config().unwrap();
         assert_eq!(cfg.arch, Arch::X86_64);
     }
