@@ -863,6 +863,63 @@ impl OutputCache {
     }
 }
 
+/// The directory of an output-cache entry that holds the cluster indexes of its qcow2 outputs
+/// (`reuse/NAME.json`, see `kiln_output::clusters`). Outside `files/` and `name.d/`, so
+/// not part of the entry's digests: an index is only a hint, every reused cluster is checked
+/// against the new content, and a damaged index costs time, never correctness.
+const REUSE_DIR: &str = "reuse";
+
+impl OutputCache {
+    /// The complete entries' outputs whose names end in `.EXT` and that have a reuse index,
+    /// as (output, index), the most recently used first, at most `limit` of them.
+    pub fn reusable(&self, ext: &str, limit: usize) -> Vec<(PathBuf, PathBuf)> {
+        let Ok(rd) = fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let suffix = format!(".{ext}");
+        let mut found: Vec<(u64, PathBuf, PathBuf)> = Vec::new();
+        for e in rd.flatten() {
+            let entry = e.path();
+            if e.file_name().as_encoded_bytes().starts_with(b".tmp-")
+                || !entry.join("complete").is_file()
+            {
+                continue;
+            }
+            let Ok(indexes) = fs::read_dir(entry.join(REUSE_DIR)) else {
+                continue;
+            };
+            for i in indexes.flatten() {
+                let name = i.file_name().to_string_lossy().into_owned();
+                let Some(output) = name.strip_suffix(".json") else {
+                    continue;
+                };
+                let file = entry.join("files").join(output);
+                if output.ends_with(&suffix) && file.is_file() {
+                    found.push((used_time(&entry), file, i.path()));
+                }
+            }
+        }
+        found.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        found
+            .into_iter()
+            .take(limit)
+            .map(|(_, f, i)| (f, i))
+            .collect()
+    }
+
+    /// Keeps `index`, the reuse index of output `name`, in the complete entry `key` (see
+    /// [`OutputCache::reusable`]).
+    pub fn attach_index(&self, key: &str, name: &str, index: &Path) -> Result<(), Error> {
+        let dir = self.dir.join(key);
+        if !dir.join("complete").is_file() {
+            return Ok(());
+        }
+        let reuse = dir.join(REUSE_DIR);
+        fs::create_dir_all(&reuse).map_err(io(&reuse))?;
+        copy_file(index, &reuse.join(format!("{name}.json")))
+    }
+}
+
 /// One entry of the cache: a phase layer or a request's outputs.
 #[derive(Debug, Clone)]
 pub struct CacheEntry {
@@ -1576,6 +1633,44 @@ mod tests {
         assert!(r.skipped.is_empty() && r.failed.is_empty());
         assert!(!root.join("phases/old").exists());
         assert!(root.join("outputs/mid").exists() && root.join("phases/new").exists());
+    }
+
+    #[test]
+    fn reuse_indexes_are_kept_beside_the_outputs_and_found_newest_first() {
+        let d = tempfile::tempdir().unwrap();
+        let cache = OutputCache::new(&d.path().join("cache"));
+        let (qcow2, tar) = (d.path().join("img.qcow2"), d.path().join("img.tar"));
+        fs::write(&qcow2, b"qcow2 bytes").unwrap();
+        fs::write(&tar, b"tar bytes").unwrap();
+        let index = d.path().join("index.json");
+        fs::write(&index, b"{}").unwrap();
+        let name_d = d.path().join("img.d");
+        assert!(cache.reusable("qcow2", 3).is_empty());
+        for (key, used) in [("old", 100), ("new", 300), ("mid", 200)] {
+            cache.store(key, &[qcow2.clone(), tar.clone()], &name_d).unwrap();
+            cache.attach_index(key, "img.qcow2", &index).unwrap();
+            fs::write(cache.dir.join(key).join("used"), used.to_string()).unwrap();
+        }
+        // An entry without an index, and one whose output is gone, are not offered.
+        cache.store("plain", &[qcow2.clone()], &name_d).unwrap();
+        fs::remove_file(cache.dir.join("mid/files/img.qcow2")).unwrap();
+        // The index is not one of the entry's files: the entry still verifies.
+        assert!(cache.verify("new").unwrap().is_some());
+        let found = cache.reusable("qcow2", 3);
+        let keys: Vec<_> = found
+            .iter()
+            .map(|(f, i)| {
+                assert_eq!(f.file_name().unwrap(), "img.qcow2");
+                assert_eq!(i.file_name().unwrap(), "img.qcow2.json");
+                f.parent().unwrap().parent().unwrap().file_name().unwrap()
+            })
+            .collect();
+        assert_eq!(keys, ["new", "old"]);
+        assert_eq!(cache.reusable("qcow2", 1).len(), 1);
+        assert!(cache.reusable("vmdk", 3).is_empty());
+        // No index is kept for an entry that is not complete.
+        cache.attach_index("missing", "img.qcow2", &index).unwrap();
+        assert!(!cache.dir.join("missing").exists());
     }
 
     #[test]

@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use kiln_host::Cmd;
 
+pub mod clusters;
 pub mod container;
 pub mod docker;
 pub mod gzip;
@@ -493,6 +494,9 @@ pub struct Options {
     pub qemu_img_options: Option<String>,
     /// zlib level of kiln's own compressed-qcow2 writer; `None` leaves qcow2 to qemu-img.
     pub qcow2_level: Option<u32>,
+    /// Earlier qcow2 images whose compressed clusters kiln's writer may reuse, and where it
+    /// leaves the new image's index ([`clusters`]); `None`: compress every cluster, no index.
+    pub qcow2_reuse: Option<clusters::Reuse>,
     /// `SOURCE_DATE_EPOCH`: reproducible output. tar mtimes are clamped to it, squashfs takes
     /// it as its creation time, qemu-img writes in order.
     pub source_date_epoch: Option<u64>,

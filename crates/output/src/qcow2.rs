@@ -19,7 +19,9 @@ use std::path::Path;
 use std::sync::mpsc::{channel, sync_channel, Receiver};
 use std::sync::{Arc, Mutex};
 
-use flate2::{Compress, Compression, FlushCompress, Status};
+use flate2::{Compress, Compression, Decompress, FlushCompress, Status};
+
+use crate::clusters::{self, Index, Memo};
 
 /// Options of the native writer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,6 +100,9 @@ pub struct Stats {
     pub data_clusters: u64,
     /// Of those, clusters stored uncompressed (they did not shrink).
     pub raw_clusters: u64,
+    /// Of those, clusters whose stored form was taken from an earlier image
+    /// ([`crate::clusters`]) rather than compressed again.
+    pub reused_clusters: u64,
     /// Size of the qcow2 file.
     pub file_bytes: u64,
 }
@@ -196,6 +201,19 @@ impl Refcounts {
 
 /// Writes `dest` as a compressed qcow2 image of the raw image `raw`.
 pub fn write(raw: &Path, dest: &Path, opts: &Options) -> Result<Stats, crate::Error> {
+    write_reusing(raw, dest, opts, None, &mut Index::new("", opts))
+}
+
+/// [`write`], taking the stored form of every cluster whose content `memo`'s earlier image
+/// holds from there (checked byte for byte, see [`crate::clusters`]), and recording every data
+/// cluster in `index`. The file is the same as [`write`] makes.
+pub fn write_reusing(
+    raw: &Path,
+    dest: &Path,
+    opts: &Options,
+    memo: Option<&Memo>,
+    index: &mut Index,
+) -> Result<Stats, crate::Error> {
     let src = File::open(raw).map_err(io_err(raw))?;
     let raw_len = src.metadata().map_err(io_err(raw))?.len();
     let virtual_size = raw_len.div_ceil(512) * 512;
@@ -223,50 +241,33 @@ pub fn write(raw: &Path, dest: &Path, opts: &Options) -> Result<Stats, crate::Er
         // Reader → workers (bounded, so memory stays at a few clusters per thread).
         let (job_tx, job_rx) = sync_channel::<Job>(threads * 8);
         let job_rx = Arc::new(Mutex::new(job_rx));
-        let (done_tx, done_rx) = channel::<(usize, u64, Packed)>();
+        let (done_tx, done_rx) = channel::<Done>();
         let src = &src;
         let clusters = &clusters;
         let reader = scope.spawn(move || read_clusters(src, clusters, raw_len, cb, &job_tx));
         for _ in 0..threads {
             let rx: Arc<Mutex<Receiver<Job>>> = Arc::clone(&job_rx);
             let tx = done_tx.clone();
-            scope.spawn(move || compress_worker(&rx, &tx, level));
+            scope.spawn(move || compress_worker(&rx, &tx, level, memo));
         }
         drop(done_tx);
 
         // Writer: in guest order, compressed clusters packed back to back.
-        let mut pending: BTreeMap<usize, (u64, Packed)> = BTreeMap::new();
+        let mut pending: BTreeMap<usize, Done> = BTreeMap::new();
         let mut next = 0usize;
         let mut w = io::BufWriter::with_capacity(4 << 20, &out);
-        let write_at_end = |w: &mut io::BufWriter<&File>, pos: &mut u64, bytes: &[u8]| {
-            w.write_all(bytes).map(|()| *pos += bytes.len() as u64)
-        };
         {
             use std::io::Seek;
             w.seek(io::SeekFrom::Start(data_start))
                 .map_err(io_err(dest))?;
         }
-        for (seq, cluster, packed) in done_rx {
-            pending.insert(seq, (cluster, packed));
-            while let Some((cluster, packed)) = pending.remove(&next) {
+        for done in done_rx {
+            pending.insert(done.seq, done);
+            while let Some(done) = pending.remove(&next) {
                 next += 1;
-                stats.data_clusters += 1;
-                match packed {
-                    Packed::Compressed(bytes) => {
-                        let off = pos;
-                        write_at_end(&mut w, &mut pos, &bytes).map_err(io_err(dest))?;
-                        let entry = compressed_entry(off, bytes.len() as u64, cb, &mut refs);
-                        l2.insert(cluster, entry);
-                    }
-                    Packed::Raw(bytes) => {
-                        stats.raw_clusters += 1;
-                        pad_to_cluster(&mut w, &mut pos, cs).map_err(io_err(dest))?;
-                        let off = pos;
-                        write_at_end(&mut w, &mut pos, &bytes).map_err(io_err(dest))?;
-                        l2.insert(cluster, off | COPIED);
-                        refs.add(off >> cb);
-                    }
-                }
+                let entry = place(done, &mut w, &mut pos, cb, &mut l2, &mut refs, &mut stats)
+                    .map_err(io_err(dest))?;
+                index.clusters.push(entry);
             }
         }
         // The padding up to the next cluster keeps the metadata aligned.
@@ -309,6 +310,46 @@ pub fn write(raw: &Path, dest: &Path, opts: &Options) -> Result<Stats, crate::Er
     out.set_len(end).map_err(io_err(dest))?;
     stats.file_bytes = end;
     Ok(stats)
+}
+
+/// Writes one cluster's stored form at the end of the data (`pos`, advanced): compressed
+/// clusters packed back to back, uncompressed ones on a cluster boundary; maps it in `l2`,
+/// counts it, and returns what the index records of it.
+fn place(
+    done: Done,
+    w: &mut io::BufWriter<&File>,
+    pos: &mut u64,
+    cb: u32,
+    l2: &mut BTreeMap<u64, u64>,
+    refs: &mut Refcounts,
+    stats: &mut Stats,
+) -> io::Result<clusters::Entry> {
+    stats.data_clusters += 1;
+    stats.reused_clusters += u64::from(done.reused);
+    let (bytes, raw) = match done.packed {
+        Packed::Compressed(bytes) => (bytes, false),
+        Packed::Raw(bytes) => {
+            stats.raw_clusters += 1;
+            pad_to_cluster(w, pos, 1 << cb)?;
+            (bytes, true)
+        }
+    };
+    let off = *pos;
+    w.write_all(&bytes)?;
+    *pos += bytes.len() as u64;
+    let entry = if raw {
+        refs.add(off >> cb);
+        off | COPIED
+    } else {
+        compressed_entry(off, bytes.len() as u64, cb, refs)
+    };
+    l2.insert(done.cluster, entry);
+    Ok(clusters::Entry {
+        crc: done.crc,
+        offset: off,
+        len: bytes.len() as u32,
+        raw,
+    })
 }
 
 /// The compressing threads: `opts.threads`, or one per core when it is 0.
@@ -373,23 +414,48 @@ fn read_clusters(
     Ok(seq as u64)
 }
 
-/// One compressing thread: raw deflate with the 4 KiB window qemu's reader expects.
+/// A cluster back from a compressing thread: its place in the stream, its guest index, the
+/// CRC-32 of its content, its stored form, and whether that came from an earlier image.
+struct Done {
+    seq: usize,
+    cluster: u64,
+    crc: u32,
+    packed: Packed,
+    reused: bool,
+}
+
+/// One compressing thread: raw deflate with the 4 KiB window qemu's reader expects, unless
+/// `memo`'s earlier image holds the same content (then its stored form, checked).
 fn compress_worker(
     rx: &Mutex<Receiver<Job>>,
-    tx: &std::sync::mpsc::Sender<(usize, u64, Packed)>,
+    tx: &std::sync::mpsc::Sender<Done>,
     level: u32,
+    memo: Option<&Memo>,
 ) {
     let mut c = Compress::new_with_window_bits(Compression::new(level), false, 12);
+    let mut inflate = Decompress::new(false);
     let mut scratch = Vec::new();
     loop {
         let job = rx.lock().map(|r| r.recv());
         let Ok(Ok((seq, cluster, buf))) = job else {
             break;
         };
-        if tx
-            .send((seq, cluster, pack(&mut c, buf, &mut scratch)))
-            .is_err()
-        {
+        let crc = clusters::crc(&buf);
+        let earlier = memo.and_then(|m| m.find(crc, &buf, &mut inflate, &mut scratch));
+        let reused = earlier.is_some();
+        let packed = match earlier {
+            Some(Ok(bytes)) => Packed::Compressed(bytes),
+            Some(Err(())) => Packed::Raw(buf),
+            None => pack(&mut c, buf, &mut scratch),
+        };
+        let done = Done {
+            seq,
+            cluster,
+            crc,
+            packed,
+            reused,
+        };
+        if tx.send(done).is_err() {
             break;
         }
     }
@@ -529,13 +595,24 @@ impl Qcow2 {
 impl crate::Producer for Qcow2 {
     fn produce(&self, raw: &Path, pending: &Path, opts: &crate::Options) -> crate::Result<()> {
         if let Some(o) = Self::native(opts) {
-            let stats = write(raw, pending, &o)?;
-            tracing::debug!(
-                "qcow2: {} data clusters, {} stored uncompressed, {} bytes",
+            let Some(reuse) = &opts.qcow2_reuse else {
+                write(raw, pending, &o)?;
+                return Ok(());
+            };
+            let memo = reuse
+                .earlier
+                .iter()
+                .find_map(|(image, index)| Memo::open(image, index, &reuse.writer, &o));
+            let mut index = Index::new(&reuse.writer, &o);
+            let stats = write_reusing(raw, pending, &o, memo.as_ref(), &mut index)?;
+            tracing::info!(
+                "qcow2: {} data clusters, {} stored uncompressed, {} taken from an earlier image, {} bytes",
                 stats.data_clusters,
                 stats.raw_clusters,
+                stats.reused_clusters,
                 stats.file_bytes
             );
+            index.save(&reuse.index_out)?;
             return Ok(());
         }
         crate::qemu_img::QemuImg { driver: "qcow2" }.convert(raw, pending, opts, opts.compress)
@@ -613,6 +690,104 @@ mod tests {
         f.write_all_at(&noise(42, 3 << 20), (9 << 20) + 777)
             .unwrap();
         f.write_all_at(b"tail", len - 4).unwrap();
+    }
+
+    /// Writes `raw` with an index by `writer`, reusing `memo`; returns the file's bytes, the
+    /// stats and the index's path.
+    fn write_indexed(
+        raw: &Path,
+        dest: &Path,
+        opts: &Options,
+        memo: Option<&Memo>,
+    ) -> (Vec<u8>, Stats, std::path::PathBuf) {
+        let mut index = Index::new("kiln-test", opts);
+        let stats = write_reusing(raw, dest, opts, memo, &mut index).unwrap();
+        let path = dest.with_extension("idx");
+        index.save(&path).unwrap();
+        (std::fs::read(dest).unwrap(), stats, path)
+    }
+
+    #[test]
+    fn reused_clusters_give_the_file_a_fresh_conversion_gives() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, b) = (d.path().join("a.raw"), d.path().join("b.raw"));
+        sample_raw(&a);
+        // b: a with one cluster changed, one cluster's content moved elsewhere, new noise and
+        // new text (a rebuild after a small change).
+        std::fs::copy(&a, &b).unwrap();
+        let f = std::fs::OpenOptions::new().write(true).open(&b).unwrap();
+        f.write_all_at(b"changed by the rebuild", (3 << 20) + 70_000)
+            .unwrap();
+        let moved: Vec<u8> = (0..65536u32).map(|i| (i % 251) as u8).collect();
+        f.write_all_at(&moved, 12 << 20).unwrap();
+        f.write_all_at(&noise(7, 200_000), 15 << 20).unwrap();
+        drop(f);
+        let opts = Options {
+            threads: 2,
+            ..Options::default()
+        };
+        let (_, a_stats, a_idx) = write_indexed(&a, &d.path().join("a.qcow2"), &opts, None);
+        assert_eq!(a_stats.reused_clusters, 0);
+        let fresh = d.path().join("fresh.qcow2");
+        write(&b, &fresh, &opts).unwrap();
+        let fresh = std::fs::read(&fresh).unwrap();
+
+        let memo = Memo::open(&d.path().join("a.qcow2"), &a_idx, "kiln-test", &opts).unwrap();
+        let (reused, stats, _) = write_indexed(&b, &d.path().join("b.qcow2"), &opts, Some(&memo));
+        assert!(reused == fresh, "the reusing writer made other bytes");
+        // Everything but the changed and new clusters came from a.
+        assert!(stats.reused_clusters > 0);
+        assert!(
+            stats.reused_clusters + 6 >= stats.data_clusters,
+            "{stats:?}"
+        );
+        assert!(stats.reused_clusters < stats.data_clusters, "{stats:?}");
+        // Raw (noise) clusters are reused too.
+        assert!(stats.raw_clusters > 0);
+
+        // A damaged earlier image costs reuse, never correctness.
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(d.path().join("a.qcow2"))
+            .unwrap();
+        let len = f.metadata().unwrap().len();
+        for off in (3 << 16..len / 2).step_by(40_000) {
+            f.write_all_at(b"\xffdamage\x00", off).unwrap();
+        }
+        drop(f);
+        let memo = Memo::open(&d.path().join("a.qcow2"), &a_idx, "kiln-test", &opts).unwrap();
+        let (again, damaged, _) = write_indexed(&b, &d.path().join("c.qcow2"), &opts, Some(&memo));
+        assert!(again == fresh, "a damaged earlier image changed the output");
+        assert!(
+            damaged.reused_clusters < stats.reused_clusters,
+            "{damaged:?}"
+        );
+    }
+
+    #[test]
+    fn an_index_of_another_writer_level_or_cluster_size_is_not_used() {
+        let d = tempfile::tempdir().unwrap();
+        let raw = d.path().join("a.raw");
+        sample_raw(&raw);
+        let opts = Options::default();
+        let img = d.path().join("a.qcow2");
+        let (_, _, idx) = write_indexed(&raw, &img, &opts, None);
+        assert!(Memo::open(&img, &idx, "kiln-test", &opts).is_some());
+        assert!(Memo::open(&img, &idx, "another kiln", &opts).is_none());
+        for other in [
+            Options {
+                level: 6,
+                ..Options::default()
+            },
+            Options {
+                cluster_bits: 17,
+                ..Options::default()
+            },
+        ] {
+            assert!(Memo::open(&img, &idx, "kiln-test", &other).is_none());
+        }
+        std::fs::write(&idx, b"{not an index").unwrap();
+        assert!(Memo::open(&img, &idx, "kiln-test", &opts).is_none());
     }
 
     #[test]

@@ -220,6 +220,8 @@ impl BuildPlan {
                 .clone()
                 .or_else(|| req.var(settings::QEMU_IMG_OPTIONS.name).map(String::from)),
             qcow2_level: req.qcow2_level()?,
+            // Set by the pipeline once it knows the output cache (outputs.rs).
+            qcow2_reuse: None,
             squashfs_comp: req.squashfs_comp()?,
             source_date_epoch: req.source_date_epoch()?,
             arch: Some(self.arch.clone()),

@@ -67,8 +67,18 @@ impl Ctx<'_> {
         };
         let name_d = PathBuf::from(format!("{}.d", self.plan.image_name.display()));
         let cache = cache::OutputCache::new(&self.plan.cache_root);
+        let index = self.qcow2_index();
+        let qcow2 = kiln_output::OutputType::parse("qcow2")
+            .ok()
+            .map(|ty| kiln_output::output_path(&self.plan.image_name, ty))
+            .filter(|q| outputs.contains(q) && index.is_file());
         if let Err(e) = self.step("output-cache-store", |_| {
-            Ok(cache.store(&key, outputs, &name_d)?)
+            cache.store(&key, outputs, &name_d)?;
+            // The qcow2's cluster index, for the next build's writer to reuse from.
+            if let Some(name) = qcow2.as_deref().and_then(Path::file_name) {
+                cache.attach_index(&key, &name.to_string_lossy(), &index)?;
+            }
+            Ok(())
         }) {
             self.console
                 .say(&format!("warning: could not cache the outputs: {e}"));
@@ -105,6 +115,15 @@ impl Ctx<'_> {
         let plan = self.plan;
         let mut opts = plan.output_options()?;
         opts.image.clone_from(&self.image_info);
+        // A qcow2 may take the compressed clusters it shares with an earlier one in the output
+        // cache (the same bytes a fresh conversion writes; see kiln_output::clusters).
+        if kind == kiln_output::Source::Disk && self.out_key.is_some() && !plan.request.no_cache {
+            opts.qcow2_reuse = Some(kiln_output::clusters::Reuse {
+                writer: super::keys::kiln_identity(),
+                earlier: cache::OutputCache::new(&plan.cache_root).reusable("qcow2", 3),
+                index_out: self.qcow2_index(),
+            });
+        }
         let sums = self.checksums();
         let overwrite = self.overwrite();
         let stamp = timestamp(self.ws.host.as_mut());
@@ -201,6 +220,12 @@ impl Ctx<'_> {
             bytes.push(b'\n');
             std::fs::write(&path, bytes).map_err(crate::io(&path))
         })
+    }
+
+    /// Where kiln's qcow2 writer leaves the new image's cluster index (in the build directory,
+    /// until the output cache keeps it).
+    fn qcow2_index(&self) -> PathBuf {
+        self.ws.build_dir.join("qcow2-clusters.json")
     }
 
     /// The checksum files to write beside each output (`DIB_CHECKSUM`).
