@@ -768,6 +768,56 @@ fn entry_digests(entry: &Path) -> Result<BTreeMap<String, String>, Error> {
     Ok(out)
 }
 
+/// The file of an output-cache entry that lists the outputs it makes again rather than holds.
+const DERIVED: &str = "derived.json";
+
+/// An output an entry makes again from another one it holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Derived {
+    /// The gzip file (under `files/`) whose content it is.
+    gunzip: String,
+    /// Its SHA-256, as stored.
+    sha256: String,
+}
+
+/// The outputs entry `dir` makes again (none without `derived.json`).
+fn derived_of(dir: &Path) -> Result<BTreeMap<String, Derived>, Error> {
+    let path = dir.join(DERIVED);
+    match fs::read_to_string(&path) {
+        Ok(text) => serde_json::from_str(&text).map_err(|e| Error::Corrupt {
+            path,
+            why: format!("not a list of derived outputs ({e})"),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+        Err(e) => Err(Error::Io { path, source: e }),
+    }
+}
+
+/// Writes the decompressed content of the gzip file `gz` (every member) to `dest`; returns its
+/// SHA-256.
+fn gunzip_to(gz: &Path, dest: &Path) -> Result<String, Error> {
+    use std::io::Read as _;
+    let f = fs::File::open(gz).map_err(io(gz))?;
+    let mut r = flate2::read::MultiGzDecoder::new(std::io::BufReader::with_capacity(1 << 20, f));
+    let file = fs::File::create(dest).map_err(io(dest))?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = r.read(&mut buf).map_err(|e| Error::Corrupt {
+            path: gz.to_path_buf(),
+            why: format!("cannot be decompressed ({e})"),
+        })?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        out.write_all(&buf[..n]).map_err(io(dest))?;
+    }
+    out.flush().map_err(io(dest))?;
+    Ok(hex::encode(h.finalize()))
+}
+
 /// The cached outputs of whole requests.
 pub struct OutputCache {
     /// `<cache root>/outputs`.
@@ -817,7 +867,45 @@ impl OutputCache {
                 "was not there when the entry was stored".into(),
             ));
         }
+        for (name, d) in derived_of(&dir)? {
+            if !want.contains_key(&format!("files/{}", d.gunzip)) {
+                return Err(corrupt(
+                    dir.join(DERIVED),
+                    format!(
+                        "{name} is made from {}, which the entry does not hold",
+                        d.gunzip
+                    ),
+                ));
+            }
+        }
         Ok(Some(dir))
+    }
+
+    /// Puts the entry's output `name` at `dest`: a copy of the stored file, or, for an output
+    /// stored as the content of its gzip file ([`OutputCache::store_deriving`]), that content,
+    /// checked against the digest recorded when it was stored ([`Error::Corrupt`] if it
+    /// differs; `dest` is then removed).
+    pub fn copy_out(&self, entry: &Path, name: &str, dest: &Path) -> Result<(), Error> {
+        let stored = entry.join("files").join(name);
+        if stored.exists() {
+            return copy_file(&stored, dest);
+        }
+        let derived = derived_of(entry)?;
+        let Some(d) = derived.get(name) else {
+            return Err(Error::Corrupt {
+                path: stored,
+                why: "is missing".into(),
+            });
+        };
+        let got = gunzip_to(&entry.join("files").join(&d.gunzip), dest)?;
+        if got != d.sha256 {
+            let _ = fs::remove_file(dest);
+            return Err(Error::Corrupt {
+                path: entry.join("files").join(&d.gunzip),
+                why: format!("does not decompress to the {name} stored from it"),
+            });
+        }
+        Ok(())
     }
 
     /// Removes the entry `key` (a damaged one): renamed aside first, so no build copies half of it.
@@ -827,15 +915,57 @@ impl OutputCache {
 
     /// Stores `files` (outputs) and the `NAME.d` directory under `key`.
     pub fn store(&self, key: &str, files: &[PathBuf], name_d: &Path) -> Result<(), Error> {
+        self.store_deriving(key, files, name_d, &[])
+    }
+
+    /// [`OutputCache::store`], except that each output of `gunzipped` (an uncompressed file,
+    /// the gzip file it is the content of, both among `files`) is not stored: the entry
+    /// records its digest and how to make it again (`derived.json`), and
+    /// [`OutputCache::copy_out`] makes it from the gzip file and checks it against that digest,
+    /// so a pair that was not what the caller said costs a rebuild, never a wrong output. A tar
+    /// asked for beside its tgz then costs no space in the cache.
+    pub fn store_deriving(
+        &self,
+        key: &str,
+        files: &[PathBuf],
+        name_d: &Path,
+        gunzipped: &[(PathBuf, PathBuf)],
+    ) -> Result<(), Error> {
         fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
         let tmp = tempfile::Builder::new()
             .prefix(".tmp-")
             .tempdir_in(&self.dir)
             .map_err(io(&self.dir))?;
         let written = (|| {
+            let mut derived = BTreeMap::new();
+            for (plain, gz) in gunzipped {
+                if !files.contains(gz) {
+                    continue;
+                }
+                let name = |p: &Path| {
+                    p.file_name()
+                        .unwrap_or_default()
+                        .to_string_lossy()
+                        .into_owned()
+                };
+                derived.insert(
+                    name(plain),
+                    Derived {
+                        gunzip: name(gz),
+                        sha256: file_digest(plain)?,
+                    },
+                );
+            }
             for f in files {
                 let name = f.file_name().unwrap_or_default();
+                if derived.contains_key(&*name.to_string_lossy()) {
+                    continue;
+                }
                 copy_file(f, &tmp.path().join("files").join(name))?;
+            }
+            if !derived.is_empty() {
+                let text = serde_json::to_string_pretty(&derived).unwrap_or_default();
+                fs::write(tmp.path().join(DERIVED), text).map_err(io(tmp.path()))?;
             }
             if name_d.is_dir() {
                 run_tool(
@@ -992,6 +1122,7 @@ pub fn scan(root: &Path) -> Scan {
                             .collect()
                     })
                     .unwrap_or_default();
+                names.extend(derived_of(&p).unwrap_or_default().into_keys());
                 names.sort();
                 Some(names.join(","))
             } else {
@@ -1635,6 +1766,78 @@ mod tests {
         assert!(root.join("outputs/mid").exists() && root.join("phases/new").exists());
     }
 
+    /// `bytes` gzipped (flate2, one member).
+    fn gz(bytes: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(bytes).unwrap();
+        e.finish().unwrap()
+    }
+
+    #[test]
+    fn a_tar_beside_its_tgz_is_kept_as_the_tgz_content_and_checked_when_made_again() {
+        let d = tempfile::tempdir().unwrap();
+        let cache = OutputCache::new(&d.path().join("cache"));
+        let name_d = d.path().join("img.d");
+        let (tar, tgz) = (d.path().join("img.tar"), d.path().join("img.tgz"));
+        let content: Vec<u8> = (0..300_000u32).flat_map(u32::to_le_bytes).collect();
+        fs::write(&tar, &content).unwrap();
+        fs::write(&tgz, gz(&content)).unwrap();
+        let files = [tar.clone(), tgz.clone()];
+        let pairs = [(tar.clone(), tgz.clone())];
+        cache.store_deriving("k", &files, &name_d, &pairs).unwrap();
+        let entry = cache.verify("k").unwrap().unwrap();
+        assert!(!entry.join("files/img.tar").exists(), "the tar was stored");
+        let label = &scan(&d.path().join("cache")).entries[0].label;
+        assert_eq!(label, "img.tar,img.tgz");
+        let out = d.path().join("out.tar");
+        cache.copy_out(&entry, "img.tar", &out).unwrap();
+        assert!(fs::read(&out).unwrap() == content);
+        cache.copy_out(&entry, "img.tgz", &out).unwrap();
+        assert_eq!(fs::read(&out).unwrap(), fs::read(&tgz).unwrap());
+
+        // A tar that is not the tgz's content is never handed back: made again, it fails its
+        // digest, and nothing is left at the destination.
+        fs::write(&tar, b"another tar").unwrap();
+        cache.store_deriving("k2", &files, &name_d, &pairs).unwrap();
+        let entry2 = cache.verify("k2").unwrap().unwrap();
+        let out = d.path().join("out0.tar");
+        let err = cache.copy_out(&entry2, "img.tar", &out).unwrap_err();
+        assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+        assert!(!out.exists());
+
+        // The entry's tgz decompressing to other bytes is damage: named, and nothing left.
+        let swapped = gz(b"other content");
+        let stored_tgz = entry.join("files/img.tgz");
+        fs::write(&stored_tgz, &swapped).unwrap();
+        let digests: BTreeMap<String, String> =
+            serde_json::from_str(&fs::read_to_string(entry.join(OUTPUT_DIGESTS)).unwrap()).unwrap();
+        let mut digests = digests;
+        digests.insert("files/img.tgz".into(), file_digest(&stored_tgz).unwrap());
+        fs::write(
+            entry.join(OUTPUT_DIGESTS),
+            serde_json::to_string(&digests).unwrap(),
+        )
+        .unwrap();
+        let out = d.path().join("out2.tar");
+        let err = cache.copy_out(&entry, "img.tar", &out).unwrap_err();
+        assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains("img.tgz"), "{err}");
+        assert!(!out.exists());
+        // A derived output whose source is gone fails verification.
+        fs::remove_file(&stored_tgz).unwrap();
+        digests.remove("files/img.tgz");
+        fs::write(
+            entry.join(OUTPUT_DIGESTS),
+            serde_json::to_string(&digests).unwrap(),
+        )
+        .unwrap();
+        let err = cache.verify("k").unwrap_err();
+        assert!(
+            err.to_string().contains("img.tar is made from img.tgz"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn reuse_indexes_are_kept_beside_the_outputs_and_found_newest_first() {
         let d = tempfile::tempdir().unwrap();
@@ -1647,12 +1850,16 @@ mod tests {
         let name_d = d.path().join("img.d");
         assert!(cache.reusable("qcow2", 3).is_empty());
         for (key, used) in [("old", 100), ("new", 300), ("mid", 200)] {
-            cache.store(key, &[qcow2.clone(), tar.clone()], &name_d).unwrap();
+            cache
+                .store(key, &[qcow2.clone(), tar.clone()], &name_d)
+                .unwrap();
             cache.attach_index(key, "img.qcow2", &index).unwrap();
             fs::write(cache.dir.join(key).join("used"), used.to_string()).unwrap();
         }
         // An entry without an index, and one whose output is gone, are not offered.
-        cache.store("plain", &[qcow2.clone()], &name_d).unwrap();
+        cache
+            .store("plain", std::slice::from_ref(&qcow2), &name_d)
+            .unwrap();
         fs::remove_file(cache.dir.join("mid/files/img.qcow2")).unwrap();
         // The index is not one of the entry's files: the entry still verifies.
         assert!(cache.verify("new").unwrap().is_some());

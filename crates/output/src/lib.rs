@@ -494,6 +494,9 @@ pub struct Options {
     pub qemu_img_options: Option<String>,
     /// zlib level of kiln's own compressed-qcow2 writer; `None` leaves qcow2 to qemu-img.
     pub qcow2_level: Option<u32>,
+    /// The `tar` output this build has written already: `tgz` compresses that file rather than
+    /// running tar again, so the two hold the same bytes.
+    pub tar_file: Option<PathBuf>,
     /// Earlier qcow2 images whose compressed clusters kiln's writer may reuse, and where it
     /// leaves the new image's index ([`clusters`]); `None`: compress every cluster, no index.
     pub qcow2_reuse: Option<clusters::Reuse>,

@@ -2,7 +2,11 @@
 //!
 //! GNU tar's output (the `tar` producer's command, writing to its standard output) is read
 //! straight into kiln's own parallel gzip ([`crate::gzip`]) on every core, so no intermediate
-//! tar is written and no gzip or pigz needs to be installed. The stream has no name and time 0
+//! tar is written and no gzip or pigz needs to be installed. When the build wrote the `tar`
+//! output already ([`Options::tar_file`]), that file is compressed instead: tar does not run a
+//! second time, and the tgz holds exactly the tar's bytes (GNU tar's POSIX headers carry
+//! access times, so two runs over one tree differ), which lets the output cache keep the tgz
+//! alone and make the tar again from it. The stream has no name and time 0
 //! as `gzip -n` writes it, and its bytes depend on the tree only, not on the number of cores.
 //! The level is [`LEVEL`].
 
@@ -30,6 +34,15 @@ impl Producer for Tgz {
         };
         let output = fs::File::create(pending).map_err(io_err)?;
         let gz = ParGzWriter::new(output, LEVEL).map_err(io_err)?;
+        if let Some(tar) = &opts.tar_file {
+            let mut from = fs::File::open(tar).map_err(|source| Error::Io {
+                path: tar.clone(),
+                source,
+            })?;
+            let mut gz = gz;
+            std::io::copy(&mut from, &mut gz).map_err(io_err)?;
+            return gz.finish().and_then(|mut f| f.flush()).map_err(io_err);
+        }
         let tar_cmd = crate::tar::command(root, Path::new("-"), opts.source_date_epoch);
         let mut tar = tar_cmd.spawn(Stdio::piped(), Stdio::piped())?;
         let Some(mut from) = tar.child_mut().stdout.take() else {
@@ -81,6 +94,35 @@ mod tests {
             .unwrap()
             .stdout;
         assert_eq!(unzipped, fs::read(pending_path(&tar)).unwrap());
+    }
+
+    #[test]
+    fn beside_a_tar_the_tgz_compresses_that_tar_without_running_tar_again() {
+        let d = tempfile::tempdir().unwrap();
+        // Without SOURCE_DATE_EPOCH two tar runs may differ (access times in POSIX headers);
+        // the tgz must hold the very bytes of the tar file it is given.
+        let tar = d.path().join("t.tar");
+        fs::write(&tar, b"not even a tar: the file is compressed as it is").unwrap();
+        let opts = Options {
+            tar_file: Some(tar.clone()),
+            ..Options::default()
+        };
+        let tgz = d.path().join("t.tgz");
+        // The tree is gone: tar does not run.
+        produce(
+            OutputType::parse("tgz").unwrap(),
+            &d.path().join("missing"),
+            &tgz,
+            &opts,
+        )
+        .unwrap();
+        let unzipped = kiln_host::Cmd::new("gzip")
+            .args(["-d", "-c"])
+            .arg(pending_path(&tgz))
+            .run()
+            .unwrap()
+            .stdout;
+        assert_eq!(unzipped, fs::read(&tar).unwrap());
     }
 
     #[test]

@@ -222,6 +222,7 @@ impl BuildPlan {
             qcow2_level: req.qcow2_level()?,
             // Set by the pipeline once it knows the output cache (outputs.rs).
             qcow2_reuse: None,
+            tar_file: None,
             squashfs_comp: req.squashfs_comp()?,
             source_date_epoch: req.source_date_epoch()?,
             arch: Some(self.arch.clone()),

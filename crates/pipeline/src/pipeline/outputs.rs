@@ -32,17 +32,28 @@ impl Ctx<'_> {
         let sums = self.checksums();
         let overwrite = self.overwrite();
         let stamp = timestamp(self.ws.host.as_mut());
-        let mut outs = Vec::new();
-        for ty in kiln_output::production_order(&self.plan.outputs) {
-            let dest = kiln_output::output_path(&self.plan.image_name, ty);
-            let name = dest.file_name().unwrap_or_default();
-            let src = entry.join("files").join(name);
-            note_pending(&dest);
-            let pending = kiln_output::prepare_pending(&dest)?;
-            if let Err(e) = cache::copy_file(&src, &pending) {
-                kiln_output::discard_pending(&dest);
-                return Err(e.into());
+        let cache = cache::OutputCache::new(&self.plan.cache_root);
+        let dests: Vec<PathBuf> = kiln_output::production_order(&self.plan.outputs)
+            .into_iter()
+            .map(|ty| kiln_output::output_path(&self.plan.image_name, ty))
+            .collect();
+        // Every output into its pending file first (a derived one checked against its digest),
+        // so a damaged entry leaves nothing in place and the build goes on without it.
+        for (i, dest) in dests.iter().enumerate() {
+            let name = dest.file_name().unwrap_or_default().to_string_lossy();
+            note_pending(dest);
+            let copied = kiln_output::prepare_pending(dest)
+                .map_err(Error::from)
+                .and_then(|pending| Ok(cache.copy_out(entry, &name, &pending)?));
+            if let Err(e) = copied {
+                dests[..=i]
+                    .iter()
+                    .for_each(|d| kiln_output::discard_pending(d));
+                return Err(e);
             }
+        }
+        let mut outs = Vec::new();
+        for dest in dests {
             kiln_output::finish(&dest, overwrite, sums, &stamp)?;
             self.console
                 .say(&format!("wrote {} (from the cache)", dest.display()));
@@ -72,8 +83,20 @@ impl Ctx<'_> {
             .ok()
             .map(|ty| kiln_output::output_path(&self.plan.image_name, ty))
             .filter(|q| outputs.contains(q) && index.is_file());
+        // A tar asked for beside its tgz is kept as the tgz's content, not a second file.
+        let tar_of_tgz: Vec<(PathBuf, PathBuf)> = ["tar", "tgz"]
+            .map(|t| {
+                kiln_output::OutputType::parse(t)
+                    .ok()
+                    .map(|ty| kiln_output::output_path(&self.plan.image_name, ty))
+            })
+            .into_iter()
+            .collect::<Option<Vec<_>>>()
+            .filter(|v| v.iter().all(|p| outputs.contains(p)))
+            .map(|v| vec![(v[0].clone(), v[1].clone())])
+            .unwrap_or_default();
         if let Err(e) = self.step("output-cache-store", |_| {
-            cache.store(&key, outputs, &name_d)?;
+            cache.store_deriving(&key, outputs, &name_d, &tar_of_tgz)?;
             // The qcow2's cluster index, for the next build's writer to reuse from.
             if let Some(name) = qcow2.as_deref().and_then(Path::file_name) {
                 cache.attach_index(&key, &name.to_string_lossy(), &index)?;
@@ -141,6 +164,10 @@ impl Ctx<'_> {
                 outputs.push(dest.clone());
                 Ok(())
             })?;
+            // tgz (after tar in production order) compresses the tar just written.
+            if ty.name() == "tar" {
+                opts.tar_file = Some(dest);
+            }
         }
         Ok(())
     }

@@ -79,12 +79,25 @@ impl Ctx<'_> {
                 }
             };
             if let Some(entry) = cached {
-                let outs = ctx.outputs_from_cache(&entry)?;
-                ctx.console.say(&format!(
-                    "cache: output hit {} (nothing changed)",
-                    &out_key[..16]
-                ));
-                return Ok((Some("output-cache".into()), Lookup::Outputs(outs)));
+                match ctx.outputs_from_cache(&entry) {
+                    Ok(outs) => {
+                        ctx.console.say(&format!(
+                            "cache: output hit {} (nothing changed)",
+                            &out_key[..16]
+                        ));
+                        return Ok((Some("output-cache".into()), Lookup::Outputs(outs)));
+                    }
+                    // An output the entry makes again came out other than stored.
+                    Err(Error::Cache(e @ cache::Error::Corrupt { .. })) => {
+                        ctx.console.say(&format!(
+                            "warning: cache: the cached outputs {} are damaged ({e}); \
+                             discarding them and building",
+                            &out_key[..16]
+                        ));
+                        outputs_cache.discard(&out_key)?;
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             let layers = cache::PhaseCache::new(&plan.cache_root);
             let mut hits = 0;
