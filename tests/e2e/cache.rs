@@ -763,6 +763,71 @@ fn damaged_outputs_are_rebuilt(
 }
 
 #[test]
+fn a_tar_beside_its_tgz_is_cached_as_the_tgz_and_checked_when_made_again() {
+    if !capable("a_tar_beside_its_tgz_is_cached_as_the_tgz_and_checked_when_made_again") {
+        return;
+    }
+    let t = fixture_elements(&rootfs_tar());
+    t.el("pair")
+        .hook("finalise", "50-pair", "echo pair > /etc/pair");
+    let h = heavy();
+    // Timed from here: the wait for the heavy lock is not this test's time.
+    let _t = Timer::start("a_tar_beside_its_tgz_is_cached_as_the_tgz_and_checked_when_made_again");
+    let dir = work("cache-tgz");
+    let private = dir.join("cache");
+    let private_s = private.display().to_string();
+    let env = [
+        ("DIB_IMAGE_CACHE", private_s.as_str()),
+        ("OVERWRITE_OLD_IMAGE", "1"),
+    ];
+    let args = ["-n", "test-rootfs", "pair", "-t", "tar,tgz", "-o", "p"];
+    let digest = |cmd: &str| crate::harness::sh(&format!("{cmd} | sha256sum"));
+    let (tar, tgz) = (dir.join("p.tar"), dir.join("p.tgz"));
+    let first = build(&dir, Some(t.path()), &args, &env);
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    // The tgz is the tar written beside it, compressed.
+    let tar_digest = digest(&format!("cat {}", tar.display()));
+    assert_eq!(digest(&format!("gzip -dc {}", tgz.display())), tar_digest);
+    // The entry keeps the tgz, not the tar.
+    let entry = fs::read_dir(private.join("outputs"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.join("complete").is_file())
+        .expect("the outputs in the cache");
+    assert!(entry.join("files/p.tgz").is_file());
+    assert!(!entry.join("files/p.tar").exists());
+    // The same request: an output hit, the tar made again from the tgz, the same bytes.
+    let second = build(&dir, Some(t.path()), &args, &env);
+    assert_eq!(second.code, 0, "{}", second.stderr);
+    assert!(second.log.contains("output hit"), "{}", second.log);
+    assert_eq!(digest(&format!("cat {}", tar.display())), tar_digest);
+    // A record that does not match what the tgz holds is damage: warned about, discarded,
+    // and the outputs made from the layers.
+    let record = entry.join("derived.json");
+    let text = fs::read_to_string(&record).unwrap();
+    let want = tar_digest.split_whitespace().next().unwrap().to_string();
+    assert!(text.contains(&want), "{text}");
+    fs::write(&record, text.replace(&want, &"0".repeat(64))).unwrap();
+    let third = build(&dir, Some(t.path()), &args, &env);
+    assert_eq!(third.code, 0, "{}", third.stderr);
+    assert!(
+        third.log.contains("warning: cache: the cached outputs")
+            && third.log.contains("does not decompress to the p.tar"),
+        "{}",
+        third.log
+    );
+    assert!(!third.log.contains("output hit"), "{}", third.log);
+    assert!(third.log.contains("cache: root hit"), "{}", third.log);
+    assert_eq!(
+        crate::harness::sh(&format!("tar -xOf {} ./etc/pair", tar.display())),
+        "pair\n"
+    );
+    assert!(!dir.join(".p.tar.kiln-new").exists());
+    assert_no_leftovers(&dir, &h);
+}
+
+#[test]
 fn kiln_cache_gc_waits_for_a_build_using_the_cache() {
     if !capable("kiln_cache_gc_waits_for_a_build_using_the_cache") {
         return;
