@@ -827,6 +827,66 @@ fn a_tar_beside_its_tgz_is_cached_as_the_tgz_and_checked_when_made_again() {
     assert_no_leftovers(&dir, &h);
 }
 
+/// The "qcow2: N of M clusters taken from an earlier image" line of a build log: (N, M).
+fn reused_clusters(log: &str) -> Option<(u64, u64)> {
+    let line = log
+        .lines()
+        .find(|l| l.contains("clusters taken from an earlier image"))?;
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let at = words.iter().position(|w| *w == "qcow2:")?;
+    Some((words[at + 1].parse().ok()?, words[at + 3].parse().ok()?))
+}
+
+#[test]
+fn a_reproducible_rebuild_takes_the_last_qcow2s_clusters_and_writes_the_same_bytes() {
+    if !capable("a_reproducible_rebuild_takes_the_last_qcow2s_clusters_and_writes_the_same_bytes") {
+        return;
+    }
+    let t = fixture_elements(&rootfs_tar());
+    let marker = |n: &str| {
+        t.el("mark")
+            .hook("finalise", "50-mark", &format!("echo {n} > /etc/mark"));
+    };
+    let h = heavy();
+    // Timed from here: the wait for the heavy lock is not this test's time.
+    let _t = Timer::start(
+        "a_reproducible_rebuild_takes_the_last_qcow2s_clusters_and_writes_the_same_bytes",
+    );
+    let dir = work("cache-qcow2-reuse");
+    let private = dir.join("cache");
+    let private_s = private.display().to_string();
+    let env = [
+        ("DIB_IMAGE_CACHE", private_s.as_str()),
+        ("SOURCE_DATE_EPOCH", "1700000000"),
+        ("DIB_BLOCK_DEVICE_CONFIG", crate::failures::MBR),
+        ("OVERWRITE_OLD_IMAGE", "1"),
+    ];
+    let args = ["-n", "test-rootfs", "mark", "-t", "qcow2", "-o", "r"];
+    marker("1");
+    let first = build(&dir, Some(t.path()), &args, &env);
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    assert_eq!(reused_clusters(&first.log), None, "{}", first.log);
+    // A finalise edit: the filesystem, made again offline, differs in a few clusters only.
+    marker("2");
+    let second = build(&dir, Some(t.path()), &args, &env);
+    assert_eq!(second.code, 0, "{}", second.stderr);
+    let (reused, total) = reused_clusters(&second.log).unwrap_or_else(|| panic!("{}", second.log));
+    assert!(reused * 2 > total && reused < total, "{reused} of {total}");
+    let kept = dir.join("kept.qcow2");
+    fs::rename(dir.join("r.qcow2"), &kept).unwrap();
+    // The same request built from nothing writes the very same file.
+    let mut fresh_args = args.to_vec();
+    fresh_args.insert(0, "--no-cache");
+    let third = build(&dir, Some(t.path()), &fresh_args, &env);
+    assert_eq!(third.code, 0, "{}", third.stderr);
+    assert_eq!(reused_clusters(&third.log), None, "{}", third.log);
+    assert!(
+        fs::read(&kept).unwrap() == fs::read(dir.join("r.qcow2")).unwrap(),
+        "the qcow2 that reused clusters is not the one a build from nothing writes"
+    );
+    assert_no_leftovers(&dir, &h);
+}
+
 #[test]
 fn kiln_cache_gc_waits_for_a_build_using_the_cache() {
     if !capable("kiln_cache_gc_waits_for_a_build_using_the_cache") {

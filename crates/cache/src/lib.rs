@@ -915,10 +915,11 @@ impl OutputCache {
 
     /// Stores `files` (outputs) and the `NAME.d` directory under `key`.
     pub fn store(&self, key: &str, files: &[PathBuf], name_d: &Path) -> Result<(), Error> {
-        self.store_deriving(key, files, name_d, &[])
+        self.store_deriving(key, files, name_d, &[]).map(|_| ())
     }
 
-    /// [`OutputCache::store`], except that each output of `gunzipped` (an uncompressed file,
+    /// [`OutputCache::store`] (`Ok(false)`: another build's entry for `key` was put in place
+    /// first and stays), except that each output of `gunzipped` (an uncompressed file,
     /// the gzip file it is the content of, both among `files`) is not stored: the entry
     /// records its digest and how to make it again (`derived.json`), and
     /// [`OutputCache::copy_out`] makes it from the gzip file and checks it against that digest,
@@ -930,7 +931,7 @@ impl OutputCache {
         files: &[PathBuf],
         name_d: &Path,
         gunzipped: &[(PathBuf, PathBuf)],
-    ) -> Result<(), Error> {
+    ) -> Result<bool, Error> {
         fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
         let tmp = tempfile::Builder::new()
             .prefix(".tmp-")
@@ -987,9 +988,11 @@ impl OutputCache {
         let dest = self.dir.join(key);
         let _ = fs::remove_dir_all(&dest);
         if fs::rename(&p, &dest).is_err() {
+            // Another build put its entry there in between: that one stays.
             let _ = fs::remove_dir_all(&p);
+            return Ok(false);
         }
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -1001,8 +1004,9 @@ const REUSE_DIR: &str = "reuse";
 
 impl OutputCache {
     /// The complete entries' outputs whose names end in `.EXT` and that have a reuse index,
-    /// as (output, index), the most recently used first, at most `limit` of them.
-    pub fn reusable(&self, ext: &str, limit: usize) -> Vec<(PathBuf, PathBuf)> {
+    /// as (output, index): those named `prefer` first (an earlier build of the same image),
+    /// then the others, each the most recently used first; at most `limit` of them.
+    pub fn reusable(&self, ext: &str, prefer: &str, limit: usize) -> Vec<(PathBuf, PathBuf)> {
         let Ok(rd) = fs::read_dir(&self.dir) else {
             return Vec::new();
         };
@@ -1029,7 +1033,13 @@ impl OutputCache {
                 }
             }
         }
-        found.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        let other = |f: &Path| f.file_name().is_none_or(|n| n != prefer);
+        found.sort_by(|a, b| {
+            other(&a.1)
+                .cmp(&other(&b.1))
+                .then(b.0.cmp(&a.0))
+                .then(a.1.cmp(&b.1))
+        });
         found
             .into_iter()
             .take(limit)
@@ -1848,7 +1858,7 @@ mod tests {
         let index = d.path().join("index.json");
         fs::write(&index, b"{}").unwrap();
         let name_d = d.path().join("img.d");
-        assert!(cache.reusable("qcow2", 3).is_empty());
+        assert!(cache.reusable("qcow2", "img.qcow2", 3).is_empty());
         for (key, used) in [("old", 100), ("new", 300), ("mid", 200)] {
             cache
                 .store(key, &[qcow2.clone(), tar.clone()], &name_d)
@@ -1863,18 +1873,29 @@ mod tests {
         fs::remove_file(cache.dir.join("mid/files/img.qcow2")).unwrap();
         // The index is not one of the entry's files: the entry still verifies.
         assert!(cache.verify("new").unwrap().is_some());
-        let found = cache.reusable("qcow2", 3);
+        // An older entry of another image's qcow2 comes after the same image's.
+        let other = d.path().join("other.qcow2");
+        fs::write(&other, b"other bytes").unwrap();
+        cache
+            .store("else", std::slice::from_ref(&other), &name_d)
+            .unwrap();
+        cache.attach_index("else", "other.qcow2", &index).unwrap();
+        fs::write(cache.dir.join("else").join("used"), "400").unwrap();
+        let found = cache.reusable("qcow2", "img.qcow2", 4);
         let keys: Vec<_> = found
             .iter()
             .map(|(f, i)| {
-                assert_eq!(f.file_name().unwrap(), "img.qcow2");
-                assert_eq!(i.file_name().unwrap(), "img.qcow2.json");
+                let name = f.file_name().unwrap().to_string_lossy().into_owned();
+                assert_eq!(
+                    i.file_name().unwrap().to_string_lossy(),
+                    format!("{name}.json")
+                );
                 f.parent().unwrap().parent().unwrap().file_name().unwrap()
             })
             .collect();
-        assert_eq!(keys, ["new", "old"]);
-        assert_eq!(cache.reusable("qcow2", 1).len(), 1);
-        assert!(cache.reusable("vmdk", 3).is_empty());
+        assert_eq!(keys, ["new", "old", "else"]);
+        assert_eq!(cache.reusable("qcow2", "img.qcow2", 1).len(), 1);
+        assert!(cache.reusable("vmdk", "img.vmdk", 3).is_empty());
         // No index is kept for an entry that is not complete.
         cache.attach_index("missing", "img.qcow2", &index).unwrap();
         assert!(!cache.dir.join("missing").exists());

@@ -56,6 +56,8 @@ pub struct Index {
     pub level: u32,
     /// Every data cluster, in guest order.
     pub clusters: Vec<Entry>,
+    /// How many of them were taken from an earlier image when this one was written.
+    pub reused: u64,
 }
 
 impl Index {
@@ -67,6 +69,7 @@ impl Index {
             cluster_bits: opts.cluster_bits,
             level: opts.level.clamp(1, 9),
             clusters: Vec::new(),
+            reused: 0,
         }
     }
 
@@ -78,11 +81,12 @@ impl Index {
         };
         let bytes = serde_json::to_vec(self).map_err(|e| io(std::io::Error::other(e)))?;
         let tmp = path.with_extension("kiln-tmp");
-        std::fs::write(&tmp, bytes).map_err(io)?;
-        std::fs::rename(&tmp, path).map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            io(e)
-        })
+        std::fs::write(&tmp, bytes)
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .map_err(|e| {
+                let _ = std::fs::remove_file(&tmp);
+                io(e)
+            })
     }
 }
 
@@ -103,7 +107,7 @@ pub struct Reuse {
 #[derive(Debug)]
 pub struct Memo {
     file: File,
-    by_crc: HashMap<u32, Vec<Entry>>,
+    pub(crate) by_crc: HashMap<u32, Vec<Entry>>,
     cluster_size: usize,
 }
 
@@ -123,14 +127,27 @@ impl Memo {
             return None;
         }
         let file = File::open(qcow2).ok()?;
+        let len = file.metadata().ok()?.len();
+        let cluster_size: usize = 1 << opts.cluster_bits;
         let mut by_crc: HashMap<u32, Vec<Entry>> = HashMap::new();
-        for e in idx.clusters {
+        // The index is not covered by the entry's digests: an entry that cannot describe a
+        // stored cluster of this file (empty, longer than a cluster, past its end) is dropped.
+        let fits = |e: &Entry| {
+            let n = e.len as usize;
+            n > 0
+                && n <= cluster_size
+                && (!e.raw || n == cluster_size)
+                && e.offset
+                    .checked_add(u64::from(e.len))
+                    .is_some_and(|end| end <= len)
+        };
+        for e in idx.clusters.into_iter().filter(fits) {
             by_crc.entry(e.crc).or_default().push(e);
         }
         Some(Self {
             file,
             by_crc,
-            cluster_size: 1 << opts.cluster_bits,
+            cluster_size,
         })
     }
 

@@ -612,7 +612,11 @@ impl crate::Producer for Qcow2 {
                 stats.reused_clusters,
                 stats.file_bytes
             );
-            index.save(&reuse.index_out)?;
+            index.reused = stats.reused_clusters;
+            // The index is a hint for the next build: not writing it fails nothing.
+            if let Err(e) = index.save(&reuse.index_out) {
+                tracing::warn!("qcow2: the cluster index was not written: {e}");
+            }
             return Ok(());
         }
         crate::qemu_img::QemuImg { driver: "qcow2" }.convert(raw, pending, opts, opts.compress)
@@ -762,6 +766,36 @@ mod tests {
             damaged.reused_clusters < stats.reused_clusters,
             "{damaged:?}"
         );
+    }
+
+    #[test]
+    fn index_entries_that_cannot_describe_a_stored_cluster_are_dropped() {
+        let d = tempfile::tempdir().unwrap();
+        let raw = d.path().join("a.raw");
+        sample_raw(&raw);
+        let opts = Options::default();
+        let img = d.path().join("a.qcow2");
+        let (fresh, _, idx) = write_indexed(&raw, &img, &opts, None);
+        let file_len = fresh.len() as u64;
+        // Every entry made hostile: huge, empty, past the end, raw but short.
+        let mut index: Index = serde_json::from_slice(&std::fs::read(&idx).unwrap()).unwrap();
+        for (i, e) in index.clusters.iter_mut().enumerate() {
+            match i % 4 {
+                0 => e.len = u32::MAX,
+                1 => e.len = 0,
+                2 => e.offset = file_len,
+                _ => {
+                    e.raw = true;
+                    e.len = 100;
+                }
+            }
+        }
+        index.save(&idx).unwrap();
+        let memo = Memo::open(&img, &idx, "kiln-test", &opts).unwrap();
+        assert!(memo.by_crc.is_empty());
+        let (again, stats, _) = write_indexed(&raw, &d.path().join("b.qcow2"), &opts, Some(&memo));
+        assert!(again == fresh);
+        assert_eq!(stats.reused_clusters, 0);
     }
 
     #[test]

@@ -35,10 +35,20 @@ impl Producer for Tgz {
         let output = fs::File::create(pending).map_err(io_err)?;
         let gz = ParGzWriter::new(output, LEVEL).map_err(io_err)?;
         if let Some(tar) = &opts.tar_file {
-            let mut from = fs::File::open(tar).map_err(|source| Error::Io {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            let tar_err = |source| Error::Io {
                 path: tar.clone(),
                 source,
-            })?;
+            };
+            // The tar is in the output directory by now: never follow a link put in its place.
+            let mut from = fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(nix::libc::O_NOFOLLOW)
+                .open(tar)
+                .map_err(tar_err)?;
+            if !from.metadata().map_err(tar_err)?.is_file() {
+                return Err(tar_err(std::io::Error::other("not a regular file")));
+            }
             let mut gz = gz;
             std::io::copy(&mut from, &mut gz).map_err(io_err)?;
             return gz.finish().and_then(|mut f| f.flush()).map_err(io_err);

@@ -53,11 +53,17 @@ impl Ctx<'_> {
             }
         }
         let mut outs = Vec::new();
-        for dest in dests {
-            kiln_output::finish(&dest, overwrite, sums, &stamp)?;
+        for (i, dest) in dests.iter().enumerate() {
+            if let Err(e) = kiln_output::finish(dest, overwrite, sums, &stamp) {
+                // finish removed its own pending file; the ones not yet in place go too.
+                dests[i + 1..]
+                    .iter()
+                    .for_each(|d| kiln_output::discard_pending(d));
+                return Err(e.into());
+            }
             self.console
                 .say(&format!("wrote {} (from the cache)", dest.display()));
-            outs.push(dest);
+            outs.push(dest.clone());
         }
         let name_d = PathBuf::from(format!("{}.d", self.plan.image_name.display()));
         if entry.join("name.d").is_dir() {
@@ -95,16 +101,25 @@ impl Ctx<'_> {
             .filter(|v| v.iter().all(|p| outputs.contains(p)))
             .map(|v| vec![(v[0].clone(), v[1].clone())])
             .unwrap_or_default();
-        if let Err(e) = self.step("output-cache-store", |_| {
-            cache.store_deriving(&key, outputs, &name_d, &tar_of_tgz)?;
-            // The qcow2's cluster index, for the next build's writer to reuse from.
-            if let Some(name) = qcow2.as_deref().and_then(Path::file_name) {
-                cache.attach_index(&key, &name.to_string_lossy(), &index)?;
+        let stored = self.step("output-cache-store", |_| {
+            Ok(cache.store_deriving(&key, outputs, &name_d, &tar_of_tgz)?)
+        });
+        match stored {
+            Err(e) => self
+                .console
+                .say(&format!("warning: could not cache the outputs: {e}")),
+            // The qcow2's cluster index, for the next build's writer to reuse from: only with
+            // the qcow2 it describes (not when another build stored this key first).
+            Ok(true) => {
+                if let Some(name) = qcow2.as_deref().and_then(Path::file_name) {
+                    if let Err(e) = cache.attach_index(&key, &name.to_string_lossy(), &index) {
+                        self.console.say(&format!(
+                            "warning: could not keep the qcow2's cluster index: {e}"
+                        ));
+                    }
+                }
             }
-            Ok(())
-        }) {
-            self.console
-                .say(&format!("warning: could not cache the outputs: {e}"));
+            Ok(false) => {}
         }
     }
 
@@ -138,15 +153,25 @@ impl Ctx<'_> {
         let plan = self.plan;
         let mut opts = plan.output_options()?;
         opts.image.clone_from(&self.image_info);
-        // A qcow2 may take the compressed clusters it shares with an earlier one in the output
-        // cache (the same bytes a fresh conversion writes; see kiln_output::clusters).
-        if kind == kiln_output::Source::Disk && self.out_key.is_some() && !plan.request.no_cache {
-            opts.qcow2_reuse = Some(kiln_output::clusters::Reuse {
+        // The qcow2 may take the compressed clusters it shares with an earlier one in the output
+        // cache (the same bytes a fresh conversion writes; see kiln_output::clusters), and
+        // leaves its own index for the next build; `--no-cache` reads nothing from the cache.
+        let reuse = (kind == kiln_output::Source::Disk && self.out_key.is_some()).then(|| {
+            let name = kiln_output::OutputType::parse("qcow2")
+                .ok()
+                .map(|ty| kiln_output::output_path(&plan.image_name, ty))
+                .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .unwrap_or_default();
+            kiln_output::clusters::Reuse {
                 writer: super::keys::kiln_identity(),
-                earlier: cache::OutputCache::new(&plan.cache_root).reusable("qcow2", 3),
+                earlier: if plan.request.no_cache {
+                    Vec::new()
+                } else {
+                    cache::OutputCache::new(&plan.cache_root).reusable("qcow2", &name, 3)
+                },
                 index_out: self.qcow2_index(),
-            });
-        }
+            }
+        });
         let sums = self.checksums();
         let overwrite = self.overwrite();
         let stamp = timestamp(self.ws.host.as_mut());
@@ -155,6 +180,8 @@ impl Ctx<'_> {
                 continue;
             }
             let dest = kiln_output::output_path(&plan.image_name, ty);
+            // Only the qcow2 output's own index is kept (incus-vm writes a qcow2 too).
+            opts.qcow2_reuse = reuse.clone().filter(|_| ty.name() == "qcow2");
             self.step(ty.name(), |ctx| {
                 note_pending(&dest);
                 // A failed producer or finish removes the pending directory itself.
@@ -167,6 +194,8 @@ impl Ctx<'_> {
             // tgz (after tar in production order) compresses the tar just written.
             if ty.name() == "tar" {
                 opts.tar_file = Some(dest);
+            } else if ty.name() == "qcow2" {
+                self.say_reused(reuse.as_ref());
             }
         }
         Ok(())
@@ -247,6 +276,24 @@ impl Ctx<'_> {
             bytes.push(b'\n');
             std::fs::write(&path, bytes).map_err(crate::io(&path))
         })
+    }
+
+    /// Says how many of the qcow2's clusters were taken from an earlier image, when there was
+    /// one to take them from (read from the index the writer left).
+    fn say_reused(&mut self, reuse: Option<&kiln_output::clusters::Reuse>) {
+        if reuse.is_none_or(|r| r.earlier.is_empty()) {
+            return;
+        }
+        let index = std::fs::read(self.qcow2_index())
+            .ok()
+            .and_then(|b| serde_json::from_slice::<kiln_output::clusters::Index>(&b).ok());
+        if let Some(i) = index {
+            self.console.say(&format!(
+                "qcow2: {} of {} clusters taken from an earlier image (each checked)",
+                i.reused,
+                i.clusters.len()
+            ));
+        }
     }
 
     /// Where kiln's qcow2 writer leaves the new image's cluster index (in the build directory,
