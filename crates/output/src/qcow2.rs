@@ -768,14 +768,28 @@ mod tests {
         );
     }
 
+    /// The sample raw image in `dir`, written with the default options and indexed: (raw,
+    /// qcow2, its bytes, its index).
+    fn indexed_sample(
+        dir: &Path,
+    ) -> (
+        std::path::PathBuf,
+        std::path::PathBuf,
+        Vec<u8>,
+        std::path::PathBuf,
+    ) {
+        let raw = dir.join("a.raw");
+        sample_raw(&raw);
+        let img = dir.join("a.qcow2");
+        let (bytes, _, idx) = write_indexed(&raw, &img, &Options::default(), None);
+        (raw, img, bytes, idx)
+    }
+
     #[test]
     fn index_entries_that_cannot_describe_a_stored_cluster_are_dropped() {
         let d = tempfile::tempdir().unwrap();
-        let raw = d.path().join("a.raw");
-        sample_raw(&raw);
+        let (raw, img, fresh, idx) = indexed_sample(d.path());
         let opts = Options::default();
-        let img = d.path().join("a.qcow2");
-        let (fresh, _, idx) = write_indexed(&raw, &img, &opts, None);
         let file_len = fresh.len() as u64;
         // Every entry made hostile: huge, empty, past the end, raw but short.
         let mut index: Index = serde_json::from_slice(&std::fs::read(&idx).unwrap()).unwrap();
@@ -801,11 +815,8 @@ mod tests {
     #[test]
     fn an_index_of_another_writer_level_or_cluster_size_is_not_used() {
         let d = tempfile::tempdir().unwrap();
-        let raw = d.path().join("a.raw");
-        sample_raw(&raw);
+        let (_, img, _, idx) = indexed_sample(d.path());
         let opts = Options::default();
-        let img = d.path().join("a.qcow2");
-        let (_, _, idx) = write_indexed(&raw, &img, &opts, None);
         assert!(Memo::open(&img, &idx, "kiln-test", &opts).is_some());
         assert!(Memo::open(&img, &idx, "another kiln", &opts).is_none());
         for other in [

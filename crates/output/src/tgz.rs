@@ -85,6 +85,16 @@ mod tests {
     use crate::testutil::small_tree;
     use crate::{pending_path, produce, OutputType};
 
+    /// The content of the tgz written for `dest`, as `gzip -d` reads it.
+    fn gunzip(dest: &Path) -> Vec<u8> {
+        kiln_host::Cmd::new("gzip")
+            .args(["-d", "-c"])
+            .arg(pending_path(dest))
+            .run()
+            .unwrap()
+            .stdout
+    }
+
     #[test]
     fn tgz_is_the_gzipped_tar() {
         let d = tempfile::tempdir().unwrap();
@@ -97,13 +107,7 @@ mod tests {
         let tgz = d.path().join("t.tgz");
         produce(OutputType::parse("tar").unwrap(), &root, &tar, &opts).unwrap();
         produce(OutputType::parse("tgz").unwrap(), &root, &tgz, &opts).unwrap();
-        let unzipped = kiln_host::Cmd::new("gzip")
-            .args(["-d", "-c"])
-            .arg(pending_path(&tgz))
-            .run()
-            .unwrap()
-            .stdout;
-        assert_eq!(unzipped, fs::read(pending_path(&tar)).unwrap());
+        assert_eq!(gunzip(&tgz), fs::read(pending_path(&tar)).unwrap());
     }
 
     #[test]
@@ -126,13 +130,7 @@ mod tests {
             &opts,
         )
         .unwrap();
-        let unzipped = kiln_host::Cmd::new("gzip")
-            .args(["-d", "-c"])
-            .arg(pending_path(&tgz))
-            .run()
-            .unwrap()
-            .stdout;
-        assert_eq!(unzipped, fs::read(&tar).unwrap());
+        assert_eq!(gunzip(&tgz), fs::read(&tar).unwrap());
     }
 
     #[test]
