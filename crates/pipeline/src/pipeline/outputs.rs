@@ -85,22 +85,16 @@ impl Ctx<'_> {
         let name_d = PathBuf::from(format!("{}.d", self.plan.image_name.display()));
         let cache = cache::OutputCache::new(&self.plan.cache_root);
         let index = self.qcow2_index();
-        let qcow2 = kiln_output::OutputType::parse("qcow2")
-            .ok()
-            .map(|ty| kiln_output::output_path(&self.plan.image_name, ty))
+        let qcow2 = self
+            .output_of("qcow2")
             .filter(|q| outputs.contains(q) && index.is_file());
         // A tar asked for beside its tgz is kept as the tgz's content, not a second file.
-        let tar_of_tgz: Vec<(PathBuf, PathBuf)> = ["tar", "tgz"]
-            .map(|t| {
-                kiln_output::OutputType::parse(t)
-                    .ok()
-                    .map(|ty| kiln_output::output_path(&self.plan.image_name, ty))
-            })
-            .into_iter()
-            .collect::<Option<Vec<_>>>()
-            .filter(|v| v.iter().all(|p| outputs.contains(p)))
-            .map(|v| vec![(v[0].clone(), v[1].clone())])
-            .unwrap_or_default();
+        let tar_of_tgz = match (self.output_of("tar"), self.output_of("tgz")) {
+            (Some(tar), Some(tgz)) if outputs.contains(&tar) && outputs.contains(&tgz) => {
+                vec![(tar, tgz)]
+            }
+            _ => Vec::new(),
+        };
         let stored = self.step("output-cache-store", |_| {
             Ok(cache.store_deriving(&key, outputs, &name_d, &tar_of_tgz)?)
         });
@@ -157,9 +151,8 @@ impl Ctx<'_> {
         // cache (the same bytes a fresh conversion writes; see kiln_output::clusters), and
         // leaves its own index for the next build; `--no-cache` reads nothing from the cache.
         let reuse = (kind == kiln_output::Source::Disk && self.out_key.is_some()).then(|| {
-            let name = kiln_output::OutputType::parse("qcow2")
-                .ok()
-                .map(|ty| kiln_output::output_path(&plan.image_name, ty))
+            let name = self
+                .output_of("qcow2")
                 .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
                 .unwrap_or_default();
             kiln_output::clusters::Reuse {
@@ -294,6 +287,13 @@ impl Ctx<'_> {
                 i.clusters.len()
             ));
         }
+    }
+
+    /// The path of this build's output of type `name` (`qcow2`, `tar`, …), beside `NAME.d`.
+    fn output_of(&self, name: &str) -> Option<PathBuf> {
+        kiln_output::OutputType::parse(name)
+            .ok()
+            .map(|ty| kiln_output::output_path(&self.plan.image_name, ty))
     }
 
     /// Where kiln's qcow2 writer leaves the new image's cluster index (in the build directory,
