@@ -4,6 +4,7 @@
 
 mod apt_trust;
 mod boot_interrupt;
+mod bootstrap;
 mod cli;
 mod errors;
 mod fuzz;
