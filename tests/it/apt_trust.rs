@@ -7,9 +7,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn elements() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../elements")
-}
+use crate::support::{bin_with_die, builtin_elements};
 
 fn on_path(tool: &str) -> bool {
     std::env::var("PATH")
@@ -69,7 +67,7 @@ fn file_mirror(dir: &Path, date: &str, valid_until: &str) -> PathBuf {
 
 fn apt_update(conf: &Path, allow_expired: Option<&str>) -> Output {
     let mut c = Command::new("bash");
-    c.arg(elements().join("dpkg/bin/kiln-apt-update"))
+    c.arg(builtin_elements().join("dpkg/bin/kiln-apt-update"))
         .env("APT_CONFIG", conf)
         .env_remove("DIB_APT_ALLOW_EXPIRED");
     if let Some(v) = allow_expired {
@@ -153,15 +151,11 @@ fn a_current_release_and_other_failures_pass_through() {
 /// Runs the debootstrap element's root.d hook for a distribution whose archive keyring the host
 /// lacks, against a mirror that does not exist (nothing may be downloaded).
 fn bootstrap_without_keyring(dir: &Path, env: &[(&str, &str)]) -> Output {
-    let bin = dir.join("bin");
-    fs::create_dir_all(&bin).unwrap();
-    let die = bin.join("die");
-    fs::write(&die, "#!/bin/bash\necho \"ERROR: $*\" >&2\nexit 1\n").unwrap();
-    fs::set_permissions(&die, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let bin = bin_with_die(dir);
     let target = dir.join("target");
     fs::create_dir_all(&target).unwrap();
     let mut c = Command::new("bash");
-    c.arg(elements().join("debootstrap/root.d/08-debootstrap"))
+    c.arg(builtin_elements().join("debootstrap/root.d/08-debootstrap"))
         .env_clear()
         .env(
             "PATH",

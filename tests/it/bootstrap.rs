@@ -3,33 +3,20 @@
 //! the bootstrap, and that they enter the bootstrap cache's settings.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-fn elements() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../elements")
-}
-
-fn script(path: &Path, text: &str) {
-    fs::write(path, text).unwrap();
-    fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
-}
+use crate::support::{bin_with_die, builtin_elements, executable};
 
 /// Runs 08-debootstrap for bookworm with `sources` as DIB_APT_SOURCES_CONF (`M` standing for
 /// the test's mirror, `S` for its security mirror) and a bootstrap cache in `dir`; returns the
 /// arguments the stand-in mmdebstrap got (one a line; none on a cache hit), the newest
 /// bootstrap cache description and the hook's output.
 fn bootstrap(dir: &Path, sources: &str) -> (Vec<String>, String, String) {
-    let bin = dir.join("bin");
-    fs::create_dir_all(&bin).unwrap();
-    script(
-        &bin.join("die"),
-        "#!/bin/bash\necho \"ERROR: $*\" >&2\nexit 1\n",
-    );
+    let bin = bin_with_die(dir);
     let args = dir.join("args");
     let _ = fs::remove_file(&args);
-    script(
+    executable(
         &bin.join("mmdebstrap"),
         &format!(
             "#!/bin/bash\n\
@@ -59,7 +46,7 @@ fn bootstrap(dir: &Path, sources: &str) -> (Vec<String>, String, String) {
     let _ = fs::remove_dir_all(&target);
     fs::create_dir_all(&target).unwrap();
     let o = Command::new("bash")
-        .arg(elements().join("debootstrap/root.d/08-debootstrap"))
+        .arg(builtin_elements().join("debootstrap/root.d/08-debootstrap"))
         .env_clear()
         .env(
             "PATH",

@@ -5,6 +5,29 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// kiln's built-in elements, as the source tree holds them.
+pub fn builtin_elements() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../elements")
+}
+
+/// Writes `text` to `path` as an executable file.
+pub fn executable(path: &Path, text: &str) {
+    fs::write(path, text).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// `DIR/bin` with a stand-in for the `die` helper a hook finds on DIB's PATH (it prints
+/// `ERROR: ...` and fails), for running a built-in hook by itself; returns the directory.
+pub fn bin_with_die(dir: &Path) -> PathBuf {
+    let bin = dir.join("bin");
+    fs::create_dir_all(&bin).unwrap();
+    executable(
+        &bin.join("die"),
+        "#!/bin/bash\necho \"ERROR: $*\" >&2\nexit 1\n",
+    );
+    bin
+}
+
 /// A tree of elements in a temp dir (one ELEMENTS_PATH entry).
 pub struct Tree {
     pub dir: tempfile::TempDir,
